@@ -1,0 +1,54 @@
+//! Flag parsing and dispatch to the library.
+
+mod eval;
+mod train;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use cae::device::Backend;
+use cae::settings::DatasetKind;
+
+#[derive(Parser)]
+#[command(name = "cae", version, about = "Convolutional autoencoders on CIFAR-10 and your own images, faithful to the PyTorch tutorial")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train an autoencoder and write a run folder (metrics, pictures, weights, checkpoint).
+    Train(train::TrainArgs),
+    /// Report the reconstruction error of a trained model on the validation images.
+    Eval(eval::EvalArgs),
+}
+
+/// Which images to use.
+#[derive(Args, Clone)]
+pub struct DataArgs {
+    /// cifar10 (official binary layout, downloaded when missing) or folder (ROOT/train/<class>/*, ROOT/test/<class>/*).
+    #[arg(long, value_enum, default_value = "cifar10")]
+    pub dataset: DatasetKind,
+    /// Folder that holds `cifar-10-batches-bin/` (or the image folder's ROOT); default `$CAE_DATA`, else ~/.cache/cae.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Backend: flex (CPU), or cuda / wgpu when built with that feature.
+    #[arg(long, default_value = "flex")]
+    pub device: Backend,
+}
+
+impl DataArgs {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(cae::data::default_data_dir)
+    }
+}
+
+pub fn run() -> Result<()> {
+    match Cli::parse().command {
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
+    }
+}

@@ -1,0 +1,279 @@
+//! A verified HTTP(S) download: streamed to a temporary file, hashed on the way, checked against
+//! the expected size and checksums, and only then renamed into place.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use md5::Md5;
+use sha2::{Digest, Sha256};
+
+use crate::atomic;
+
+/// Timeouts of a download.
+#[derive(Debug, Clone)]
+pub struct DownloadOptions {
+    /// Limit on resolving the host name and opening the connection (TLS included).
+    pub connect_timeout: Duration,
+    /// Limit on any single read from the server: a stalled server fails after this long
+    /// instead of hanging.
+    pub read_timeout: Duration,
+}
+
+impl Default for DownloadOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The host could not be resolved or connected to: the machine is probably offline.
+///
+/// It sits in the error chain of [`download`] so callers can add advice on getting the file
+/// some other way (`err.chain().any(|e| e.is::<Unreachable>())`).
+#[derive(Debug, thiserror::Error)]
+#[error("cae could not reach {host} (offline, or the host is unreachable): {reason}")]
+pub struct Unreachable {
+    pub host: String,
+    pub reason: String,
+}
+
+/// Downloads `url` to `dest` with the default [`DownloadOptions`]; see [`download_with`].
+pub fn download(
+    url: &str,
+    dest: &Path,
+    expected_bytes: Option<u64>,
+    md5_hex: Option<&str>,
+    sha256_hex: Option<&str>,
+) -> Result<()> {
+    let expected = Expected {
+        bytes: expected_bytes,
+        md5: md5_hex,
+        sha256: sha256_hex,
+    };
+    download_with(url, dest, &expected, &DownloadOptions::default())
+}
+
+/// What a download must match; `None` skips that check.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Expected<'a> {
+    pub bytes: Option<u64>,
+    pub md5: Option<&'a str>,
+    pub sha256: Option<&'a str>,
+}
+
+/// Downloads `url` to `dest`, checking the size and checksums in `expected`.
+///
+/// The body goes to a temporary file beside `dest` that is renamed over `dest` only once every
+/// check has passed; on any failure the temporary file is removed and `dest` is left untouched.
+pub fn download_with(
+    url: &str,
+    dest: &Path,
+    expected: &Expected,
+    options: &DownloadOptions,
+) -> Result<()> {
+    let result = (|| -> Result<()> {
+        let response = request(url, options)?;
+        let announced = response.body().content_length();
+        check_announced_size(announced, expected.bytes)?;
+        let reader = response.into_body().into_reader();
+        atomic::write_with(dest, |file| {
+            let digests = stream(reader, file, announced, options)?;
+            digests.verify(expected)
+        })
+    })();
+    result.with_context(|| format!("downloading {url} to {} failed", dest.display()))
+}
+
+fn request(url: &str, options: &DownloadOptions) -> Result<ureq::http::Response<ureq::Body>> {
+    let agent = ureq::Agent::config_builder()
+        .timeout_resolve(Some(options.connect_timeout))
+        .timeout_connect(Some(options.connect_timeout))
+        .timeout_per_read(Some(options.read_timeout))
+        .build()
+        .new_agent();
+    agent
+        .get(url)
+        // The checksums are of the file as stored; a transparently decompressed body would differ.
+        .header("Accept-Encoding", "identity")
+        .call()
+        .map_err(|e| request_error(url, e))
+}
+
+fn request_error(url: &str, error: ureq::Error) -> anyhow::Error {
+    use ureq::Error as E;
+    let unreachable = match &error {
+        E::HostNotFound | E::ConnectionFailed => true,
+        E::Timeout(t) => matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve),
+        E::Io(e) => is_unreachable_io(e),
+        _ => false,
+    };
+    if unreachable {
+        return Unreachable {
+            host: host_of(url).to_string(),
+            reason: error.to_string(),
+        }
+        .into();
+    }
+    match error {
+        E::StatusCode(code) => anyhow::anyhow!("the server answered HTTP {code}"),
+        E::Timeout(_) => anyhow::anyhow!("the server stopped answering ({error})"),
+        other => anyhow::Error::new(other).context("the request failed"),
+    }
+}
+
+fn is_unreachable_io(error: &io::Error) -> bool {
+    use io::ErrorKind as K;
+    matches!(
+        error.kind(),
+        K::ConnectionRefused
+            | K::NetworkUnreachable
+            | K::HostUnreachable
+            | K::NetworkDown
+            | K::AddrNotAvailable
+    )
+}
+
+/// The host (and port) part of `url`, for messages.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split(['/', '?', '#']).next().unwrap_or(rest)
+}
+
+fn check_announced_size(announced: Option<u64>, expected: Option<u64>) -> Result<()> {
+    if let (Some(announced), Some(expected)) = (announced, expected)
+        && announced != expected
+    {
+        bail!("the server announces {announced} bytes but {expected} were expected");
+    }
+    Ok(())
+}
+
+/// Copies the body to `out`, hashing it, and fails if it ends before `announced` bytes.
+fn stream(
+    mut reader: impl Read,
+    out: &mut impl Write,
+    announced: Option<u64>,
+    options: &DownloadOptions,
+) -> Result<Digests> {
+    let progress = progress_bar(announced);
+    let mut digests = Digests::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_error(e, digests.bytes, announced, options)),
+        };
+        digests.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .context("cannot write the download")?;
+        progress.inc(n as u64);
+    }
+    progress.finish_and_clear();
+    if let Some(announced) = announced
+        && digests.bytes < announced
+    {
+        bail!(
+            "the transfer was cut short: got {} of the {announced} announced bytes",
+            digests.bytes
+        );
+    }
+    Ok(digests)
+}
+
+fn read_error(
+    error: io::Error,
+    received: u64,
+    announced: Option<u64>,
+    options: &DownloadOptions,
+) -> anyhow::Error {
+    let of = announced.map_or(String::new(), |n| format!(" of {n}"));
+    if is_timeout(&error) {
+        anyhow::anyhow!(
+            "the server stalled: no data for {:?} after {received}{of} bytes ({error})",
+            options.read_timeout
+        )
+    } else {
+        anyhow::anyhow!("the transfer broke off after {received}{of} bytes: {error}")
+    }
+}
+
+/// ureq reports its own read timeouts as an `io::Error` wrapping `ureq::Error::Timeout`.
+fn is_timeout(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::TimedOut
+        || error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+            .is_some_and(|inner| matches!(inner, ureq::Error::Timeout(_)))
+}
+
+fn progress_bar(total: Option<u64>) -> ProgressBar {
+    let (bar, template) = match total {
+        Some(total) => (
+            ProgressBar::new(total),
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        ),
+        None => (
+            ProgressBar::no_length(),
+            "{spinner} {bytes} {bytes_per_sec}",
+        ),
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+#[derive(Default)]
+struct Digests {
+    bytes: u64,
+    md5: Md5,
+    sha256: Sha256,
+}
+
+impl Digests {
+    fn update(&mut self, chunk: &[u8]) {
+        self.bytes += chunk.len() as u64;
+        self.md5.update(chunk);
+        self.sha256.update(chunk);
+    }
+
+    fn verify(self, expected: &Expected) -> Result<()> {
+        if let Some(bytes) = expected.bytes
+            && bytes != self.bytes
+        {
+            bail!("wrong size: expected {bytes} bytes, got {}", self.bytes);
+        }
+        check_digest("MD5", expected.md5, &hex(&self.md5.finalize()))?;
+        check_digest("SHA-256", expected.sha256, &hex(&self.sha256.finalize()))
+    }
+}
+
+fn check_digest(name: &str, expected: Option<&str>, actual: &str) -> Result<()> {
+    match expected {
+        Some(expected) if !expected.trim().eq_ignore_ascii_case(actual) => {
+            bail!(
+                "{name} mismatch: expected {}, got {actual}",
+                expected.trim()
+            )
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Lower-case hexadecimal of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}

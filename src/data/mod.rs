@@ -1,0 +1,84 @@
+//! Datasets: readers for the on-disk formats, the download of CIFAR-10, and the batcher that
+//! turns 8-bit images into normalized tensors ahead of the training loop.
+
+pub mod batcher;
+pub mod cifar;
+pub mod download;
+pub mod folder;
+
+/// A set of equally sized 8-bit images, stored planar (C, H, W) one after another.
+#[derive(Debug, Clone, Default)]
+pub struct ImageSet {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// `len() * channels * height * width` bytes, image after image, each in C, H, W order.
+    pub pixels: Vec<u8>,
+    /// One label per image, an index into `class_names`.
+    pub labels: Vec<u16>,
+    pub class_names: Vec<String>,
+    /// Where each image came from (a file path, or `test_batch.bin#17`), for error messages.
+    pub sources: Vec<String>,
+}
+
+impl ImageSet {
+    pub fn image_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The `index`-th image, C, H, W planar.
+    pub fn image(&self, index: usize) -> &[u8] {
+        let n = self.image_len();
+        &self.pixels[index * n..(index + 1) * n]
+    }
+
+    /// Keeps only the first `n` images (all of them when `n >= len()`).
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.len() {
+            self.pixels.truncate(n * self.image_len());
+            self.labels.truncate(n);
+            self.sources.truncate(n);
+        }
+    }
+
+    /// The index of the first image of every class, in class order (classes without images are skipped).
+    pub fn first_of_each_class(&self) -> Vec<usize> {
+        (0..self.class_names.len())
+            .filter_map(|class| self.labels.iter().position(|&l| usize::from(l) == class))
+            .collect()
+    }
+}
+
+/// The training and the validation images of a dataset.
+#[derive(Debug, Clone, Default)]
+pub struct Splits {
+    pub train: ImageSet,
+    pub test: ImageSet,
+}
+
+/// Reads (downloading CIFAR-10 when missing) the dataset `kind` from `data_dir`.
+/// `seed` fixes the one-time shuffle of an image folder's training list.
+pub fn load(kind: crate::settings::DatasetKind, data_dir: &std::path::Path, seed: u64) -> anyhow::Result<Splits> {
+    use crate::settings::DatasetKind;
+    match kind {
+        DatasetKind::Cifar10 => cifar::load(&cifar::ensure(data_dir)?),
+        DatasetKind::Folder => folder::load(data_dir, seed),
+    }
+}
+
+/// The per-user cache folder for datasets: `$CAE_DATA`, else `~/.cache/cae`.
+pub fn default_data_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("CAE_DATA") {
+        return dir.into();
+    }
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_else(|| ".".into());
+    home.join(".cache").join("cae")
+}

@@ -1,0 +1,47 @@
+//! Reconstruction quality of a model over a set of images.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::Serialize;
+
+use crate::data::ImageSet;
+use crate::data::batcher::{Prefetcher, STD};
+use crate::model::Autoencoder;
+
+/// Batch size for inference: large enough to keep the kernels busy, small enough for any machine.
+pub const EVAL_BATCH: usize = 256;
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Quality {
+    /// Mean squared error over all pixels and images, in the normalized [-1, 1] space (the loss).
+    pub mse: f64,
+    /// PSNR in dB of the same mean error measured on [0, 1] pixels.
+    pub psnr: f64,
+    /// Number of images.
+    pub n: usize,
+}
+
+/// PSNR in dB on [0, 1] pixels for an MSE measured in the normalized space.
+pub fn psnr_from_normalized_mse(mse: f64) -> f64 {
+    let scale = f64::from(STD);
+    let mse01 = mse * scale * scale;
+    if mse01 <= 0.0 { f64::INFINITY } else { -10.0 * mse01.log10() }
+}
+
+/// Runs `model` over `set` in batches; calls `on_batch(batch_index, batch_mse, images)` for each.
+pub fn evaluate(model: &Autoencoder, set: &std::sync::Arc<ImageSet>, device: &Device, batch_size: usize, mut on_batch: impl FnMut(usize, f64, usize)) -> Quality {
+    let order: Vec<usize> = (0..set.len()).collect();
+    let shape = [set.channels, set.height, set.width];
+    let mut sum_sq = 0.0f64;
+    let mut count = 0usize;
+    for (i, batch) in Prefetcher::new(set.clone(), order, batch_size, 2).enumerate() {
+        let x = Tensor::<4>::from_data(TensorData::new(batch.data, [batch.len, shape[0], shape[1], shape[2]]), device);
+        let y = model.reconstruct(x.clone());
+        let elems = batch.len * shape.iter().product::<usize>();
+        let batch_sum = f64::from((y - x).square().sum().into_scalar::<f32>());
+        on_batch(i, batch_sum / elems as f64, batch.len);
+        sum_sq += batch_sum;
+        count += elems;
+    }
+    let mse = if count == 0 { f64::NAN } else { sum_sq / count as f64 };
+    Quality { mse, psnr: psnr_from_normalized_mse(mse), n: set.len() }
+}

@@ -1,0 +1,18 @@
+//! cae: a convolutional autoencoder toolkit on Burn, faithful to the PyTorch tutorial.
+//!
+//! The modules follow the Burn book's layout: [`model`] holds the network, [`data`] the
+//! datasets, [`train`] the training loop, [`eval`] inference quality, [`weights`] the files.
+
+pub mod atomic;
+pub mod checkpoint;
+pub mod data;
+pub mod device;
+pub mod eval;
+pub mod history;
+pub mod init;
+pub mod model;
+pub mod optim;
+pub mod settings;
+pub mod train;
+pub mod viz;
+pub mod weights;

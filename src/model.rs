@@ -1,0 +1,183 @@
+//! The seed convolutional autoencoder of the tutorial, with configurable widths and input shape.
+
+use anyhow::{Result, bail};
+use burn::module::{Module, Param};
+use burn::tensor::activation::relu;
+use burn::tensor::module::{conv_transpose2d, conv2d, linear};
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Everything that fixes the shape of a model; saved with every weight file.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Size of the code between encoder and decoder.
+    pub latent: usize,
+    /// Width of the first convolutions; the later ones use 2x and 4x this.
+    pub channels: usize,
+    /// Channels of the images (1 or 3).
+    pub in_channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { latent: 200, channels: 16, in_channels: 3, height: 32, width: 32 }
+    }
+}
+
+impl ModelConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.latent == 0 || self.channels == 0 {
+            bail!("latent size and channels must be positive (got latent {}, channels {})", self.latent, self.channels);
+        }
+        if !matches!(self.in_channels, 1 | 3) {
+            bail!("images must have 1 or 3 channels, not {}", self.in_channels);
+        }
+        if self.height == 0 || self.width == 0 || self.height % 4 != 0 || self.width % 4 != 0 {
+            bail!("image height and width must be positive multiples of 4, not {}x{}", self.height, self.width);
+        }
+        Ok(())
+    }
+
+    /// Channels of the deepest feature map (64 for the seed).
+    pub fn deep_channels(&self) -> usize {
+        4 * self.channels
+    }
+
+    /// Size of the flattened deepest feature map (4096 for the seed).
+    pub fn flat_features(&self) -> usize {
+        self.deep_channels() * (self.height / 4) * (self.width / 4)
+    }
+
+    /// (in, out, stride) of the six encoder convolutions.
+    pub fn encoder_convs(&self) -> [(usize, usize, usize); 6] {
+        let c = self.channels;
+        [(self.in_channels, c, 1), (c, c, 1), (c, 2 * c, 2), (2 * c, 2 * c, 1), (2 * c, 4 * c, 2), (4 * c, 4 * c, 1)]
+    }
+
+    /// (in, out, stride) of the six decoder transposed convolutions; stride 2 ones add output padding 1.
+    pub fn decoder_convs(&self) -> [(usize, usize, usize); 6] {
+        let c = self.channels;
+        [(4 * c, 4 * c, 1), (4 * c, 2 * c, 2), (2 * c, 2 * c, 1), (2 * c, c, 2), (c, c, 1), (c, self.in_channels, 1)]
+    }
+
+    /// Number of trainable parameters.
+    pub fn num_params(&self) -> usize {
+        let conv: usize = self.encoder_convs().iter().chain(self.decoder_convs().iter()).map(|&(i, o, _)| i * o * 9 + o).sum();
+        let dense = 2 * self.flat_features() * self.latent + self.latent + self.flat_features();
+        conv + dense
+    }
+}
+
+/// A 3x3 convolution with padding 1. Weight (out, in, 3, 3) as in PyTorch.
+#[derive(Module, Debug)]
+pub struct Conv {
+    pub weight: Param<Tensor<4>>,
+    pub bias: Param<Tensor<1>>,
+    pub stride: usize,
+}
+
+impl Conv {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let options = ConvOptions::new([self.stride; 2], [1, 1], [1, 1], 1);
+        conv2d(x, self.weight.val(), Some(self.bias.val()), options)
+    }
+}
+
+/// A 3x3 transposed convolution with padding 1 (output padding 1 when the stride is 2).
+/// Weight (in, out, 3, 3) as in PyTorch.
+#[derive(Module, Debug)]
+pub struct ConvTranspose {
+    pub weight: Param<Tensor<4>>,
+    pub bias: Param<Tensor<1>>,
+    pub stride: usize,
+}
+
+impl ConvTranspose {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let out_pad = self.stride - 1;
+        let options = ConvTransposeOptions::new([self.stride; 2], [1, 1], [out_pad; 2], [1, 1], 1);
+        conv_transpose2d(x, self.weight.val(), Some(self.bias.val()), options)
+    }
+}
+
+/// A fully connected layer. Weight stored (in, out), the transpose of PyTorch's layout.
+#[derive(Module, Debug)]
+pub struct Dense {
+    pub weight: Param<Tensor<2>>,
+    pub bias: Param<Tensor<1>>,
+}
+
+impl Dense {
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        linear(x, self.weight.val(), Some(self.bias.val()))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Encoder {
+    pub convs: Vec<Conv>,
+    pub linear: Dense,
+}
+
+#[derive(Module, Debug)]
+pub struct Decoder {
+    pub linear: Dense,
+    pub convs: Vec<ConvTranspose>,
+    pub deep_channels: usize,
+    pub deep_height: usize,
+    pub deep_width: usize,
+}
+
+/// The autoencoder. Build it with [`crate::weights`] (from a weight file) or [`crate::init`].
+#[derive(Module, Debug)]
+pub struct Autoencoder {
+    pub encoder: Encoder,
+    pub decoder: Decoder,
+}
+
+impl Encoder {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let x = self.convs.iter().fold(x, |x, conv| relu(conv.forward(x)));
+        relu(self.linear.forward(x.flatten(1, 3)))
+    }
+}
+
+impl Decoder {
+    pub fn forward(&self, z: Tensor<2>) -> Tensor<4> {
+        let batch = z.dims()[0];
+        let x = relu(self.linear.forward(z));
+        let mut x = x.reshape([batch, self.deep_channels, self.deep_height, self.deep_width]);
+        let last = self.convs.len() - 1;
+        for (i, conv) in self.convs.iter().enumerate() {
+            x = conv.forward(x);
+            if i != last {
+                x = relu(x);
+            }
+        }
+        x
+    }
+}
+
+impl Autoencoder {
+    /// Images (N, C, H, W) normalized to [-1, 1] -> latent codes (N, latent).
+    pub fn encode(&self, images: Tensor<4>) -> Tensor<2> {
+        self.encoder.forward(images)
+    }
+
+    /// Latent codes (N, latent) -> images (N, C, H, W) in the normalized space.
+    pub fn decode(&self, codes: Tensor<2>) -> Tensor<4> {
+        self.decoder.forward(codes)
+    }
+
+    /// Encode then decode.
+    pub fn reconstruct(&self, images: Tensor<4>) -> Tensor<4> {
+        self.decode(self.encode(images))
+    }
+
+    pub fn device(&self) -> Device {
+        self.encoder.linear.bias.val().device()
+    }
+}

@@ -1,0 +1,62 @@
+//! The settings of a training run, as recorded in `config.json` and in its checkpoint.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::device::Backend;
+
+/// Where the images come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetKind {
+    /// CIFAR-10 in its official binary layout (downloaded when missing).
+    Cifar10,
+    /// ROOT/train/<class>/* and ROOT/test/<class>/* image files.
+    Folder,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSettings {
+    pub dataset: DatasetKind,
+    pub data_dir: PathBuf,
+    pub latent: usize,
+    pub channels: usize,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub seed: u64,
+    pub shuffle: bool,
+    pub train_limit: Option<usize>,
+    pub val_limit: Option<usize>,
+    pub init: Option<PathBuf>,
+    pub device: Backend,
+}
+
+impl TrainSettings {
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 || self.batch_size == 0 {
+            bail!("--epochs and --batch-size must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr must be a positive number, not {}", self.lr);
+        }
+        Ok(())
+    }
+
+    /// Why a checkpoint written with `saved` cannot be continued with these settings, if it cannot.
+    /// Only the number of epochs, the data location and the device may change on resume.
+    pub fn resume_conflict(&self, saved: &TrainSettings) -> Option<String> {
+        let normalized = TrainSettings { epochs: self.epochs, data_dir: self.data_dir.clone(), device: self.device, ..saved.clone() };
+        (normalized != *self).then(|| {
+            format!(
+                "the run was started with different settings; resume with the same flags (saved: {})",
+                serde_json::to_string(saved).unwrap_or_default()
+            )
+        })
+    }
+}
+
+/// Burn's version, recorded in every run (a test checks it against Cargo.lock).
+pub const BURN_VERSION: &str = "0.22.1";

