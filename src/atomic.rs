@@ -14,8 +14,8 @@ where
 {
     let tmp = temp_path(path);
     let result = (|| -> Result<()> {
-        let file = File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let file =
+            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut writer = BufWriter::new(file);
         fill(&mut writer)?;
         let file = writer
@@ -32,7 +32,12 @@ where
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.with_context(|| format!("writing {} failed; any previous version is intact", path.display()))
+    result.with_context(|| {
+        format!(
+            "writing {} failed; any previous version is intact",
+            path.display()
+        )
+    })
 }
 
 /// Writes `bytes` to `path` atomically.

@@ -30,14 +30,26 @@ pub struct RunState {
 }
 
 /// Writes the checkpoint atomically: a crash leaves the previous one intact.
-pub fn save(path: &Path, model: &Autoencoder, config: &ModelConfig, adam: &Adam, state: &RunState) -> Result<()> {
+pub fn save(
+    path: &Path,
+    model: &Autoencoder,
+    config: &ModelConfig,
+    adam: &Adam,
+    state: &RunState,
+) -> Result<()> {
     let mut dict = StateDict::new();
     for (name, tensor) in weights::state_dict(model) {
         dict.insert(format!("{MODEL_PREFIX}{name}"), tensor);
     }
     for (name, moments) in &adam.moments {
-        dict.insert(format!("{EXP_AVG_PREFIX}{name}"), HostTensor::from_tensor(&moments.exp_avg));
-        dict.insert(format!("{EXP_AVG_SQ_PREFIX}{name}"), HostTensor::from_tensor(&moments.exp_avg_sq));
+        dict.insert(
+            format!("{EXP_AVG_PREFIX}{name}"),
+            HostTensor::from_tensor(&moments.exp_avg),
+        );
+        dict.insert(
+            format!("{EXP_AVG_SQ_PREFIX}{name}"),
+            HostTensor::from_tensor(&moments.exp_avg_sq),
+        );
     }
     let state_json = serde_json::to_string(state)?;
     weights::save_safetensors(path, &dict, Some(config), &[(STATE_KEY, state_json)])
@@ -59,10 +71,17 @@ pub fn load(path: &Path, device: &Device) -> Result<Restored> {
         .metadata()
         .as_ref()
         .and_then(|m| m.get(STATE_KEY).cloned())
-        .with_context(|| format!("{}: no `{STATE_KEY}` entry; this is a weight file, not a cae checkpoint", context()))?;
+        .with_context(|| {
+            format!(
+                "{}: no `{STATE_KEY}` entry; this is a weight file, not a cae checkpoint",
+                context()
+            )
+        })?;
     let state: RunState = serde_json::from_str(&state_json).with_context(context)?;
     let file = weights::read_weights(path)?;
-    let config = file.config.with_context(|| format!("{}: no model configuration", context()))?;
+    let config = file
+        .config
+        .with_context(|| format!("{}: no model configuration", context()))?;
     let mut model_dict = StateDict::new();
     let mut adam = Adam::new(state.adam);
     adam.step = state.adam_step;
@@ -74,13 +93,21 @@ pub fn load(path: &Path, device: &Device) -> Result<Restored> {
         } else if let Some(name) = key.strip_prefix(EXP_AVG_SQ_PREFIX) {
             exp_avg_sq.insert(name.to_string(), tensor);
         } else if let Some(name) = key.strip_prefix(EXP_AVG_PREFIX) {
-            adam.moments.insert(name.to_string(), Moments { exp_avg: flat_tensor(&tensor, &inner), exp_avg_sq: flat_tensor(&tensor, &inner) });
+            adam.moments.insert(
+                name.to_string(),
+                Moments {
+                    exp_avg: flat_tensor(&tensor, &inner),
+                    exp_avg_sq: flat_tensor(&tensor, &inner),
+                },
+            );
         } else {
             bail!("{}: unexpected tensor `{key}`", context());
         }
     }
     for (name, moments) in adam.moments.iter_mut() {
-        let sq = exp_avg_sq.remove(name).with_context(|| format!("{}: `{EXP_AVG_SQ_PREFIX}{name}` is missing", context()))?;
+        let sq = exp_avg_sq
+            .remove(name)
+            .with_context(|| format!("{}: `{EXP_AVG_SQ_PREFIX}{name}` is missing", context()))?;
         if sq.data.len() != moments.exp_avg.shape().num_elements() {
             bail!("{}: Adam moments of `{name}` differ in size", context());
         }
@@ -90,9 +117,17 @@ pub fn load(path: &Path, device: &Device) -> Result<Restored> {
         bail!("{}: `{EXP_AVG_PREFIX}{name}` is missing", context());
     }
     let model = weights::build_model(&config, &model_dict, device).with_context(context)?;
-    Ok(Restored { model, config, adam, state })
+    Ok(Restored {
+        model,
+        config,
+        adam,
+        state,
+    })
 }
 
 fn flat_tensor(host: &HostTensor, device: &Device) -> Tensor<1> {
-    Tensor::from_data(TensorData::new(host.data.clone(), [host.data.len()]), device)
+    Tensor::from_data(
+        TensorData::new(host.data.clone(), [host.data.len()]),
+        device,
+    )
 }

@@ -51,7 +51,9 @@ impl Backend {
             #[cfg(feature = "wgpu")]
             Self::Wgpu => Ok(Device::wgpu(Default::default())),
             #[allow(unreachable_patterns)]
-            other => bail!("this cae was built without the `{other}` backend; rebuild with `cargo build --release --features {other}`"),
+            other => bail!(
+                "this cae was built without the `{other}` backend; rebuild with `cargo build --release --features {other}`"
+            ),
         }
     }
 }

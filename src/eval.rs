@@ -24,17 +24,30 @@ pub struct Quality {
 pub fn psnr_from_normalized_mse(mse: f64) -> f64 {
     let scale = f64::from(STD);
     let mse01 = mse * scale * scale;
-    if mse01 <= 0.0 { f64::INFINITY } else { -10.0 * mse01.log10() }
+    if mse01 <= 0.0 {
+        f64::INFINITY
+    } else {
+        -10.0 * mse01.log10()
+    }
 }
 
 /// Runs `model` over `set` in batches; calls `on_batch(batch_index, batch_mse, images)` for each.
-pub fn evaluate(model: &Autoencoder, set: &std::sync::Arc<ImageSet>, device: &Device, batch_size: usize, mut on_batch: impl FnMut(usize, f64, usize)) -> Quality {
+pub fn evaluate(
+    model: &Autoencoder,
+    set: &std::sync::Arc<ImageSet>,
+    device: &Device,
+    batch_size: usize,
+    mut on_batch: impl FnMut(usize, f64, usize),
+) -> Quality {
     let order: Vec<usize> = (0..set.len()).collect();
     let shape = [set.channels, set.height, set.width];
     let mut sum_sq = 0.0f64;
     let mut count = 0usize;
     for (i, batch) in Prefetcher::new(set.clone(), order, batch_size, 2).enumerate() {
-        let x = Tensor::<4>::from_data(TensorData::new(batch.data, [batch.len, shape[0], shape[1], shape[2]]), device);
+        let x = Tensor::<4>::from_data(
+            TensorData::new(batch.data, [batch.len, shape[0], shape[1], shape[2]]),
+            device,
+        );
         let y = model.reconstruct(x.clone());
         let elems = batch.len * shape.iter().product::<usize>();
         let batch_sum = f64::from((y - x).square().sum().into_scalar::<f32>());
@@ -42,6 +55,14 @@ pub fn evaluate(model: &Autoencoder, set: &std::sync::Arc<ImageSet>, device: &De
         sum_sq += batch_sum;
         count += elems;
     }
-    let mse = if count == 0 { f64::NAN } else { sum_sq / count as f64 };
-    Quality { mse, psnr: psnr_from_normalized_mse(mse), n: set.len() }
+    let mse = if count == 0 {
+        f64::NAN
+    } else {
+        sum_sq / count as f64
+    };
+    Quality {
+        mse,
+        psnr: psnr_from_normalized_mse(mse),
+        n: set.len(),
+    }
 }

@@ -52,9 +52,16 @@ impl History {
     /// `epochs.csv`: one row per finished epoch.
     pub fn write_epochs_csv(&self, path: &Path) -> Result<()> {
         atomic::write_with(path, |w| {
-            writeln!(w, "epoch,train_loss,val_loss,val_psnr,seconds,images_per_second")?;
+            writeln!(
+                w,
+                "epoch,train_loss,val_loss,val_psnr,seconds,images_per_second"
+            )?;
             for r in &self.epochs {
-                writeln!(w, "{},{},{},{:.4},{:.2},{:.1}", r.epoch, r.train_loss, r.val_loss, r.val_psnr, r.seconds, r.images_per_second)?;
+                writeln!(
+                    w,
+                    "{},{},{},{:.4},{:.2},{:.1}",
+                    r.epoch, r.train_loss, r.val_loss, r.val_psnr, r.seconds, r.images_per_second
+                )?;
             }
             Ok(())
         })
@@ -65,11 +72,20 @@ impl History {
         let mut batch_losses = Vec::new();
         for (e, losses) in self.train_batches.iter().enumerate() {
             let n = losses.len().max(1) as f64;
-            batch_losses.extend(losses.iter().enumerate().map(|(b, &l)| (e as f64 + (b + 1) as f64 / n, l)));
+            batch_losses.extend(
+                losses
+                    .iter()
+                    .enumerate()
+                    .map(|(b, &l)| (e as f64 + (b + 1) as f64 / n, l)),
+            );
         }
         LossHistory {
             batch_losses,
-            epoch_train: self.epochs.iter().map(|r| (r.epoch, r.train_loss)).collect(),
+            epoch_train: self
+                .epochs
+                .iter()
+                .map(|r| (r.epoch, r.train_loss))
+                .collect(),
             epoch_val: self.epochs.iter().map(|r| (r.epoch, r.val_loss)).collect(),
         }
     }

@@ -22,16 +22,26 @@ pub fn seed_state_dict(config: &ModelConfig, seed: u64) -> StateDict {
             continue;
         }
         let bias_name = name.replace(".weight", ".bias");
-        let bias_len = shapes.iter().find(|(n, _)| *n == bias_name).map(|(_, s)| s[0]).expect("every layer has a bias");
+        let bias_len = shapes
+            .iter()
+            .find(|(n, _)| *n == bias_name)
+            .map(|(_, s)| s[0])
+            .expect("every layer has a bias");
         let receptive: usize = shape[2..].iter().product();
         let (weight, bias) = if name.starts_with("decoder.conv") {
             // PyTorch's fan_in for a transposed convolution is weight.size(1) * kh * kw.
             let bound = 1.0 / ((shape[1] * receptive) as f32).sqrt();
-            (uniform(&mut rng, shape, bound), uniform(&mut rng, &[bias_len], bound))
+            (
+                uniform(&mut rng, shape, bound),
+                uniform(&mut rng, &[bias_len], bound),
+            )
         } else {
             let (fan_in, fan_out) = (shape[1] * receptive, shape[0] * receptive);
             let bound = (6.0 / (fan_in + fan_out) as f32).sqrt();
-            (uniform(&mut rng, shape, bound), HostTensor::new(vec![bias_len], vec![SEED_BIAS; bias_len]))
+            (
+                uniform(&mut rng, shape, bound),
+                HostTensor::new(vec![bias_len], vec![SEED_BIAS; bias_len]),
+            )
         };
         dict.insert(name.clone(), weight);
         dict.insert(bias_name, bias);

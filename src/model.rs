@@ -23,20 +23,38 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { latent: 200, channels: 16, in_channels: 3, height: 32, width: 32 }
+        Self {
+            latent: 200,
+            channels: 16,
+            in_channels: 3,
+            height: 32,
+            width: 32,
+        }
     }
 }
 
 impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         if self.latent == 0 || self.channels == 0 {
-            bail!("latent size and channels must be positive (got latent {}, channels {})", self.latent, self.channels);
+            bail!(
+                "latent size and channels must be positive (got latent {}, channels {})",
+                self.latent,
+                self.channels
+            );
         }
         if !matches!(self.in_channels, 1 | 3) {
             bail!("images must have 1 or 3 channels, not {}", self.in_channels);
         }
-        if self.height == 0 || self.width == 0 || self.height % 4 != 0 || self.width % 4 != 0 {
-            bail!("image height and width must be positive multiples of 4, not {}x{}", self.height, self.width);
+        if self.height == 0
+            || self.width == 0
+            || !self.height.is_multiple_of(4)
+            || !self.width.is_multiple_of(4)
+        {
+            bail!(
+                "image height and width must be positive multiples of 4, not {}x{}",
+                self.height,
+                self.width
+            );
         }
         Ok(())
     }
@@ -54,18 +72,37 @@ impl ModelConfig {
     /// (in, out, stride) of the six encoder convolutions.
     pub fn encoder_convs(&self) -> [(usize, usize, usize); 6] {
         let c = self.channels;
-        [(self.in_channels, c, 1), (c, c, 1), (c, 2 * c, 2), (2 * c, 2 * c, 1), (2 * c, 4 * c, 2), (4 * c, 4 * c, 1)]
+        [
+            (self.in_channels, c, 1),
+            (c, c, 1),
+            (c, 2 * c, 2),
+            (2 * c, 2 * c, 1),
+            (2 * c, 4 * c, 2),
+            (4 * c, 4 * c, 1),
+        ]
     }
 
     /// (in, out, stride) of the six decoder transposed convolutions; stride 2 ones add output padding 1.
     pub fn decoder_convs(&self) -> [(usize, usize, usize); 6] {
         let c = self.channels;
-        [(4 * c, 4 * c, 1), (4 * c, 2 * c, 2), (2 * c, 2 * c, 1), (2 * c, c, 2), (c, c, 1), (c, self.in_channels, 1)]
+        [
+            (4 * c, 4 * c, 1),
+            (4 * c, 2 * c, 2),
+            (2 * c, 2 * c, 1),
+            (2 * c, c, 2),
+            (c, c, 1),
+            (c, self.in_channels, 1),
+        ]
     }
 
     /// Number of trainable parameters.
     pub fn num_params(&self) -> usize {
-        let conv: usize = self.encoder_convs().iter().chain(self.decoder_convs().iter()).map(|&(i, o, _)| i * o * 9 + o).sum();
+        let conv: usize = self
+            .encoder_convs()
+            .iter()
+            .chain(self.decoder_convs().iter())
+            .map(|&(i, o, _)| i * o * 9 + o)
+            .sum();
         let dense = 2 * self.flat_features() * self.latent + self.latent + self.flat_features();
         conv + dense
     }

@@ -10,8 +10,7 @@ use burn::tensor::Tensor;
 use crate::model::Autoencoder;
 use crate::weights::torch_name;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamConfig {
     pub lr: f64,
     pub beta1: f64,
@@ -22,7 +21,12 @@ pub struct AdamConfig {
 
 impl Default for AdamConfig {
     fn default() -> Self {
-        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
     }
 }
 
@@ -43,18 +47,31 @@ pub struct Adam {
 
 impl Adam {
     pub fn new(config: AdamConfig) -> Self {
-        Self { config, step: 0, moments: BTreeMap::new() }
+        Self {
+            config,
+            step: 0,
+            moments: BTreeMap::new(),
+        }
     }
 
     /// One Adam step on every parameter of `model` that has a gradient in `grads`.
     pub fn step(&mut self, model: Autoencoder, mut grads: GradientsParams) -> Autoencoder {
         self.step += 1;
-        let mut mapper = StepMapper { adam: self, grads: &mut grads, path: Vec::new() };
+        let mut mapper = StepMapper {
+            adam: self,
+            grads: &mut grads,
+            path: Vec::new(),
+        };
         model.map(&mut mapper)
     }
 
     fn update(&mut self, name: String, param: Tensor<1>, grad: Tensor<1>) -> Tensor<1> {
-        let AdamConfig { lr, beta1, beta2, eps } = self.config;
+        let AdamConfig {
+            lr,
+            beta1,
+            beta2,
+            eps,
+        } = self.config;
         let t = self.step as i32;
         let bias_correction1 = 1.0 - beta1.powi(t);
         let bias_correction2_sqrt = (1.0 - beta2.powi(t)).sqrt();
@@ -64,10 +81,21 @@ impl Adam {
         };
         // exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
         let exp_avg = exp_avg.clone() + (grad.clone() - exp_avg).mul_scalar(1.0 - beta1);
-        let exp_avg_sq = exp_avg_sq.mul_scalar(beta2) + (grad.clone() * grad).mul_scalar(1.0 - beta2);
-        let denom = exp_avg_sq.clone().sqrt().div_scalar(bias_correction2_sqrt).add_scalar(eps);
+        let exp_avg_sq =
+            exp_avg_sq.mul_scalar(beta2) + (grad.clone() * grad).mul_scalar(1.0 - beta2);
+        let denom = exp_avg_sq
+            .clone()
+            .sqrt()
+            .div_scalar(bias_correction2_sqrt)
+            .add_scalar(eps);
         let updated = param - (exp_avg.clone() / denom).mul_scalar(lr / bias_correction1);
-        self.moments.insert(name, Moments { exp_avg, exp_avg_sq });
+        self.moments.insert(
+            name,
+            Moments {
+                exp_avg,
+                exp_avg_sq,
+            },
+        );
         updated
     }
 }

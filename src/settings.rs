@@ -48,7 +48,12 @@ impl TrainSettings {
     /// Why a checkpoint written with `saved` cannot be continued with these settings, if it cannot.
     /// Only the number of epochs, the data location and the device may change on resume.
     pub fn resume_conflict(&self, saved: &TrainSettings) -> Option<String> {
-        let normalized = TrainSettings { epochs: self.epochs, data_dir: self.data_dir.clone(), device: self.device, ..saved.clone() };
+        let normalized = TrainSettings {
+            epochs: self.epochs,
+            data_dir: self.data_dir.clone(),
+            device: self.device,
+            ..saved.clone()
+        };
         (normalized != *self).then(|| {
             format!(
                 "the run was started with different settings; resume with the same flags (saved: {})",

@@ -1,13 +1,13 @@
 //! Weights on the host: the PyTorch `state_dict` view of a model, and the files that hold it
 //! (safetensors, and PyTorch's `.pt` zip format read without running any pickle code).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor, TensorData};
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 
 use crate::model::{Autoencoder, Conv, ConvTranspose, Decoder, Dense, Encoder, ModelConfig};
 
@@ -26,12 +26,19 @@ impl HostTensor {
 
     pub fn from_tensor<const D: usize>(tensor: &Tensor<D>) -> Self {
         let shape = tensor.dims().to_vec();
-        let data = tensor.to_data().convert::<f32>().try_into_vec::<f32>().expect("float tensor data");
+        let data = tensor
+            .to_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("float tensor data");
         Self { shape, data }
     }
 
     fn to_tensor<const D: usize>(&self, device: &Device) -> Tensor<D> {
-        Tensor::from_data(TensorData::new(self.data.clone(), self.shape.clone()), device)
+        Tensor::from_data(
+            TensorData::new(self.data.clone(), self.shape.clone()),
+            device,
+        )
     }
 
     /// The transpose of a 2-D tensor.
@@ -43,7 +50,10 @@ impl HostTensor {
                 data[c * rows + r] = self.data[r * cols + c];
             }
         }
-        Self { shape: vec![cols, rows], data }
+        Self {
+            shape: vec![cols, rows],
+            data,
+        }
     }
 }
 
@@ -55,7 +65,10 @@ pub type StateDict = BTreeMap<String, HostTensor>;
 pub fn expected_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let mut shapes = Vec::new();
     for (i, (cin, cout, _)) in config.encoder_convs().into_iter().enumerate() {
-        shapes.push((format!("encoder.net.{}.weight", 2 * i), vec![cout, cin, 3, 3]));
+        shapes.push((
+            format!("encoder.net.{}.weight", 2 * i),
+            vec![cout, cin, 3, 3],
+        ));
         shapes.push((format!("encoder.net.{}.bias", 2 * i), vec![cout]));
     }
     let (flat, latent) = (config.flat_features(), config.latent);
@@ -64,7 +77,10 @@ pub fn expected_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     shapes.push(("decoder.linear.0.weight".into(), vec![flat, latent]));
     shapes.push(("decoder.linear.0.bias".into(), vec![flat]));
     for (i, (cin, cout, _)) in config.decoder_convs().into_iter().enumerate() {
-        shapes.push((format!("decoder.conv.{}.weight", 2 * i), vec![cin, cout, 3, 3]));
+        shapes.push((
+            format!("decoder.conv.{}.weight", 2 * i),
+            vec![cin, cout, 3, 3],
+        ));
         shapes.push((format!("decoder.conv.{}.bias", 2 * i), vec![cout]));
     }
     shapes
@@ -99,7 +115,11 @@ pub fn build_model(config: &ModelConfig, dict: &StateDict, device: &Device) -> R
     let param4 = |name: &str| Param::from_tensor(param(name).to_tensor::<4>(device));
     let param1 = |name: &str| Param::from_tensor(param(name).to_tensor::<1>(device));
     let dense = |prefix: &str| Dense {
-        weight: Param::from_tensor(param(&format!("{prefix}.weight")).transposed().to_tensor::<2>(device)),
+        weight: Param::from_tensor(
+            param(&format!("{prefix}.weight"))
+                .transposed()
+                .to_tensor::<2>(device),
+        ),
         bias: param1(&format!("{prefix}.bias")),
     };
     let encoder = Encoder {
@@ -175,7 +195,10 @@ impl<S: ParamSink> ModuleVisitor for PathVisitor<S> {
 }
 
 fn visit_params<S: ParamSink>(model: &Autoencoder, sink: S) -> S {
-    let mut visitor = PathVisitor { path: Vec::new(), sink };
+    let mut visitor = PathVisitor {
+        path: Vec::new(),
+        sink,
+    };
     model.visit(&mut visitor);
     visitor.sink
 }
@@ -189,8 +212,14 @@ fn host_in_torch_layout<const D: usize>(tensor: &Tensor<D>, transposed: bool) ->
 pub fn state_dict(model: &Autoencoder) -> StateDict {
     struct Values(StateDict);
     impl ParamSink for Values {
-        fn param<const D: usize>(&mut self, name: String, transposed: bool, param: &Param<Tensor<D>>) {
-            self.0.insert(name, host_in_torch_layout(&param.val(), transposed));
+        fn param<const D: usize>(
+            &mut self,
+            name: String,
+            transposed: bool,
+            param: &Param<Tensor<D>>,
+        ) {
+            self.0
+                .insert(name, host_in_torch_layout(&param.val(), transposed));
         }
     }
     visit_params(model, Values(StateDict::new())).0
@@ -217,7 +246,8 @@ impl WeightFile {
 
 /// Reads a safetensors or PyTorch `.pt` file (recognised by content, not by extension).
 pub fn read_weights(path: &Path) -> Result<WeightFile> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read weight file {}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read weight file {}", path.display()))?;
     let result = if bytes.starts_with(b"PK\x03\x04") {
         read_pt(path)
     } else if looks_like_safetensors(&bytes) {
@@ -231,8 +261,11 @@ pub fn read_weights(path: &Path) -> Result<WeightFile> {
 /// Reads weights and builds the model they describe.
 pub fn load_model(path: &Path, device: &Device) -> Result<(Autoencoder, ModelConfig)> {
     let file = read_weights(path)?;
-    let config = file.model_config().with_context(|| format!("weight file {}", path.display()))?;
-    let model = build_model(&config, &file.tensors, device).with_context(|| format!("weight file {}", path.display()))?;
+    let config = file
+        .model_config()
+        .with_context(|| format!("weight file {}", path.display()))?;
+    let model = build_model(&config, &file.tensors, device)
+        .with_context(|| format!("weight file {}", path.display()))?;
     Ok((model, config))
 }
 
@@ -241,80 +274,140 @@ fn looks_like_safetensors(bytes: &[u8]) -> bool {
 }
 
 fn read_safetensors(bytes: &[u8]) -> Result<WeightFile> {
-    let tensors = safetensors::SafeTensors::deserialize(bytes).context("not a valid safetensors file")?;
+    let tensors =
+        safetensors::SafeTensors::deserialize(bytes).context("not a valid safetensors file")?;
     let mut dict = StateDict::new();
     for (name, view) in tensors.tensors() {
         let data = match view.dtype() {
-            Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
             other => bail!("tensor `{name}` has dtype {other:?}; cae reads float32 weights"),
         };
         dict.insert(name, HostTensor::new(view.shape().to_vec(), data));
     }
-    let (_, metadata) = safetensors::SafeTensors::read_metadata(bytes).context("not a valid safetensors file")?;
+    let (_, metadata) =
+        safetensors::SafeTensors::read_metadata(bytes).context("not a valid safetensors file")?;
     let config = match metadata.metadata().as_ref().and_then(|m| m.get(CONFIG_KEY)) {
-        Some(json) => Some(serde_json::from_str(json).with_context(|| format!("metadata `{CONFIG_KEY}` is not a valid model configuration"))?),
+        Some(json) => Some(serde_json::from_str(json).with_context(|| {
+            format!("metadata `{CONFIG_KEY}` is not a valid model configuration")
+        })?),
         None => None,
     };
-    Ok(WeightFile { tensors: dict, config })
+    Ok(WeightFile {
+        tensors: dict,
+        config,
+    })
 }
 
 fn read_pt(path: &Path) -> Result<WeightFile> {
-    let reader = pytorch_reader::PytorchReader::new(path).context("not a readable PyTorch state_dict")?;
+    let reader =
+        pytorch_reader::PytorchReader::new(path).context("not a readable PyTorch state_dict")?;
     let mut dict = StateDict::new();
     for (name, tensor) in reader.into_tensors() {
         if tensor.dtype() != pytorch_reader::DType::F32 {
-            bail!("tensor `{name}` has dtype {:?}; cae reads float32 weights", tensor.dtype());
+            bail!(
+                "tensor `{name}` has dtype {:?}; cae reads float32 weights",
+                tensor.dtype()
+            );
         }
-        let bytes = tensor.read().with_context(|| format!("tensor `{name}`: cannot read its data"))?;
-        let data = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let bytes = tensor
+            .read()
+            .with_context(|| format!("tensor `{name}`: cannot read its data"))?;
+        let data = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         dict.insert(name, HostTensor::new(tensor.shape().to_vec(), data));
     }
-    Ok(WeightFile { tensors: dict, config: None })
+    Ok(WeightFile {
+        tensors: dict,
+        config: None,
+    })
 }
 
 /// The configuration implied by the shapes of a state dict from the tutorial's classes
 /// (square images assumed, since the shapes only fix height x width).
 pub fn infer_config(dict: &StateDict) -> Result<ModelConfig> {
     let shape = |name: &str| {
-        dict.get(name).map(|t| t.shape.clone()).with_context(|| format!("tensor `{name}` is missing, so the model shape cannot be inferred"))
+        dict.get(name).map(|t| t.shape.clone()).with_context(|| {
+            format!("tensor `{name}` is missing, so the model shape cannot be inferred")
+        })
     };
     let first = shape("encoder.net.0.weight")?;
     let dense = shape("encoder.net.13.weight")?;
     if first.len() != 4 || dense.len() != 2 {
-        bail!("tensors `encoder.net.0.weight` {first:?} and `encoder.net.13.weight` {dense:?} do not have the autoencoder's ranks");
+        bail!(
+            "tensors `encoder.net.0.weight` {first:?} and `encoder.net.13.weight` {dense:?} do not have the autoencoder's ranks"
+        );
     }
     let (channels, in_channels, latent, flat) = (first[0], first[1], dense[0], dense[1]);
     let cells = flat / (4 * channels).max(1);
     let side = (cells as f64).sqrt().round() as usize;
     if side * side * 4 * channels != flat {
-        bail!("`encoder.net.13.weight` has {flat} inputs, which is not 4*{channels}*s*s for a square feature map");
+        bail!(
+            "`encoder.net.13.weight` has {flat} inputs, which is not 4*{channels}*s*s for a square feature map"
+        );
     }
-    let config = ModelConfig { latent, channels, in_channels, height: 4 * side, width: 4 * side };
+    let config = ModelConfig {
+        latent,
+        channels,
+        in_channels,
+        height: 4 * side,
+        width: 4 * side,
+    };
     config.validate()?;
     Ok(config)
 }
 
 /// Writes `dict` as safetensors with the model configuration (and `extra` entries) in its metadata.
-pub fn save_safetensors(path: &Path, dict: &StateDict, config: Option<&ModelConfig>, extra: &[(&str, String)]) -> Result<()> {
+pub fn save_safetensors(
+    path: &Path,
+    dict: &StateDict,
+    config: Option<&ModelConfig>,
+    extra: &[(&str, String)],
+) -> Result<()> {
     let bytes = safetensors_bytes(dict, config, extra)?;
     crate::atomic::write_bytes(path, &bytes)
 }
 
-pub fn safetensors_bytes(dict: &StateDict, config: Option<&ModelConfig>, extra: &[(&str, String)]) -> Result<Vec<u8>> {
-    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = dict
+/// The safetensors encoding of `dict`. Written here rather than with `safetensors::serialize`
+/// because that crate keeps the metadata in a `HashMap`, whose random order makes two saves of
+/// the same weights differ byte for byte; this writes keys sorted, so equal content gives equal
+/// files. The result is read back (and so validated) by the `safetensors` crate in the tests.
+pub fn safetensors_bytes(
+    dict: &StateDict,
+    config: Option<&ModelConfig>,
+    extra: &[(&str, String)],
+) -> Result<Vec<u8>> {
+    let mut metadata: BTreeMap<String, String> = extra
         .iter()
-        .map(|(name, t)| (name.clone(), t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
-    let views = raw
-        .iter()
-        .map(|(name, shape, bytes)| Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes)?)))
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let mut metadata: HashMap<String, String> = extra.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     metadata.insert("format".into(), "pt".into());
     if let Some(config) = config {
         metadata.insert(CONFIG_KEY.into(), serde_json::to_string(config)?);
     }
-    Ok(safetensors::tensor::serialize(views, Some(metadata))?)
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::to_value(&metadata)?);
+    let mut offset = 0usize;
+    for (name, tensor) in dict {
+        let end = offset + 4 * tensor.data.len();
+        header.insert(name.clone(), serde_json::json!({ "dtype": "F32", "shape": tensor.shape, "data_offsets": [offset, end] }));
+        offset = end;
+    }
+    let mut header = serde_json::to_vec(&serde_json::Value::Object(header))?;
+    // The format pads the header with spaces so the data starts 8-byte aligned.
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut bytes = Vec::with_capacity(8 + header.len() + offset);
+    bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&header);
+    for tensor in dict.values() {
+        bytes.extend(tensor.data.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    Ok(bytes)
 }
 
 /// Saves a model's weights (PyTorch names) with its configuration.
@@ -326,7 +419,12 @@ pub fn save_model(path: &Path, model: &Autoencoder, config: &ModelConfig) -> Res
 pub fn grads_state_dict(model: &Autoencoder, grads: &burn::optim::GradientsParams) -> StateDict {
     struct Grads<'a>(&'a burn::optim::GradientsParams, StateDict);
     impl ParamSink for Grads<'_> {
-        fn param<const D: usize>(&mut self, name: String, transposed: bool, param: &Param<Tensor<D>>) {
+        fn param<const D: usize>(
+            &mut self,
+            name: String,
+            transposed: bool,
+            param: &Param<Tensor<D>>,
+        ) {
             if let Some(grad) = self.0.get::<D>(param.id) {
                 self.1.insert(name, host_in_torch_layout(&grad, transposed));
             }

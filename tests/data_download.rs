@@ -96,6 +96,8 @@ fn spec_for(url: &str, body: &[u8]) -> ArchiveSpec {
 #[derive(Clone)]
 enum Reply {
     Body(Vec<u8>),
+    /// Sends the body without a Content-Length, ending it by closing the connection.
+    Unsized(Vec<u8>),
     /// Announces more bytes than it sends, then closes the connection.
     Truncated {
         body: Vec<u8>,
@@ -133,6 +135,9 @@ fn answer(mut stream: TcpStream, reply: &Reply) {
     let _ = match reply {
         Reply::Body(body) => stream
             .write_all(headers("200 OK", body.len()).as_bytes())
+            .and_then(|()| stream.write_all(body)),
+        Reply::Unsized(body) => stream
+            .write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
             .and_then(|()| stream.write_all(body)),
         Reply::Truncated { body, announced } => stream
             .write_all(headers("200 OK", *announced).as_bytes())
@@ -179,12 +184,10 @@ fn assert_nothing_left(data_dir: &Path) {
 }
 
 fn ensure_error(data_dir: &Path, spec: &ArchiveSpec) -> String {
-    let e = format!(
+    format!(
         "{:#}",
         cifar::ensure_with(data_dir, spec).expect_err("ensure_with should fail")
-    );
-    eprintln!("ERR: {e}");
-    e
+    )
 }
 
 #[test]
@@ -214,6 +217,40 @@ fn ensure_uses_an_existing_folder_without_the_network() {
     let dir = cifar::ensure_with(tmp.path(), &spec_for(&url, &body)).unwrap();
     let unreachable = spec_for("http://127.0.0.1:1/cifar-10-binary.tar.gz", &body);
     assert_eq!(cifar::ensure_with(tmp.path(), &unreachable).unwrap(), dir);
+}
+
+#[test]
+fn ensure_unpacks_and_keeps_an_archive_already_in_the_data_folder() {
+    let body = good_archive();
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("cifar-10-binary.tar.gz"), &body).unwrap();
+    let offline = spec_for("http://127.0.0.1:1/cifar-10-binary.tar.gz", &body);
+
+    let dir = cifar::ensure_with(tmp.path(), &offline).unwrap();
+
+    assert_eq!(cifar::load(&dir).unwrap().test.len(), 3);
+    assert_eq!(
+        entries(tmp.path()),
+        ["cifar-10-batches-bin", "cifar-10-binary.tar.gz"]
+    );
+}
+
+#[test]
+fn ensure_refuses_a_local_archive_with_the_wrong_checksum() {
+    let body = good_archive();
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("cifar-10-binary.tar.gz"), &body).unwrap();
+    let mut spec = spec_for("http://127.0.0.1:1/cifar-10-binary.tar.gz", &body);
+    spec.md5 = "0".repeat(32);
+
+    let error = ensure_error(tmp.path(), &spec);
+
+    assert!(
+        error.contains("cifar-10-binary.tar.gz is not the expected CIFAR-10 archive"),
+        "{error}"
+    );
+    assert!(error.contains("MD5 mismatch"), "{error}");
+    assert_eq!(entries(tmp.path()), ["cifar-10-binary.tar.gz"]);
 }
 
 #[test]
@@ -294,6 +331,35 @@ fn truncated_transfer_is_refused_and_leaves_nothing() {
     let error = ensure_error(tmp.path(), &spec);
 
     assert!(error.contains(&format!("of {announced}")), "{error}");
+    assert_nothing_left(tmp.path());
+}
+
+#[test]
+fn body_longer_than_expected_is_cut_off() {
+    let url = serve(Reply::Unsized(vec![7u8; 100_000]));
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("file.bin");
+    let expected = Expected {
+        bytes: Some(5),
+        ..Expected::default()
+    };
+    let error = download::download_with(&url, &dest, &expected, &DownloadOptions::default())
+        .expect_err("an oversized download should fail");
+    let error = format!("{error:#}");
+    assert!(error.contains("more than the 5 expected bytes"), "{error}");
+    assert_nothing_left(tmp.path());
+}
+
+#[test]
+fn unknown_host_says_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = spec_for("http://no-such-host.invalid/cifar-10-binary.tar.gz", b"x");
+    let error = ensure_error(tmp.path(), &spec);
+    assert!(
+        error.contains("could not reach no-such-host.invalid"),
+        "{error}"
+    );
+    assert!(error.contains("--data-dir"), "{error}");
     assert_nothing_left(tmp.path());
 }
 

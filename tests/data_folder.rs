@@ -1,6 +1,8 @@
 //! The image-folder reader: behaviour on small synthetic folders, and the JPEG decoder against
 //! the pixels Pillow decoded for the PyTorch reference.
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -56,9 +58,7 @@ fn synthetic_root() -> (tempfile::TempDir, HashMap<String, RgbImage>) {
 }
 
 fn load_error(root: &Path) -> String {
-    let e = format!("{:#}", folder::load(root, 1).expect_err("load should fail"));
-    eprintln!("ERR: {e}");
-    e
+    format!("{:#}", folder::load(root, 1).expect_err("load should fail"))
 }
 
 #[test]
@@ -223,24 +223,9 @@ fn test_class_missing_from_train_is_an_error_naming_it() {
 
 // ---- Real CIFAR-10 JPEGs -------------------------------------------------------------------
 
-fn manifest_relative(env: &str, default: &str) -> PathBuf {
-    std::env::var_os(env).map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join(default),
-        PathBuf::from,
-    )
-}
-
-/// The unpacked CIFAR-10 JPEG folder; fails (never skips) when it is not there.
+/// The CIFAR-10 JPEG folders; fails (never skips) when they cannot be found or unpacked.
 fn cifar_jpg() -> PathBuf {
-    let dir = manifest_relative("CAE_CIFAR_JPG", "../shared/datasets/cifar10-jpg");
-    assert!(
-        dir.join("test/airplane/0000.jpg").is_file(),
-        "the CIFAR-10 JPEGs are not at {}: unpack them with \
-         `mkdir -p /tmp/cifar10-jpg && tar xzf /work/shared/datasets/cifar10-jpg.tar.gz -C /tmp/cifar10-jpg` \
-         and set CAE_CIFAR_JPG=/tmp/cifar10-jpg",
-        dir.display()
-    );
-    dir
+    common::cifar_jpg_dir()
 }
 
 /// A tempdir with 3 classes x 4 real images in train/ and 3 x 2 in test/.
@@ -291,37 +276,40 @@ fn real_subset_loads_in_order_and_shuffles_deterministically() {
 
 /// The image crate's JPEG decoder against Pillow's pixels in the PyTorch reference batch.
 ///
-/// Measured on the 20 reference images (61,440 channel values): zune-jpeg (image 0.25.10)
-/// differs from Pillow by at most MAX_MEASURED levels on DIFFERING_MEASURED values.
+/// Measured on the 20 reference images (61,440 channel values), image 0.25.10 (zune-jpeg 0.5.15)
+/// against Pillow: 46,495 values equal, 9,259 off by 1, 5,649 by 2, 36 by 3 and 1 by 4, so
+/// 14,945 (24%) differ, by 4 at most and 0.34 on average (the two decoders' IDCT and chroma
+/// upsampling round differently). The bounds sit a little above those figures.
 #[test]
 fn jpeg_decoding_matches_pillow_within_a_few_levels() {
-    let reference = manifest_relative("CAE_REFERENCE", "../shared/reference");
+    let reference = common::reference_dir();
     let (names, pillow) = reference_batch(&reference);
     let root = cifar_jpg();
     let mut max_diff = 0u8;
     let mut differing = 0usize;
-    let mut hist = [0usize; 256];
+    let mut total = 0usize;
     for (name, expected) in names.iter().zip(pillow.chunks_exact(32 * 32 * 3)) {
         let (w, h, rgb) = folder::decode_rgb(&root.join(name)).unwrap();
         assert_eq!((w, h), (32, 32), "{name}");
         for (&a, &b) in rgb.iter().zip(expected) {
             max_diff = max_diff.max(a.abs_diff(b));
-            hist[usize::from(a.abs_diff(b))] += 1;
+            total += usize::from(a.abs_diff(b));
             differing += usize::from(a != b);
         }
     }
-    eprintln!("HIST {:?}", hist);
+    let mean = total as f64 / pillow.len() as f64;
     println!(
-        "zune-jpeg vs Pillow: max abs difference {max_diff}, {differing} of {} values differ",
+        "image crate vs Pillow: max abs difference {max_diff}, mean {mean:.3}, \
+         {differing} of {} values differ",
         pillow.len()
     );
+    assert!(max_diff <= 6, "max abs difference {max_diff}");
+    assert!(mean <= 0.5, "mean abs difference {mean}");
     assert!(
-        max_diff <= MAX_DIFF_BOUND,
-        "max abs difference {max_diff} ({differing} values differ)"
+        differing * 10 <= pillow.len() * 3,
+        "{differing} values differ"
     );
 }
-
-const MAX_DIFF_BOUND: u8 = 255;
 
 /// The image names of `batch.json` and the `pixels_u8` tensor (N, 32, 32, 3) of
 /// `batch.safetensors`.

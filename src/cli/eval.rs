@@ -32,13 +32,25 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let shape = (test.channels, test.height, test.width);
     if shape != (config.in_channels, config.height, config.width) {
-        anyhow::bail!("{}: the model takes {}x{}x{} images but the dataset has {}x{}x{}", args.model.display(), config.in_channels, config.height, config.width, shape.0, shape.1, shape.2);
+        anyhow::bail!(
+            "{}: the model takes {}x{}x{} images but the dataset has {}x{}x{}",
+            args.model.display(),
+            config.in_channels,
+            config.height,
+            config.width,
+            shape.0,
+            shape.1,
+            shape.2
+        );
     }
     let quality = evaluate(&model, &Arc::new(test), &device, EVAL_BATCH, |_, _, _| {});
     if args.json {
         println!("{}", serde_json::to_string(&quality)?);
     } else {
-        println!("validation MSE {:.6} (normalized [-1,1] pixels), PSNR {:.2} dB (on [0,1] pixels), {} images", quality.mse, quality.psnr, quality.n);
+        println!(
+            "validation MSE {:.6} (normalized [-1,1] pixels), PSNR {:.2} dB (on [0,1] pixels), {} images",
+            quality.mse, quality.psnr, quality.n
+        );
     }
     Ok(())
 }

@@ -12,7 +12,11 @@ use cae::device::Backend;
 use cae::settings::DatasetKind;
 
 #[derive(Parser)]
-#[command(name = "cae", version, about = "Convolutional autoencoders on CIFAR-10 and your own images, faithful to the PyTorch tutorial")]
+#[command(
+    name = "cae",
+    version,
+    about = "Convolutional autoencoders on CIFAR-10 and your own images, faithful to the PyTorch tutorial"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,7 +46,9 @@ pub struct DataArgs {
 
 impl DataArgs {
     pub fn data_dir(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(cae::data::default_data_dir)
+        self.data_dir
+            .clone()
+            .unwrap_or_else(cae::data::default_data_dir)
     }
 }
 

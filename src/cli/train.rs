@@ -66,20 +66,32 @@ pub fn run(args: TrainArgs) -> Result<()> {
         device: args.data.device,
     };
     settings.validate()?;
-    let run_dir = args.out.unwrap_or_else(|| PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string()));
+    let run_dir = args.out.unwrap_or_else(|| {
+        PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
+    });
     let started = Instant::now();
     let splits = cae::data::load(settings.dataset, &settings.data_dir, settings.seed)?;
     println!(
         "data: {} training and {} validation images ({}x{}x{}) from {}  [{:.1} s]",
-        settings.train_limit.map_or(splits.train.len(), |n| n.min(splits.train.len())),
-        settings.val_limit.map_or(splits.test.len(), |n| n.min(splits.test.len())),
+        settings
+            .train_limit
+            .map_or(splits.train.len(), |n| n.min(splits.train.len())),
+        settings
+            .val_limit
+            .map_or(splits.test.len(), |n| n.min(splits.test.len())),
         splits.train.channels,
         splits.train.height,
         splits.train.width,
         settings.data_dir.display(),
         started.elapsed().as_secs_f64()
     );
-    let outcome = cae::train::train(&settings, splits, &run_dir, args.resume, std::io::stderr().is_terminal())?;
+    let outcome = cae::train::train(
+        &settings,
+        splits,
+        &run_dir,
+        args.resume,
+        std::io::stderr().is_terminal(),
+    )?;
     println!(
         "done in {:.1} s: final val MSE {:.6}, PSNR {:.2} dB; run folder {}",
         started.elapsed().as_secs_f64(),

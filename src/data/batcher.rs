@@ -48,13 +48,19 @@ impl Prefetcher {
         let (sender, receiver) = sync_channel(depth.max(1));
         let worker = std::thread::spawn(move || {
             for indices in order.chunks(batch_size.max(1)) {
-                let batch = Batch { data: normalized_batch(&set, indices), len: indices.len() };
+                let batch = Batch {
+                    data: normalized_batch(&set, indices),
+                    len: indices.len(),
+                };
                 if sender.send(batch).is_err() {
                     return; // the consumer stopped early
                 }
             }
         });
-        Self { receiver: Some(receiver), worker: Some(worker) }
+        Self {
+            receiver: Some(receiver),
+            worker: Some(worker),
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use flate2::read::GzDecoder;
 
-use super::download::{self, Unreachable};
+use super::download::{self, Expected, Unreachable};
 use super::{ImageSet, Splits};
 
 /// The class names, in label order.
@@ -28,6 +28,8 @@ pub const CLASSES: [&str; 10] = [
 
 /// The official archive of the binary version.
 pub const URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
+/// The archive's file name, downloaded into (or picked up from) the data folder.
+pub const ARCHIVE_NAME: &str = "cifar-10-binary.tar.gz";
 pub const ARCHIVE_BYTES: u64 = 170_052_171;
 pub const ARCHIVE_MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
 pub const ARCHIVE_SHA256: &str = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd";
@@ -133,7 +135,7 @@ fn check_file_size(path: &Path, len: usize) -> Result<()> {
             path.display()
         );
     }
-    if len % RECORD_BYTES != 0 {
+    if !len.is_multiple_of(RECORD_BYTES) {
         bail!(
             "{}: {len} bytes is not a multiple of the {RECORD_BYTES}-byte record size \
              (the file is truncated or not a CIFAR-10 batch)",
@@ -161,6 +163,14 @@ impl ArchiveSpec {
             sha256: ARCHIVE_SHA256.to_string(),
         }
     }
+
+    fn expected(&self) -> Expected<'_> {
+        Expected {
+            bytes: Some(self.bytes),
+            md5: Some(&self.md5),
+            sha256: Some(&self.sha256),
+        }
+    }
 }
 
 /// The batches folder under `data_dir`, downloading the official archive if it is not there.
@@ -170,9 +180,10 @@ pub fn ensure(data_dir: &Path) -> Result<PathBuf> {
 
 /// Like [`ensure`], with the download described by `spec`.
 ///
+/// A `cifar-10-binary.tar.gz` already in `data_dir` is used (and kept) instead of downloading.
 /// The archive is checked (size, MD5, SHA-256) before anything is extracted; the batches are
 /// unpacked into a temporary folder that is renamed to `data_dir/cifar-10-batches-bin` only when
-/// complete. On failure neither the archive nor a partial folder is left behind.
+/// complete. On failure neither a downloaded archive nor a partial folder is left behind.
 pub fn ensure_with(data_dir: &Path, spec: &ArchiveSpec) -> Result<PathBuf> {
     if let Some(dir) = find_batches_dir(data_dir) {
         return Ok(dir);
@@ -185,25 +196,37 @@ pub fn ensure_with(data_dir: &Path, spec: &ArchiveSpec) -> Result<PathBuf> {
             missing_batches(&target).join(", ")
         );
     }
-    fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create the data folder {}", data_dir.display()))?;
-    let archive = data_dir.join(format!(
-        ".cifar-10-binary.tar.gz.download-{}",
-        std::process::id()
-    ));
-    let result = download_and_unpack(spec, &archive, &target);
-    let _ = fs::remove_file(&archive);
-    result.map_err(|e| with_offline_advice(e, data_dir))?;
+    let archive = data_dir.join(ARCHIVE_NAME);
+    if archive.is_file() {
+        unpack_local(&archive, spec, &target)?;
+    } else {
+        fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create the data folder {}", data_dir.display()))?;
+        let result = download_and_unpack(spec, &archive, &target);
+        let _ = fs::remove_file(&archive);
+        result.map_err(|e| with_offline_advice(e, data_dir))?;
+    }
     Ok(target)
 }
 
+fn unpack_local(archive: &Path, spec: &ArchiveSpec, target: &Path) -> Result<()> {
+    download::verify_file(archive, &spec.expected()).with_context(|| {
+        format!(
+            "{} is not the expected CIFAR-10 archive; delete it so cae can download it again",
+            archive.display()
+        )
+    })?;
+    unpack(archive, target)
+}
+
 fn download_and_unpack(spec: &ArchiveSpec, archive: &Path, target: &Path) -> Result<()> {
+    let expected = spec.expected();
     download::download(
         &spec.url,
         archive,
-        Some(spec.bytes),
-        Some(&spec.md5),
-        Some(&spec.sha256),
+        expected.bytes,
+        expected.md5,
+        expected.sha256,
     )?;
     unpack(archive, target)
 }
@@ -216,7 +239,7 @@ fn with_offline_advice(error: anyhow::Error, data_dir: &Path) -> anyhow::Error {
         "cae is offline or could not reach {host}, so it cannot download CIFAR-10. \
          Download cifar-10-binary.tar.gz ({URL}) on a machine with internet access, unpack it \
          (tar xzf cifar-10-binary.tar.gz), and pass --data-dir pointing at the folder holding \
-         cifar-10-batches-bin (or copy that folder into {dir})",
+         cifar-10-batches-bin (or put cifar-10-binary.tar.gz or that folder into {dir})",
         host = unreachable.host,
         dir = data_dir.display()
     );
@@ -270,6 +293,7 @@ fn extract_members(archive: &Path, dest: &Path) -> Result<()> {
         let mut out =
             File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
         io::copy(&mut entry, &mut out)
+            .and_then(|_| out.sync_all())
             .with_context(|| format!("cannot extract archive member {member}"))?;
     }
     Ok(())

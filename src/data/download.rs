@@ -2,16 +2,15 @@
 //! the expected size and checksums, and only then renamed into place.
 
 use std::fmt::Write as _;
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use md5::Md5;
 use sha2::{Digest, Sha256};
-
-use crate::atomic;
 
 /// Timeouts of a download.
 #[derive(Debug, Clone)]
@@ -69,26 +68,67 @@ pub struct Expected<'a> {
 
 /// Downloads `url` to `dest`, checking the size and checksums in `expected`.
 ///
-/// The body goes to a temporary file beside `dest` that is renamed over `dest` only once every
-/// check has passed; on any failure the temporary file is removed and `dest` is left untouched.
+/// The body goes to a temporary file beside `dest` that is renamed to `dest` only once every
+/// check has passed; on any failure the temporary file is removed and `dest` is not created.
 pub fn download_with(
     url: &str,
     dest: &Path,
     expected: &Expected,
     options: &DownloadOptions,
 ) -> Result<()> {
-    let result = (|| -> Result<()> {
-        let response = request(url, options)?;
-        let announced = response.body().content_length();
-        check_announced_size(announced, expected.bytes)?;
-        let reader = response.into_body().into_reader();
-        atomic::write_with(dest, |file| {
-            let digests = stream(reader, file, announced, options)?;
-            digests.verify(expected)
-        })
-    })();
+    let part = part_path(dest);
+    let result = fetch(url, &part, expected, options).and_then(|()| {
+        fs::rename(&part, dest)
+            .with_context(|| format!("cannot move {} to {}", part.display(), dest.display()))
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&part);
+    }
     result.with_context(|| format!("downloading {url} to {} failed", dest.display()))
 }
+
+fn part_path(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.part-{}", std::process::id()))
+}
+
+/// Streams the body of `url` into `part` and checks it.
+fn fetch(url: &str, part: &Path, expected: &Expected, options: &DownloadOptions) -> Result<()> {
+    let response = request(url, options)?;
+    let announced = response.body().content_length();
+    check_announced_size(announced, expected.bytes)?;
+    let mut file =
+        File::create(part).with_context(|| format!("cannot create {}", part.display()))?;
+    let reader = response.into_body().into_reader();
+    let digests = stream(reader, &mut file, announced, expected.bytes, options)?;
+    file.sync_all()
+        .with_context(|| format!("cannot flush {} to disk", part.display()))?;
+    digests.verify(expected)
+}
+
+/// Checks the size and checksums of the file at `path` against `expected`.
+pub fn verify_file(path: &Path, expected: &Expected) -> Result<()> {
+    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut digests = Digests::default();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        digests.update(&buf[..n]);
+    }
+    digests
+        .verify(expected)
+        .with_context(|| format!("{} does not match", path.display()))
+}
+
+const CHUNK: usize = 256 * 1024;
 
 fn request(url: &str, options: &DownloadOptions) -> Result<ureq::http::Response<ureq::Body>> {
     let agent = ureq::Agent::config_builder()
@@ -129,14 +169,16 @@ fn request_error(url: &str, error: ureq::Error) -> anyhow::Error {
 
 fn is_unreachable_io(error: &io::Error) -> bool {
     use io::ErrorKind as K;
-    matches!(
+    let refused = matches!(
         error.kind(),
         K::ConnectionRefused
             | K::NetworkUnreachable
             | K::HostUnreachable
             | K::NetworkDown
             | K::AddrNotAvailable
-    )
+    );
+    // Name resolution failures have no ErrorKind of their own; std words them like this.
+    refused || error.to_string().contains("failed to lookup address")
 }
 
 /// The host (and port) part of `url`, for messages.
@@ -154,16 +196,18 @@ fn check_announced_size(announced: Option<u64>, expected: Option<u64>) -> Result
     Ok(())
 }
 
-/// Copies the body to `out`, hashing it, and fails if it ends before `announced` bytes.
+/// Copies the body to `out`, hashing it; fails if it ends before `announced` bytes or grows
+/// past `limit` bytes.
 fn stream(
     mut reader: impl Read,
     out: &mut impl Write,
     announced: Option<u64>,
+    limit: Option<u64>,
     options: &DownloadOptions,
 ) -> Result<Digests> {
     let progress = progress_bar(announced);
     let mut digests = Digests::default();
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = vec![0u8; CHUNK];
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
@@ -172,6 +216,11 @@ fn stream(
             Err(e) => return Err(read_error(e, digests.bytes, announced, options)),
         };
         digests.update(&buf[..n]);
+        if let Some(limit) = limit
+            && digests.bytes > limit
+        {
+            bail!("the server sent more than the {limit} expected bytes");
+        }
         out.write_all(&buf[..n])
             .context("cannot write the download")?;
         progress.inc(n as u64);

@@ -66,7 +66,11 @@ pub struct Splits {
 
 /// Reads (downloading CIFAR-10 when missing) the dataset `kind` from `data_dir`.
 /// `seed` fixes the one-time shuffle of an image folder's training list.
-pub fn load(kind: crate::settings::DatasetKind, data_dir: &std::path::Path, seed: u64) -> anyhow::Result<Splits> {
+pub fn load(
+    kind: crate::settings::DatasetKind,
+    data_dir: &std::path::Path,
+    seed: u64,
+) -> anyhow::Result<Splits> {
     use crate::settings::DatasetKind;
     match kind {
         DatasetKind::Cifar10 => cifar::load(&cifar::ensure(data_dir)?),
@@ -79,6 +83,8 @@ pub fn default_data_dir() -> std::path::PathBuf {
     if let Some(dir) = std::env::var_os("CAE_DATA") {
         return dir.into();
     }
-    let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_else(|| ".".into());
+    let home = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| ".".into());
     home.join(".cache").join("cae")
 }

@@ -8,19 +8,46 @@ pub fn reference_dir() -> PathBuf {
     let dir = std::env::var_os("CAE_REFERENCE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference"));
-    assert!(dir.join("batch.safetensors").exists(), "PyTorch reference fixtures not found in {}; set CAE_REFERENCE", dir.display());
+    assert!(
+        dir.join("batch.safetensors").exists(),
+        "PyTorch reference fixtures not found in {}; set CAE_REFERENCE",
+        dir.display()
+    );
     dir
 }
 
-/// The unpacked CIFAR-10 JPEG folders (`$CAE_CIFAR_JPG`, else `../shared/datasets/cifar10-jpg`).
+/// The CIFAR-10 JPEG folders (train/<class>/*.jpg, test/<class>/*.jpg): `$CAE_CIFAR_JPG`, else
+/// `../shared/datasets/cifar10-jpg.tar.gz` unpacked once into Cargo's test scratch folder.
 pub fn cifar_jpg_dir() -> PathBuf {
-    let dir = std::env::var_os("CAE_CIFAR_JPG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/cifar10-jpg"));
-    assert!(
-        dir.join("test").is_dir(),
-        "CIFAR-10 JPEG folders not found in {}: unpack ../shared/datasets/cifar10-jpg.tar.gz there, or set CAE_CIFAR_JPG (.ci/run does this)",
-        dir.display()
-    );
+    if let Some(dir) = std::env::var_os("CAE_CIFAR_JPG") {
+        let dir = PathBuf::from(dir);
+        assert!(
+            dir.join("test").is_dir(),
+            "CAE_CIFAR_JPG={} has no test/ folder",
+            dir.display()
+        );
+        return dir;
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cifar10-jpg");
+    static UNPACK: std::sync::Once = std::sync::Once::new();
+    UNPACK.call_once(|| {
+        if dir.join("test").is_dir() {
+            return;
+        }
+        let tarball =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/cifar10-jpg.tar.gz");
+        let file = std::fs::File::open(&tarball).unwrap_or_else(|e| {
+            panic!(
+                "CIFAR-10 JPEGs needed: {} ({e}); or set CAE_CIFAR_JPG to an unpacked copy",
+                tarball.display()
+            )
+        });
+        let partial = dir.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        tar::Archive::new(flate2::read::GzDecoder::new(file))
+            .unpack(&partial)
+            .expect("unpack the CIFAR-10 JPEG tarball");
+        std::fs::rename(&partial, &dir).expect("move the unpacked images into place");
+    });
     dir
 }
