@@ -9,12 +9,16 @@ use crate::device::Backend;
 
 /// Where the images come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum DatasetKind {
     /// CIFAR-10 in its official binary layout (downloaded when missing).
     Cifar10,
     /// ROOT/train/<class>/* and ROOT/test/<class>/* image files.
     Folder,
+    /// MNIST digits in IDX format (`train-images-idx3-ubyte[.gz]`, ...).
+    Mnist,
+    /// Fashion-MNIST in IDX format; Debian's `dataset-fashion-mnist` copy is found by default.
+    FashionMnist,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,11 +5,15 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use cae::data::cifar::CLASSES;
-use cae::data::folder;
-use image::{GrayImage, Rgb, RgbImage};
+use cae::data::folder::{self, FolderOptions};
+use flate2::write::ZlibEncoder;
+use flate2::{Compression, Crc};
+use image::imageops::{self, FilterType};
+use image::{DynamicImage, GrayAlphaImage, GrayImage, Luma, LumaA, Rgb, RgbImage, Rgba, RgbaImage};
 
 /// A recognisable image: its pixels depend on `seed` and the position.
 fn picture(width: u32, height: u32, seed: u32) -> RgbImage {
@@ -129,7 +133,7 @@ fn extensions_are_case_insensitive_and_images_become_rgb() {
     let tmp = tempfile::tempdir().unwrap();
     save(tmp.path(), "train/a/x.PNG", &picture(4, 4, 1));
     save(tmp.path(), "train/a/y.bmp", &picture(4, 4, 2));
-    let gray = GrayImage::from_fn(4, 4, |x, y| image::Luma([(x * 40 + y) as u8]));
+    let gray = GrayImage::from_fn(4, 4, |x, y| Luma([(x * 40 + y) as u8]));
     gray.save_with_format(tmp.path().join("train/a/z.Png"), image::ImageFormat::Png)
         .unwrap();
     save(tmp.path(), "test/a/t.JPEG", &picture(4, 4, 3));
@@ -168,14 +172,205 @@ fn missing_train_folder_is_an_error() {
 }
 
 #[test]
-fn image_of_another_size_is_an_error_naming_it_and_both_sizes() {
+fn image_of_another_size_is_resized_to_the_first_training_image() {
     let (tmp, _) = synthetic_root();
-    save(tmp.path(), "test/cat/02.png", &picture(5, 5, 0));
-    let error = load_error(tmp.path());
-    assert!(
-        error.contains("test/cat/02.png: image is 5x5 but train/ant/00.png is 8x6"),
-        "{error}"
-    );
+    let odd = picture(5, 5, 0);
+    save(tmp.path(), "test/cat/02.png", &odd);
+    let splits = folder::load(tmp.path(), 1).unwrap();
+    let test = &splits.test;
+    assert_eq!((test.channels, test.height, test.width), (3, 6, 8));
+    let index = test
+        .sources
+        .iter()
+        .position(|s| s == "test/cat/02.png")
+        .unwrap();
+    let expected = imageops::resize(&odd, 8, 6, FilterType::Triangle);
+    assert_eq!(test.image(index), planar(&expected).as_slice());
+}
+
+#[test]
+fn image_size_option_resizes_every_image() {
+    let (tmp, images) = synthetic_root();
+    let options = FolderOptions {
+        channels: None,
+        image_size: Some((4, 3)),
+    };
+    let splits = folder::load_with(tmp.path(), 7, &options).unwrap();
+    for set in [&splits.train, &splits.test] {
+        assert_eq!((set.channels, set.height, set.width), (3, 3, 4));
+        for (i, source) in set.sources.iter().enumerate() {
+            let expected = imageops::resize(&images[source], 4, 3, FilterType::Triangle);
+            assert_eq!(set.image(i), planar(&expected).as_slice(), "{source}");
+        }
+    }
+}
+
+#[test]
+fn one_channel_option_reads_luma() {
+    let (tmp, images) = synthetic_root();
+    let options = FolderOptions {
+        channels: Some(1),
+        image_size: None,
+    };
+    let splits = folder::load_with(tmp.path(), 7, &options).unwrap();
+    for set in [&splits.train, &splits.test] {
+        assert_eq!((set.channels, set.height, set.width), (1, 6, 8));
+        for (i, source) in set.sources.iter().enumerate() {
+            let expected = luma(&images[source]);
+            assert_eq!(set.image(i), expected.as_raw().as_slice(), "{source}");
+        }
+    }
+}
+
+#[test]
+fn unsupported_options_are_errors() {
+    let (tmp, _) = synthetic_root();
+    for (channels, image_size, message) in [
+        (Some(2), None, "2 channels requested"),
+        (Some(4), None, "4 channels requested"),
+        (None, Some((0, 5)), "image size 0x5 requested"),
+    ] {
+        let options = FolderOptions {
+            channels,
+            image_size,
+        };
+        let error = format!(
+            "{:#}",
+            folder::load_with(tmp.path(), 0, &options).unwrap_err()
+        );
+        assert!(error.contains(message), "{error}");
+    }
+}
+
+/// The `image` crate's RGB to gray conversion, the reference for 1-channel reads.
+fn luma(image: &RgbImage) -> GrayImage {
+    DynamicImage::ImageRgb8(image.clone()).to_luma8()
+}
+
+fn gray_picture() -> GrayImage {
+    GrayImage::from_fn(5, 3, |x, y| Luma([(x * 50 + y * 7) as u8]))
+}
+
+/// Decodes `path` to 3 and to 1 channels and compares with the expected RGB and gray images.
+fn assert_decodes_to(path: &Path, rgb: &RgbImage, gray: &GrayImage) {
+    let (w, h, pixels) = folder::decode_image(path, 3, None).unwrap();
+    assert_eq!((w, h), rgb.dimensions());
+    assert_eq!(pixels, planar(rgb), "{} as RGB", path.display());
+    let (w, h, pixels) = folder::decode_image(path, 1, None).unwrap();
+    assert_eq!((w, h), gray.dimensions());
+    assert_eq!(&pixels, gray.as_raw(), "{} as gray", path.display());
+}
+
+#[test]
+fn gray_png_converts_to_three_and_one_channels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gray = gray_picture();
+    let path = tmp.path().join("gray.png");
+    gray.save(&path).unwrap();
+    let rgb = RgbImage::from_fn(5, 3, |x, y| {
+        let v = gray.get_pixel(x, y)[0];
+        Rgb([v, v, v])
+    });
+    assert_decodes_to(&path, &rgb, &gray);
+}
+
+#[test]
+fn gray_alpha_png_drops_the_alpha() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gray = gray_picture();
+    let with_alpha = GrayAlphaImage::from_fn(5, 3, |x, y| {
+        LumaA([gray.get_pixel(x, y)[0], (x * 60) as u8])
+    });
+    let path = tmp.path().join("gray_alpha.png");
+    with_alpha.save(&path).unwrap();
+    let rgb = RgbImage::from_fn(5, 3, |x, y| {
+        let v = gray.get_pixel(x, y)[0];
+        Rgb([v, v, v])
+    });
+    assert_decodes_to(&path, &rgb, &gray);
+}
+
+#[test]
+fn rgba_png_drops_the_alpha() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rgb = picture(6, 4, 9);
+    let rgba = RgbaImage::from_fn(6, 4, |x, y| {
+        let [r, g, b] = rgb.get_pixel(x, y).0;
+        Rgba([r, g, b, (x * 40 + y) as u8])
+    });
+    let path = tmp.path().join("rgba.png");
+    rgba.save(&path).unwrap();
+    assert_decodes_to(&path, &rgb, &luma(&rgb));
+}
+
+#[test]
+fn palette_png_expands_its_palette() {
+    let tmp = tempfile::tempdir().unwrap();
+    let palette = [[255, 0, 0], [0, 128, 255], [10, 20, 30]];
+    let indices = [[0, 1, 2, 1], [2, 2, 0, 0], [1, 0, 1, 2]];
+    let path = tmp.path().join("palette.png");
+    fs::write(&path, palette_png(&palette, &indices)).unwrap();
+    let rgb = RgbImage::from_fn(4, 3, |x, y| {
+        Rgb(palette[indices[y as usize][x as usize] as usize])
+    });
+    assert_decodes_to(&path, &rgb, &luma(&rgb));
+}
+
+#[test]
+fn decode_image_resizes_when_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rgb = picture(7, 5, 2);
+    let path = tmp.path().join("odd.bmp");
+    rgb.save(&path).unwrap();
+    let (w, h, pixels) = folder::decode_image(&path, 3, Some((3, 9))).unwrap();
+    assert_eq!((w, h), (3, 9));
+    let expected = imageops::resize(&rgb, 3, 9, FilterType::Triangle);
+    assert_eq!(pixels, planar(&expected));
+    let (w, h, pixels) = folder::decode_image(&path, 1, Some((7, 5))).unwrap();
+    assert_eq!((w, h), (7, 5));
+    assert_eq!(&pixels, luma(&rgb).as_raw());
+}
+
+#[test]
+fn decode_image_errors_name_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("missing.png");
+    let error = format!("{:#}", folder::decode_image(&path, 3, None).unwrap_err());
+    assert!(error.contains("missing.png"), "{error}");
+    fs::write(&path, b"not an image at all").unwrap();
+    let error = format!("{:#}", folder::decode_image(&path, 3, None).unwrap_err());
+    assert!(error.contains("missing.png"), "{error}");
+}
+
+/// An 8-bit palette PNG (colour type 3), written by hand since the `image` crate only reads them.
+fn palette_png(palette: &[[u8; 3]], rows: &[[u8; 4]]) -> Vec<u8> {
+    let mut ihdr = Vec::new();
+    ihdr.extend(4u32.to_be_bytes());
+    ihdr.extend((rows.len() as u32).to_be_bytes());
+    ihdr.extend([8, 3, 0, 0, 0]);
+    let mut raw = Vec::new();
+    for row in rows {
+        raw.push(0); // filter type None
+        raw.extend(row);
+    }
+    let mut zlib = ZlibEncoder::new(Vec::new(), Compression::default());
+    zlib.write_all(&raw).unwrap();
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png_chunk(&mut png, b"IHDR", &ihdr);
+    png_chunk(&mut png, b"PLTE", palette.concat().as_slice());
+    png_chunk(&mut png, b"IDAT", &zlib.finish().unwrap());
+    png_chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+fn png_chunk(png: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    png.extend((data.len() as u32).to_be_bytes());
+    png.extend(kind);
+    png.extend(data);
+    let mut crc = Crc::new();
+    crc.update(kind);
+    crc.update(data);
+    png.extend(crc.sum().to_be_bytes());
 }
 
 #[test]

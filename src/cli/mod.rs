@@ -1,6 +1,9 @@
 //! Flag parsing and dispatch to the library.
 
+mod codes;
+mod convert;
 mod eval;
+mod reconstruct;
 mod train;
 
 use std::path::PathBuf;
@@ -28,6 +31,16 @@ enum Command {
     Train(train::TrainArgs),
     /// Report the reconstruction error of a trained model on the validation images.
     Eval(eval::EvalArgs),
+    /// Reconstruct image files; writes <name>_recon.png and a side-by-side grid.
+    Reconstruct(reconstruct::ReconstructArgs),
+    /// Write the latent codes of images or of a dataset to .npy (or CSV).
+    Encode(codes::EncodeArgs),
+    /// Decode latent codes from a .npy file into images.
+    Decode(codes::DecodeArgs),
+    /// Convert PyTorch (.pt or safetensors) weights of the tutorial's model into a cae model file.
+    Import(convert::ImportArgs),
+    /// Write a model's weights as a PyTorch state_dict (.pt).
+    Export(convert::ExportArgs),
 }
 
 /// Which images to use.
@@ -56,5 +69,10 @@ pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Reconstruct(args) => reconstruct::run(args),
+        Command::Encode(args) => codes::encode(args),
+        Command::Decode(args) => codes::decode(args),
+        Command::Import(args) => convert::import(args),
+        Command::Export(args) => convert::export(args),
     }
 }

@@ -1,13 +1,15 @@
 //! Image folders: `root/train/<class>/*` and `root/test/<class>/*`, as PNG, JPEG or BMP files.
 
 use std::ffi::OsString;
-use std::fs;
+use std::fs::{self, File};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use anyhow::{Context, Result, anyhow, bail};
-use image::ImageReader;
+use image::imageops::{self, FilterType};
+use image::{DynamicImage, ImageBuffer, ImageReader, Pixel};
 
 use super::{ImageSet, Splits};
 
@@ -23,30 +25,64 @@ struct Entry {
     label: u16,
 }
 
-/// Reads `root/train` and `root/test`, converting every image to 8-bit RGB.
+/// How [`load_with`] converts the images.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FolderOptions {
+    /// 1 (grayscale) or 3 (RGB); `None` means 3.
+    pub channels: Option<usize>,
+    /// The (width, height) every image is resized to; `None` means the size of the first
+    /// training image in name order.
+    pub image_size: Option<(u32, u32)>,
+}
+
+/// [`load_with`] with the default options: RGB, at the size of the first training image.
+pub fn load(root: &Path, shuffle_seed: u64) -> Result<Splits> {
+    load_with(root, shuffle_seed, &FolderOptions::default())
+}
+
+/// Reads `root/train` and `root/test`, converting every image to `options.channels` 8-bit
+/// channels at `options.image_size` (see [`decode_image`] for the conversions and the resizing).
 ///
 /// The classes are the sorted subfolder names of `train/` (hidden ones skipped); `test/` may only
 /// use those. Files are read in name order; the training list is then shuffled once with
 /// `shuffle_seed` (see [`shuffle`]) since class-sorted batches train badly, while the test list
-/// stays in class and file order. Every image must have the size of the first training image.
-pub fn load(root: &Path, shuffle_seed: u64) -> Result<Splits> {
+/// stays in class and file order.
+pub fn load_with(root: &Path, shuffle_seed: u64, options: &FolderOptions) -> Result<Splits> {
+    let channels = check_channels(options.channels.unwrap_or(3))?;
     let train_dir = split_dir(root, "train")?;
     split_dir(root, "test")?;
     let classes = subfolders(&train_dir)?;
     let mut train = list_split(root, "train", &classes)?;
     let test = list_split(root, "test", &classes)?;
     let first = train.first().context("train/ holds no images")?;
-    let (width, height, _) = decode_rgb(&first.path)?;
-    let reference = Reference {
-        source: first.source.clone(),
+    let (width, height) = match options.image_size {
+        Some(size) => check_size(size)?,
+        None => image_dimensions(&first.path)?,
+    };
+    let target = Target {
+        channels,
         width,
         height,
     };
     shuffle(&mut train, shuffle_seed);
     Ok(Splits {
-        train: decode_all(&train, &classes, &reference)?,
-        test: decode_all(&test, &classes, &reference)?,
+        train: decode_all(&train, &classes, &target)?,
+        test: decode_all(&test, &classes, &target)?,
     })
+}
+
+fn check_channels(channels: usize) -> Result<usize> {
+    if channels != 1 && channels != 3 {
+        bail!("{channels} channels requested; images can be read with 1 (gray) or 3 (RGB)");
+    }
+    Ok(channels)
+}
+
+fn check_size((width, height): (u32, u32)) -> Result<(u32, u32)> {
+    if width == 0 || height == 0 {
+        bail!("image size {width}x{height} requested; both sides must be at least 1");
+    }
+    Ok((width, height))
 }
 
 fn split_dir(root: &Path, split: &str) -> Result<PathBuf> {
@@ -130,16 +166,16 @@ fn has_image_extension(path: &Path) -> bool {
         .is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
-/// The image whose size every other image must have.
-struct Reference {
-    source: String,
+/// The channel count and size every image is converted to.
+struct Target {
+    channels: usize,
     width: u32,
     height: u32,
 }
 
-/// Decodes `entries` in parallel into one planar RGB [`ImageSet`].
-fn decode_all(entries: &[Entry], classes: &[String], reference: &Reference) -> Result<ImageSet> {
-    let image_len = 3 * reference.width as usize * reference.height as usize;
+/// Decodes `entries` in parallel into one planar [`ImageSet`].
+fn decode_all(entries: &[Entry], classes: &[String], target: &Target) -> Result<ImageSet> {
+    let image_len = target.channels * target.width as usize * target.height as usize;
     let mut pixels = vec![0u8; entries.len() * image_len];
     let threads = thread::available_parallelism().map_or(2, |n| n.get());
     let per_thread = entries.len().div_ceil(threads).max(1);
@@ -148,7 +184,7 @@ fn decode_all(entries: &[Entry], classes: &[String], reference: &Reference) -> R
         let workers: Vec<_> = entries
             .chunks(per_thread)
             .zip(pixels.chunks_mut(per_thread * image_len))
-            .map(|(chunk, out)| scope.spawn(|| decode_chunk(chunk, out, reference, &failed)))
+            .map(|(chunk, out)| scope.spawn(|| decode_chunk(chunk, out, target, &failed)))
             .collect();
         workers
             .into_iter()
@@ -163,9 +199,9 @@ fn decode_all(entries: &[Entry], classes: &[String], reference: &Reference) -> R
     // bad file is named).
     results.into_iter().collect::<Result<()>>()?;
     Ok(ImageSet {
-        channels: 3,
-        height: reference.height as usize,
-        width: reference.width as usize,
+        channels: target.channels,
+        height: target.height as usize,
+        width: target.width as usize,
         pixels,
         labels: entries.iter().map(|e| e.label).collect(),
         class_names: classes.to_vec(),
@@ -176,7 +212,7 @@ fn decode_all(entries: &[Entry], classes: &[String], reference: &Reference) -> R
 fn decode_chunk(
     entries: &[Entry],
     out: &mut [u8],
-    reference: &Reference,
+    target: &Target,
     failed: &AtomicBool,
 ) -> Result<()> {
     let image_len = out.len() / entries.len().max(1);
@@ -184,51 +220,94 @@ fn decode_chunk(
         if failed.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let result = decode_into(entry, planar, reference);
-        if result.is_err() {
-            failed.store(true, Ordering::Relaxed);
-            return result;
+        let size = Some((target.width, target.height));
+        match decode_image(&entry.path, target.channels, size) {
+            Ok((_, _, pixels)) => planar.copy_from_slice(&pixels),
+            Err(error) => {
+                failed.store(true, Ordering::Relaxed);
+                return Err(error);
+            }
         }
     }
     Ok(())
 }
 
-fn decode_into(entry: &Entry, planar: &mut [u8], reference: &Reference) -> Result<()> {
-    let (width, height, rgb) = decode_rgb(&entry.path)?;
-    if (width, height) != (reference.width, reference.height) {
-        bail!(
-            "{}: image is {width}x{height} but {} is {}x{}; all images must have the same size",
-            entry.source,
-            reference.source,
-            reference.width,
-            reference.height
-        );
-    }
-    interleaved_to_planar(&rgb, planar);
-    Ok(())
+/// Decodes the image at `path` (format guessed from its content) to `channels` 8-bit planes:
+/// returns the width, the height and the pixels, C, H, W planar.
+///
+/// `channels` is 1 or 3. Gray and palette images are expanded to RGB by repeating the gray
+/// level or looking up the palette; RGB becomes gray with the `image` crate's luma weights
+/// (`to_luma8`: 0.2126 R + 0.7152 G + 0.0722 B); alpha is dropped. When `size` (width, height)
+/// is given and differs from the image's, the image is resized to it with
+/// [`FilterType::Triangle`] (bilinear), after the channel conversion.
+pub fn decode_image(
+    path: &Path,
+    channels: usize,
+    size: Option<(u32, u32)>,
+) -> Result<(u32, u32, Vec<u8>)> {
+    check_channels(channels)?;
+    let size = size.map(check_size).transpose()?;
+    let image = open_image(path)?;
+    let (width, height, interleaved) = match channels {
+        1 => into_parts(resize(image.into_luma8(), size)),
+        _ => into_parts(resize(image.into_rgb8(), size)),
+    };
+    Ok((width, height, interleaved_to_planar(&interleaved, channels)))
 }
 
-/// Copies H, W, C interleaved RGB into C, H, W planes.
-fn interleaved_to_planar(rgb: &[u8], planar: &mut [u8]) {
-    let plane = planar.len() / 3;
-    for (i, pixel) in rgb.chunks_exact(3).enumerate() {
-        planar[i] = pixel[0];
-        planar[plane + i] = pixel[1];
-        planar[2 * plane + i] = pixel[2];
+fn resize<P>(image: ImageBuffer<P, Vec<u8>>, size: Option<(u32, u32)>) -> ImageBuffer<P, Vec<u8>>
+where
+    P: Pixel<Subpixel = u8> + 'static,
+{
+    match size {
+        Some((width, height)) if (width, height) != image.dimensions() => {
+            imageops::resize(&image, width, height, FilterType::Triangle)
+        }
+        _ => image,
     }
+}
+
+fn into_parts<P: Pixel<Subpixel = u8>>(image: ImageBuffer<P, Vec<u8>>) -> (u32, u32, Vec<u8>) {
+    let (width, height) = image.dimensions();
+    (width, height, image.into_raw())
+}
+
+/// Rearranges H, W, C interleaved pixels into C, H, W planes.
+fn interleaved_to_planar(interleaved: &[u8], channels: usize) -> Vec<u8> {
+    let plane = interleaved.len() / channels;
+    let mut planar = vec![0u8; interleaved.len()];
+    for (i, pixel) in interleaved.chunks_exact(channels).enumerate() {
+        for (c, &value) in pixel.iter().enumerate() {
+            planar[c * plane + i] = value;
+        }
+    }
+    planar
 }
 
 /// Decodes the image at `path` (format guessed from its content) to 8-bit RGB: returns the width,
 /// the height and the pixels, H, W, C interleaved.
 pub fn decode_rgb(path: &Path) -> Result<(u32, u32, Vec<u8>)> {
-    let image = ImageReader::open(path)
+    Ok(into_parts(open_image(path)?.into_rgb8()))
+}
+
+fn reader(path: &Path) -> Result<ImageReader<BufReader<File>>> {
+    ImageReader::open(path)
         .with_context(|| format!("cannot open {}", path.display()))?
         .with_guessed_format()
-        .with_context(|| format!("cannot read {}", path.display()))?
+        .with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn open_image(path: &Path) -> Result<DynamicImage> {
+    reader(path)?
         .decode()
-        .with_context(|| format!("{}: cannot decode the image", path.display()))?
-        .into_rgb8();
-    Ok((image.width(), image.height(), image.into_raw()))
+        .with_context(|| format!("{}: cannot decode the image", path.display()))
+}
+
+/// The (width, height) of the image at `path`, read from its header.
+fn image_dimensions(path: &Path) -> Result<(u32, u32)> {
+    reader(path)?
+        .into_dimensions()
+        .with_context(|| format!("{}: cannot decode the image", path.display()))
 }
 
 /// Shuffles `items` with a Fisher-Yates shuffle driven by SplitMix64 seeded with `seed`.

@@ -1,10 +1,13 @@
 //! Datasets: readers for the on-disk formats, the download of CIFAR-10, and the batcher that
 //! turns 8-bit images into normalized tensors ahead of the training loop.
 
+use anyhow::Context as _;
+
 pub mod batcher;
 pub mod cifar;
 pub mod download;
 pub mod folder;
+pub mod idx;
 
 /// A set of equally sized 8-bit images, stored planar (C, H, W) one after another.
 #[derive(Debug, Clone, Default)]
@@ -75,7 +78,31 @@ pub fn load(
     match kind {
         DatasetKind::Cifar10 => cifar::load(&cifar::ensure(data_dir)?),
         DatasetKind::Folder => folder::load(data_dir, seed),
+        DatasetKind::Mnist => idx::load(&find_idx_dir(data_dir, "MNIST")?, &idx::MNIST_CLASSES),
+        DatasetKind::FashionMnist => {
+            let debian = std::path::Path::new(idx::DEBIAN_FASHION_MNIST_DIR);
+            let dir = idx::find_dir(data_dir).or_else(|| idx::find_dir(debian));
+            let dir = dir.with_context(|| {
+                idx_missing(data_dir, "Fashion-MNIST")
+                    + &format!(
+                        " (Debian's package dataset-fashion-mnist puts them in {})",
+                        debian.display()
+                    )
+            })?;
+            idx::load(&dir, &idx::FASHION_MNIST_CLASSES)
+        }
     }
+}
+
+fn find_idx_dir(data_dir: &std::path::Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    idx::find_dir(data_dir).with_context(|| idx_missing(data_dir, name))
+}
+
+fn idx_missing(data_dir: &std::path::Path, name: &str) -> String {
+    format!(
+        "no {name} IDX files (train-images-idx3-ubyte[.gz] and the other three) in {}; point --data-dir at them",
+        data_dir.display()
+    )
 }
 
 /// The per-user cache folder for datasets: `$CAE_DATA`, else `~/.cache/cae`.

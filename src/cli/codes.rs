@@ -1,0 +1,218 @@
+//! `cae encode` and `cae decode`: images to latent codes and back.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+
+use cae::data::batcher::normalized_batch;
+use cae::device::Backend;
+use cae::{imageio, inference, npy, weights};
+
+use super::DataArgs;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CodeFormat {
+    /// NumPy .npy (float32), plus labels.npy (int64) beside it for datasets.
+    Npy,
+    /// CSV with a header: source, label, z0, z1, ...
+    Csv,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+#[derive(Args)]
+pub struct EncodeArgs {
+    /// Trained weights (safetensors or PyTorch .pt).
+    #[arg(long)]
+    model: PathBuf,
+    /// Image files to encode (instead of a dataset).
+    images: Vec<PathBuf>,
+    /// Encode this dataset instead of image files.
+    #[arg(long, conflicts_with = "images")]
+    dataset: Option<cae::settings::DatasetKind>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Which part of the dataset.
+    #[arg(long, value_enum, default_value = "test")]
+    split: Split,
+    /// Only the first N images.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Output file (latents.npy or latents.csv).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "npy")]
+    format: CodeFormat,
+    #[arg(long, default_value = "flex")]
+    device: Backend,
+}
+
+pub fn encode(args: EncodeArgs) -> Result<()> {
+    let device = args.device.device()?;
+    let (model, config) = weights::load_model(&args.model, &device)?;
+    let (inputs, sources, labels) = match args.dataset {
+        Some(kind) => {
+            let data = DataArgs {
+                dataset: kind,
+                data_dir: args.data_dir.clone(),
+                device: args.device,
+            };
+            let splits = cae::data::load(kind, &data.data_dir(), 0)?;
+            let mut set = if args.split == Split::Train {
+                splits.train
+            } else {
+                splits.test
+            };
+            if let Some(n) = args.limit {
+                set.truncate(n);
+            }
+            if (set.channels, set.height, set.width)
+                != (config.in_channels, config.height, config.width)
+            {
+                bail!(
+                    "{}: the model takes {}x{}x{} images, the dataset has {}x{}x{}",
+                    args.model.display(),
+                    config.in_channels,
+                    config.height,
+                    config.width,
+                    set.channels,
+                    set.height,
+                    set.width
+                );
+            }
+            let all: Vec<usize> = (0..set.len()).collect();
+            let labels: Vec<i64> = set.labels.iter().map(|&l| i64::from(l)).collect();
+            (
+                normalized_batch(&set, &all),
+                set.sources.clone(),
+                Some(labels),
+            )
+        }
+        None => {
+            if args.images.is_empty() {
+                bail!("give image files or --dataset to encode");
+            }
+            let mut inputs = Vec::new();
+            for path in &args.images {
+                inputs.extend(imageio::read_model_input(path, &config, true)?);
+            }
+            (
+                inputs,
+                args.images
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
+                None,
+            )
+        }
+    };
+    let codes = inference::encode(&model, &config, &inputs, &device);
+    let n = sources.len();
+    match args.format {
+        CodeFormat::Npy => {
+            npy::write_f32(&args.out, &[n, config.latent], &codes)?;
+            if let Some(labels) = &labels {
+                let path = args.out.with_file_name("labels.npy");
+                npy::write_i64(&path, labels)?;
+                println!("wrote {} labels to {}", n, path.display());
+            }
+        }
+        CodeFormat::Csv => write_csv(
+            &args.out,
+            &sources,
+            labels.as_deref(),
+            &codes,
+            config.latent,
+        )?,
+    }
+    println!(
+        "wrote {n} codes of size {} to {}",
+        config.latent,
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn write_csv(
+    path: &Path,
+    sources: &[String],
+    labels: Option<&[i64]>,
+    codes: &[f32],
+    latent: usize,
+) -> Result<()> {
+    cae::atomic::write_with(path, |w| {
+        let header: Vec<String> = (0..latent).map(|i| format!("z{i}")).collect();
+        writeln!(w, "source,label,{}", header.join(","))?;
+        for (i, (source, code)) in sources.iter().zip(codes.chunks(latent)).enumerate() {
+            let label = labels.map_or(String::new(), |l| l[i].to_string());
+            let values: Vec<String> = code.iter().map(f32::to_string).collect();
+            writeln!(
+                w,
+                "\"{}\",{label},{}",
+                source.replace('"', "\"\""),
+                values.join(",")
+            )?;
+        }
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct DecodeArgs {
+    /// Trained weights (safetensors or PyTorch .pt).
+    #[arg(long)]
+    model: PathBuf,
+    /// An (N, latent) float32 .npy file, e.g. from `cae encode`.
+    codes: PathBuf,
+    /// Folder for one PNG per code (000000.png, ...) and grid.png.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "flex")]
+    device: Backend,
+}
+
+pub fn decode(args: DecodeArgs) -> Result<()> {
+    let device = args.device.device()?;
+    let (model, config) = weights::load_model(&args.model, &device)?;
+    let (shape, codes) = npy::read_f32(&args.codes)?;
+    if shape.len() != 2 || shape[1] != config.latent {
+        bail!(
+            "{}: shape {shape:?}, but the model needs (N, {}) codes",
+            args.codes.display(),
+            config.latent
+        );
+    }
+    let images = inference::decode(&model, &config, &codes, &device);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let size = config.in_channels * config.height * config.width;
+    for (i, image) in images.chunks(size).enumerate() {
+        imageio::save_png(
+            &args.out.join(format!("{i:06}.png")),
+            &imageio::to_image(image, &config),
+        )?;
+    }
+    let cells: Vec<Vec<f32>> = images.chunks(size).map(<[f32]>::to_vec).collect();
+    let rows: Vec<Vec<Vec<f32>>> = cells.chunks(10).map(<[Vec<f32>]>::to_vec).collect();
+    let grid = args.out.join("grid.png");
+    cae::viz::grid::save_grid(
+        &grid,
+        &rows,
+        config.in_channels,
+        config.height,
+        config.width,
+    )?;
+    println!(
+        "decoded {} codes into {} and {}",
+        shape[0],
+        args.out.display(),
+        grid.display()
+    );
+    Ok(())
+}

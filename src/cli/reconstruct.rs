@@ -1,0 +1,91 @@
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use cae::device::Backend;
+use cae::eval::psnr_from_normalized_mse;
+use cae::{imageio, inference, weights};
+
+#[derive(Args)]
+pub struct ReconstructArgs {
+    /// Trained weights (safetensors or PyTorch .pt).
+    #[arg(long)]
+    model: PathBuf,
+    /// Images to reconstruct (PNG, JPEG, BMP; any size).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Folder for <name>_recon.png and grid.png.
+    #[arg(long)]
+    out: PathBuf,
+    /// Refuse images whose size differs from the model's instead of resizing them (bilinear).
+    #[arg(long)]
+    no_resize: bool,
+    #[arg(long, default_value = "flex")]
+    device: Backend,
+}
+
+pub fn run(args: ReconstructArgs) -> Result<()> {
+    let device = args.device.device()?;
+    let (model, config) = weights::load_model(&args.model, &device)?;
+    let mut inputs = Vec::new();
+    for path in &args.images {
+        inputs.extend(imageio::read_model_input(path, &config, !args.no_resize)?);
+    }
+    let outputs = inference::reconstruct(&model, &config, &inputs, &device);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let size = config.in_channels * config.height * config.width;
+    let mut used = HashMap::new();
+    println!("{:<40} {:>10} {:>10}", "image", "MSE", "PSNR dB");
+    for (path, (input, output)) in args
+        .images
+        .iter()
+        .zip(inputs.chunks(size).zip(outputs.chunks(size)))
+    {
+        let name = unique_stem(path, &mut used);
+        imageio::save_png(
+            &args.out.join(format!("{name}_recon.png")),
+            &imageio::to_image(output, &config),
+        )?;
+        let mse = inference::mse(input, output);
+        println!(
+            "{:<40} {:>10.6} {:>10.2}",
+            path.display(),
+            mse,
+            psnr_from_normalized_mse(mse)
+        );
+    }
+    let originals: Vec<Vec<f32>> = inputs.chunks(size).map(<[f32]>::to_vec).collect();
+    let recons: Vec<Vec<f32>> = outputs.chunks(size).map(<[f32]>::to_vec).collect();
+    let grid = args.out.join("grid.png");
+    cae::viz::grid::save_recon_grid(
+        &grid,
+        &originals,
+        &recons,
+        config.in_channels,
+        config.height,
+        config.width,
+    )?;
+    println!(
+        "wrote {} reconstructions and {}",
+        args.images.len(),
+        grid.display()
+    );
+    Ok(())
+}
+
+/// The file stem, made unique among the images of one call (`cat`, `cat_2`, ...).
+fn unique_stem(path: &std::path::Path, used: &mut HashMap<String, usize>) -> String {
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "image".to_string(), |s| s.to_string_lossy().into_owned());
+    let count = used.entry(stem.clone()).or_insert(0);
+    *count += 1;
+    if *count == 1 {
+        stem
+    } else {
+        format!("{stem}_{count}")
+    }
+}
