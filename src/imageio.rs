@@ -14,10 +14,14 @@ use crate::model::ModelConfig;
 /// `resize` is false, resized to its size (bilinear, the `image` crate's Triangle filter).
 /// Returns normalized floats, C, H, W.
 ///
-/// ```no_run
-/// let config = cae::model::ModelConfig::default();
-/// let pixels = cae::imageio::read_model_input(std::path::Path::new("cat.png"), &config, true).unwrap();
-/// assert_eq!(pixels.len(), 3 * 32 * 32);
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("black.png");
+/// image::GrayImage::new(64, 48).save(&path).unwrap();
+/// let config = cae::model::ModelConfig::default(); // 3x32x32
+/// let pixels = cae::imageio::read_model_input(&path, &config, true).unwrap();
+/// assert_eq!(pixels.len(), 3 * 32 * 32); // gray -> RGB, 64x48 -> 32x32
+/// assert!(pixels.iter().all(|&v| v == -1.0)); // black is -1 once normalized
 /// ```
 pub fn read_model_input(path: &Path, config: &ModelConfig, resize: bool) -> Result<Vec<f32>> {
     let target = (config.width as u32, config.height as u32);

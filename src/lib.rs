@@ -4,6 +4,7 @@
 //! datasets, [`train`] the training loop, [`eval`] inference quality, [`weights`] the files.
 
 pub mod atomic;
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod device;

@@ -200,6 +200,20 @@ impl Decoder {
 
 impl Autoencoder {
     /// Images (N, C, H, W) normalized to [-1, 1] -> latent codes (N, latent).
+    ///
+    /// ```
+    /// use burn::tensor::{Device, Tensor};
+    /// use cae::{init, model::ModelConfig, weights};
+    ///
+    /// let config = ModelConfig::default(); // the seed: latent 200, 3x32x32 images
+    /// let device = Device::flex();
+    /// let model = weights::build_model(&config, &init::seed_state_dict(&config, 0), &device).unwrap();
+    /// let images = Tensor::<4>::zeros([2, 3, 32, 32], &device);
+    /// let codes = model.encode(images.clone());
+    /// assert_eq!(codes.dims(), [2, 200]);
+    /// assert_eq!(model.decode(codes).dims(), [2, 3, 32, 32]);
+    /// assert_eq!(model.reconstruct(images).dims(), [2, 3, 32, 32]);
+    /// ```
     pub fn encode(&self, images: Tensor<4>) -> Tensor<2> {
         self.encoder.forward(images)
     }

@@ -1,5 +1,6 @@
 //! Flag parsing and dispatch to the library.
 
+mod bench;
 mod codes;
 mod convert;
 mod eval;
@@ -41,6 +42,8 @@ enum Command {
     Import(convert::ImportArgs),
     /// Write a model's weights as a PyTorch state_dict (.pt).
     Export(convert::ExportArgs),
+    /// Time training steps and inference of the seed model (compare with bench/compare.sh).
+    Bench(bench::BenchArgs),
 }
 
 /// Which images to use.
@@ -74,5 +77,6 @@ pub fn run() -> Result<()> {
         Command::Decode(args) => codes::decode(args),
         Command::Import(args) => convert::import(args),
         Command::Export(args) => convert::export(args),
+        Command::Bench(args) => bench::run_bench(args),
     }
 }

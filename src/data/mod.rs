@@ -69,6 +69,16 @@ pub struct Splits {
 
 /// Reads (downloading CIFAR-10 when missing) the dataset `kind` from `data_dir`.
 /// `seed` fixes the one-time shuffle of an image folder's training list.
+///
+/// ```
+/// use cae::settings::DatasetKind;
+///
+/// // Fashion-MNIST falls back to Debian's dataset-fashion-mnist copy.
+/// let splits = cae::data::load(DatasetKind::FashionMnist, std::path::Path::new("/nonexistent"), 0).unwrap();
+/// assert_eq!((splits.train.len(), splits.test.len()), (60_000, 10_000));
+/// assert_eq!((splits.test.channels, splits.test.height, splits.test.width), (1, 28, 28));
+/// assert_eq!(splits.test.class_names[9], "Ankle boot");
+/// ```
 pub fn load(
     kind: crate::settings::DatasetKind,
     data_dir: &std::path::Path,

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs `cae bench` and the PyTorch benchmark (../shared/bench/torch_bench.py) one after the other
+# on this machine and prints cae's throughput as a ratio of PyTorch's.
+#
+#   bench/compare.sh [--compile] [--install-torch]
+#
+# --install-torch creates .venv-torch with torch from PyPI (several GB) when it is missing;
+# TORCH_PYTHON=/path/to/python uses an existing interpreter that has torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+shared=${CAE_SHARED:-$(pwd)/../shared}
+compile="" install=""
+for arg in "$@"; do
+  case $arg in
+    --compile) compile="--compile" ;;
+    --install-torch) install=1 ;;
+    *) echo "unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+python=${TORCH_PYTHON:-.venv-torch/bin/python}
+if ! "$python" -c "import torch" 2>/dev/null; then
+  if [ -z "$install" ]; then
+    echo "no Python with torch at $python: rerun with --install-torch, or set TORCH_PYTHON" >&2
+    exit 1
+  fi
+  python3 -m venv .venv-torch
+  .venv-torch/bin/pip install -q torch numpy pillow safetensors
+  python=.venv-torch/bin/python
+fi
+
+cargo build --release -q
+cae_out=$(./target/release/cae bench --json)
+echo "cae:     $cae_out"
+torch_out=$("$python" "$shared/bench/torch_bench.py" $compile)
+echo "$torch_out"
+
+python3 - "$cae_out" "$torch_out" <<'PY'
+import json, re, sys
+cae = json.loads(sys.argv[1])
+rates = {}
+for line in sys.argv[2].splitlines():
+    m = re.match(r"\[(\w+)\] (train|inference) .*-> (\d+) images/s", line)
+    if m:
+        rates[(m.group(1), m.group(2))] = float(m.group(3))
+print()
+print("| system | train images/s | inference images/s |")
+print("| --- | --- | --- |")
+print(f"| cae (Burn Flex) | {cae['train']['images_per_second']:.0f} | {cae['inference']['images_per_second']:.0f} |")
+for tag in ("eager", "compiled"):
+    if (tag, "train") in rates:
+        t, i = rates[(tag, "train")], rates[(tag, "inference")]
+        print(f"| PyTorch {tag} | {t:.0f} | {i:.0f} |")
+        print(f"| cae / PyTorch {tag} | {cae['train']['images_per_second'] / t:.2f}x | {cae['inference']['images_per_second'] / i:.2f}x |")
+if cae.get("peak_rss_mib"):
+    print(f"\ncae peak resident memory: {cae['peak_rss_mib']:.0f} MiB")
+PY
