@@ -26,17 +26,7 @@ pub fn encode(
     images: &[f32],
     device: &Device,
 ) -> Vec<f32> {
-    let image_len = config.in_channels * config.height * config.width;
-    batched(images, image_len, |chunk, n| {
-        let x = Tensor::<4>::from_data(
-            TensorData::new(
-                chunk.to_vec(),
-                [n, config.in_channels, config.height, config.width],
-            ),
-            device,
-        );
-        host(model.encode(x))
-    })
+    over_images(config, images, device, |x| host(model.encode(x)))
 }
 
 /// Latent codes (N, latent) flattened -> normalized images (N, C, H, W) flattened.
@@ -59,16 +49,23 @@ pub fn reconstruct(
     images: &[f32],
     device: &Device,
 ) -> Vec<f32> {
+    over_images(config, images, device, |x| host(model.reconstruct(x)))
+}
+
+/// Runs `run` on batches of normalized images shaped as the model's input.
+fn over_images(
+    config: &ModelConfig,
+    images: &[f32],
+    device: &Device,
+    run: impl Fn(Tensor<4>) -> Vec<f32>,
+) -> Vec<f32> {
     let image_len = config.in_channels * config.height * config.width;
     batched(images, image_len, |chunk, n| {
-        let x = Tensor::<4>::from_data(
-            TensorData::new(
-                chunk.to_vec(),
-                [n, config.in_channels, config.height, config.width],
-            ),
+        let shape = [n, config.in_channels, config.height, config.width];
+        run(Tensor::<4>::from_data(
+            TensorData::new(chunk.to_vec(), shape),
             device,
-        );
-        host(model.reconstruct(x))
+        ))
     })
 }
 

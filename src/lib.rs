@@ -13,6 +13,7 @@ pub mod history;
 pub mod imageio;
 pub mod inference;
 pub mod init;
+pub mod metrics;
 pub mod model;
 pub mod npy;
 pub mod optim;

@@ -23,6 +23,13 @@ const DATA_RANGE: f64 = 1.0;
 /// assert!((cae::metrics::ssim(&image, &image, 3, 16, 16).unwrap() - 1.0).abs() < 1e-12);
 /// ```
 pub fn ssim(a: &[f32], b: &[f32], channels: usize, height: usize, width: usize) -> Result<f64> {
+    let image_len = channels * height * width;
+    ensure!(
+        a.len() == image_len && b.len() == image_len,
+        "SSIM of one {channels}x{height}x{width} image needs {image_len} values each, got {} and {}",
+        a.len(),
+        b.len()
+    );
     mean_ssim(a, b, channels, height, width)
 }
 
@@ -72,7 +79,8 @@ fn gaussian_kernel() -> [f64; SSIM_WINDOW] {
 fn plane_ssim(x: &[f32], y: &[f32], height: usize, width: usize, kernel: &[f64]) -> f64 {
     let x: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
     let y: Vec<f64> = y.iter().map(|&v| f64::from(v)).collect();
-    let product = |p: &[f64], q: &[f64]| -> Vec<f64> { p.iter().zip(q).map(|(a, b)| a * b).collect() };
+    let product =
+        |p: &[f64], q: &[f64]| -> Vec<f64> { p.iter().zip(q).map(|(a, b)| a * b).collect() };
     let filter = |values: &[f64]| filter_valid(values, height, width, kernel);
     let mu_x = filter(&x);
     let mu_y = filter(&y);

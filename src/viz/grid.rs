@@ -1,11 +1,10 @@
 //! Reconstruction grids, as `torchvision.utils.make_grid(..., normalize=True, padding=1)` draws
 //! them, enlarged so that 32x32 images can be seen.
 
-use std::io::Cursor;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
-use image::{ImageFormat, Rgb, RgbImage};
+use image::{Rgb, RgbImage};
 
 /// Padding between and around the cells of a reconstruction grid, in source pixels.
 pub const RECON_PADDING: usize = 1;
@@ -179,9 +178,5 @@ pub fn save_recon_grid(
 
 /// Encodes `image` as PNG and writes it to `path` atomically.
 pub fn save_png(path: &Path, image: &RgbImage) -> Result<()> {
-    let mut bytes = Vec::new();
-    image
-        .write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
-        .with_context(|| format!("cannot encode {} as PNG", path.display()))?;
-    crate::atomic::write_bytes(path, &bytes)
+    crate::imageio::save_png(path, &image::DynamicImage::ImageRgb8(image.clone()))
 }
