@@ -53,7 +53,35 @@ fn temp_path(path: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    path.with_file_name(format!(".{name}{TEMP_MARK}{}", std::process::id()))
+}
+
+const TEMP_MARK: &str = ".tmp-";
+
+/// Whether `name` is a temporary file of [`write_with`]: `.<name>.tmp-<pid>`.
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.')
+        && name
+            .rsplit_once(TEMP_MARK)
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Removes the temporary files that writes cut short by a kill or a crash left in `dir`, and
+/// returns their names. Only for a folder this process has locked (see [`crate::lock`]): the
+/// temporary file of another live writer would go too.
+pub fn remove_stale_temps(dir: &Path) -> Result<Vec<String>> {
+    let context = || format!("cannot list {}", dir.display());
+    let mut removed = Vec::new();
+    for entry in fs::read_dir(dir).with_context(context)? {
+        let entry = entry.with_context(context)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_temp_name(&name) && entry.file_type().is_ok_and(|t| t.is_file()) {
+            fs::remove_file(entry.path())
+                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+            removed.push(name);
+        }
+    }
+    Ok(removed)
 }
 
 /// Makes the rename itself durable; best effort, since not every filesystem allows it.

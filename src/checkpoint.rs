@@ -29,7 +29,8 @@ pub struct RunState {
     pub history: History,
 }
 
-/// Writes the checkpoint atomically: a crash leaves the previous one intact.
+/// Writes the checkpoint atomically: a crash leaves the previous one intact. A state holding
+/// NaN or infinite values is refused, so a diverged run never replaces its last good checkpoint.
 pub fn save(
     path: &Path,
     model: &Autoencoder,
@@ -51,8 +52,19 @@ pub fn save(
             HostTensor::from_tensor(&moments.exp_avg_sq),
         );
     }
+    check_finite(&dict)?;
     let state_json = serde_json::to_string(state)?;
     weights::save_safetensors(path, &dict, Some(config), &[(STATE_KEY, state_json)])
+}
+
+fn check_finite(dict: &StateDict) -> Result<()> {
+    let bad = dict
+        .iter()
+        .find(|(_, tensor)| tensor.data.iter().any(|v| !v.is_finite()));
+    if let Some((name, _)) = bad {
+        bail!("tensor `{name}` holds NaN or infinite values: training diverged");
+    }
+    Ok(())
 }
 
 /// A checkpoint read back: the model on `device` (an autodiff device to keep training), Adam, state.

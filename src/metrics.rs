@@ -47,7 +47,7 @@ pub fn mean_ssim(
         "SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, not {height}x{width}"
     );
     ensure!(
-        channels > 0 && a.len() == b.len() && !a.is_empty() && a.len() % image_len == 0,
+        channels > 0 && a.len() == b.len() && !a.is_empty() && a.len().is_multiple_of(image_len),
         "SSIM needs two equally long, non-empty batches of {channels}x{height}x{width} images, got {} and {} values",
         a.len(),
         b.len()

@@ -15,16 +15,23 @@ pub const REPORT_FILE: &str = "report.html";
 /// Marks a sweep folder; written by `cae sweep`.
 pub const SWEEP_FILE: &str = "sweep.json";
 pub const SUMMARY_FILE: &str = "summary.csv";
-/// The comparison figures of a sweep, with their captions, in page order.
-pub const SWEEP_FIGURES: [(&str, &str); 3] = [
-    ("losses.png", "Training (solid) and validation (dashed) loss of every run"),
+/// The comparison figures of a sweep in page order: file, caption, and whether it shows pixels
+/// (drawn without smoothing when the browser scales it).
+pub const SWEEP_FIGURES: [(&str, &str, bool); 3] = [
+    (
+        "losses.png",
+        "Training (solid) and validation (dashed) loss of every run",
+        false,
+    ),
     (
         "recon_compare.png",
         "The first test image of every class, then each run's reconstructions after the last epoch",
+        true,
     ),
     (
         "epochs_compare.png",
         "Each run's reconstructions after epoch 1 and after the last epoch",
+        true,
     ),
 ];
 
@@ -85,9 +92,10 @@ impl RunFolder {
 
 fn folder_name(dir: &Path) -> String {
     let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-    absolute
-        .file_name()
-        .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())
+    absolute.file_name().map_or_else(
+        || dir.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// A CSV file as a header and rows of cells (the files cae writes hold no quoted commas).
@@ -173,7 +181,11 @@ fn read_metrics_csv(path: &Path) -> Result<(BatchLosses, BatchLosses)> {
     let mut val = BatchLosses::new();
     for (i, row) in csv.rows.iter().enumerate() {
         let bad = || format!("{} line {} is malformed", path.display(), i + 2);
-        let e: usize = row.get(epoch).with_context(bad)?.parse().with_context(bad)?;
+        let e: usize = row
+            .get(epoch)
+            .with_context(bad)?
+            .parse()
+            .with_context(bad)?;
         let l: f64 = row.get(loss).with_context(bad)?.parse().with_context(bad)?;
         let target = match row.get(split).map(String::as_str) {
             Some("train") => &mut train,
@@ -298,7 +310,13 @@ impl Page {
     fn section_id(&mut self, kind: &str, name: &str) -> String {
         let slug: String = name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
             .collect();
         let base = format!("{kind}-{slug}");
         let mut id = base.clone();
@@ -317,20 +335,31 @@ impl Page {
         let b = &mut self.body;
         writeln!(b, "<section id=\"{id}\" class=\"sweep\">")?;
         writeln!(b, "<h2>Sweep {}</h2>", escape(&name))?;
-        writeln!(b, "<p class=\"path\">{}</p>", escape(&dir.display().to_string()))?;
+        writeln!(
+            b,
+            "<p class=\"path\">{}</p>",
+            escape(&dir.display().to_string())
+        )?;
         writeln!(b, "<h3>Summary</h3>")?;
         match Csv::read(&dir.join(SUMMARY_FILE)) {
             Ok(csv) => csv_table(b, &csv)?,
-            Err(_) => writeln!(b, "<p>No {SUMMARY_FILE} yet: the sweep has not finished.</p>")?,
+            Err(_) => writeln!(
+                b,
+                "<p>No {SUMMARY_FILE} yet: the sweep has not finished.</p>"
+            )?,
         }
-        for (file, caption) in SWEEP_FIGURES {
+        for (file, caption, pixels) in SWEEP_FIGURES {
             let path = dir.join(file);
             if path.is_file() {
-                figure(b, &path, caption)?;
+                figure(b, &path, caption, pixels)?;
             }
         }
         writeln!(b, "<h3>Sweep configuration</h3>")?;
-        key_value_table(b, spec)?;
+        let mut settings = spec.clone();
+        if let Some(map) = settings.as_object_mut() {
+            map.remove("runs");
+        }
+        key_value_table(b, &settings)?;
         for run in runs {
             self.run_section(run, true)?;
         }
@@ -350,7 +379,11 @@ impl Page {
             writeln!(b, "<section id=\"{id}\" class=\"run\">")?;
             writeln!(b, "<h2>Run {}</h2>", escape(&name))?;
         }
-        writeln!(b, "<p class=\"path\">{}</p>", escape(&run.dir.display().to_string()))?;
+        writeln!(
+            b,
+            "<p class=\"path\">{}</p>",
+            escape(&run.dir.display().to_string())
+        )?;
         writeln!(b, "<h4>Configuration</h4>")?;
         match &run.config {
             Some(config) => key_value_table(b, config)?,
@@ -361,10 +394,18 @@ impl Page {
         writeln!(b, "<h4>Loss curves</h4>")?;
         let svg = loss_plot_svg(&run.history.loss_history())
             .with_context(|| format!("cannot draw the loss curves of {}", run.dir.display()))?;
-        writeln!(b, "<div class=\"plot\">{}</div>", strip_xml_declaration(&svg))?;
+        writeln!(
+            b,
+            "<div class=\"plot\">{}</div>",
+            strip_xml_declaration(&svg)
+        )?;
         writeln!(b, "<h4>Reconstructions</h4>")?;
         epoch_viewer(b, &run.recon_grids)?;
-        b.push_str(if in_sweep { "</details></section>\n" } else { "</section>\n" });
+        b.push_str(if in_sweep {
+            "</details></section>\n"
+        } else {
+            "</section>\n"
+        });
         Ok(())
     }
 
@@ -414,10 +455,11 @@ fn epoch_viewer(b: &mut String, grids: &[(usize, PathBuf)]) -> Result<()> {
     Ok(())
 }
 
-fn figure(b: &mut String, path: &Path, caption: &str) -> Result<()> {
+fn figure(b: &mut String, path: &Path, caption: &str, pixels: bool) -> Result<()> {
+    let class = if pixels { " class=\"pixels\"" } else { "" };
     writeln!(
         b,
-        "<figure><img src=\"{}\" alt=\"{}\"><figcaption>{}</figcaption></figure>",
+        "<figure><img{class} src=\"{}\" alt=\"{}\"><figcaption>{}</figcaption></figure>",
         png_data_uri(path)?,
         escape(&folder_name(path)),
         escape(caption)
@@ -434,9 +476,16 @@ fn png_data_uri(path: &Path) -> Result<String> {
 fn key_value_table(b: &mut String, value: &Value) -> Result<()> {
     let mut rows = Vec::new();
     flatten_json("", value, &mut rows);
+    // The training settings matter most; the rest keeps its order.
+    rows.sort_by_key(|(key, _)| !key.starts_with("settings."));
     writeln!(b, "<table class=\"config\"><tbody>")?;
     for (key, value) in rows {
-        writeln!(b, "<tr><th>{}</th><td>{}</td></tr>", escape(&key), escape(&value))?;
+        writeln!(
+            b,
+            "<tr><th>{}</th><td>{}</td></tr>",
+            escape(&key),
+            escape(&value)
+        )?;
     }
     writeln!(b, "</tbody></table>")?;
     Ok(())
@@ -511,8 +560,7 @@ pub fn escape(text: &str) -> String {
 
 /// Standard base64 (RFC 4648) with padding.
 pub fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let n = chunk
@@ -569,7 +617,8 @@ th, td { border: 1px solid #ccc; padding: .25em .6em; }
 table.numbers td { text-align: right; font-variant-numeric: tabular-nums; }
 table.config th { text-align: left; background: #f5f5f5; font-weight: normal; }
 thead th { background: #eee; }
-img, .plot svg { max-width: 100%; height: auto; image-rendering: pixelated; display: block; }
+img, .plot svg { max-width: 100%; height: auto; display: block; }
+.epoch-viewer img, img.pixels { image-rendering: pixelated; }
 img[hidden] { display: none; }
 figure { margin: 1em 0; } figcaption, .caption { color: #555; font-size: .9em; }
 .epoch-viewer input { width: 20em; vertical-align: middle; }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::apps::noise::NoiseSpec;
 use crate::device::Backend;
 
 /// Where the images come from.
@@ -36,6 +37,9 @@ pub struct TrainSettings {
     pub val_limit: Option<usize>,
     pub init: Option<PathBuf>,
     pub device: Backend,
+    /// Corrupt the training inputs this way (the loss still targets the clean images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<NoiseSpec>,
 }
 
 impl TrainSettings {
@@ -50,12 +54,15 @@ impl TrainSettings {
     }
 
     /// Why a checkpoint written with `saved` cannot be continued with these settings, if it cannot.
-    /// Only the number of epochs, the data location and the device may change on resume.
+    /// Only the number of epochs, the data location, the device and the learning rate may change
+    /// on resume; the learning rate so that a diverged run can go on from its last good
+    /// checkpoint with a lower one.
     pub fn resume_conflict(&self, saved: &TrainSettings) -> Option<String> {
         let normalized = TrainSettings {
             epochs: self.epochs,
             data_dir: self.data_dir.clone(),
             device: self.device,
+            lr: self.lr,
             ..saved.clone()
         };
         (normalized != *self).then(|| {

@@ -24,9 +24,12 @@ use crate::{atomic, inference, metrics, weights};
 /// The values to sweep; every combination becomes one run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SweepGrid {
+    #[serde(rename = "latent")]
     pub latents: Vec<usize>,
     pub channels: Vec<usize>,
+    #[serde(rename = "lr")]
     pub lrs: Vec<f64>,
+    #[serde(rename = "batch_size")]
     pub batch_sizes: Vec<usize>,
 }
 
@@ -55,19 +58,16 @@ pub struct PlannedRun {
 /// Every combination of `grid` applied to `base`, latent varying slowest. Names and labels
 /// mention the settings with more than one value (the latent size when none has).
 pub fn plan(base: &TrainSettings, grid: &SweepGrid) -> Result<Vec<PlannedRun>> {
-    let varied = [
-        grid.latents.len() > 1,
-        grid.channels.len() > 1,
-        grid.lrs.len() > 1,
-        grid.batch_sizes.len() > 1,
+    let lengths = [
+        grid.latents.len(),
+        grid.channels.len(),
+        grid.lrs.len(),
+        grid.batch_sizes.len(),
     ];
-    if grid.latents.is_empty()
-        || grid.channels.is_empty()
-        || grid.lrs.is_empty()
-        || grid.batch_sizes.is_empty()
-    {
+    if lengths.contains(&0) {
         bail!("every swept setting needs at least one value");
     }
+    let varied = lengths.map(|n| n > 1);
     let mut runs = Vec::new();
     for &latent in &grid.latents {
         for &channels in &grid.channels {
@@ -100,9 +100,18 @@ pub fn plan(base: &TrainSettings, grid: &SweepGrid) -> Result<Vec<PlannedRun>> {
     Ok(runs)
 }
 
-fn named_run(settings: TrainSettings, values: &[(&str, String); 4], varied: [bool; 4]) -> PlannedRun {
+fn named_run(
+    settings: TrainSettings,
+    values: &[(&str, String); 4],
+    varied: [bool; 4],
+) -> PlannedRun {
     let shown: Vec<&(&str, String)> = if varied.iter().any(|&v| v) {
-        values.iter().zip(varied).filter(|(_, v)| *v).map(|(kv, _)| kv).collect()
+        values
+            .iter()
+            .zip(varied)
+            .filter(|(_, v)| *v)
+            .map(|(kv, _)| kv)
+            .collect()
     } else {
         vec![&values[0]]
     };
@@ -149,15 +158,15 @@ pub struct SummaryRow {
     pub val_psnr: f64,
     /// Mean SSIM of the final model over the validation images, on [0, 1] pixels.
     pub val_ssim: f64,
-    /// `train_loss - val_mse`: negative while the model still fits the validation images as
-    /// well as the training images.
+    /// `train_loss - val_mse`; the more negative, the better the model fits its training images
+    /// compared with unseen ones. The training loss is averaged while the weights still change
+    /// during the epoch, so it is biased upwards.
     pub gap: f64,
     /// Training time of the run, summed over its epochs (across resumes).
     pub seconds: f64,
 }
 
-const SUMMARY_HEADER: &str =
-    "run,latent,channels,lr,batch_size,epochs,params,train_loss,val_mse,val_psnr,val_ssim,gap,seconds";
+const SUMMARY_HEADER: &str = "run,latent,channels,lr,batch_size,epochs,params,train_loss,val_mse,val_psnr,val_ssim,gap,seconds";
 
 /// Trains every run of the sweep that is not finished yet, then writes `summary.csv`,
 /// `losses.png`, `recon_compare.png` and `epochs_compare.png` into the sweep folder.
@@ -176,14 +185,21 @@ pub fn run(options: &SweepOptions) -> Result<Vec<SummaryRow>> {
     let splits = crate::data::load(base.dataset, &base.data_dir, base.seed)?;
     println!(
         "data: {} training and {} validation images from {}  [{:.1} s]",
-        base.train_limit.map_or(splits.train.len(), |n| n.min(splits.train.len())),
-        base.val_limit.map_or(splits.test.len(), |n| n.min(splits.test.len())),
+        base.train_limit
+            .map_or(splits.train.len(), |n| n.min(splits.train.len())),
+        base.val_limit
+            .map_or(splits.test.len(), |n| n.min(splits.test.len())),
         base.data_dir.display(),
         started.elapsed().as_secs_f64()
     );
     for (i, run) in runs.iter().enumerate() {
         println!("run {}/{}: {}", i + 1, runs.len(), run.label);
-        train_run(run, &splits, &options.out.join(&run.name), options.show_progress)?;
+        train_run(
+            run,
+            &splits,
+            &options.out.join(&run.name),
+            options.show_progress,
+        )?;
     }
     let device = base.device.device()?;
     let rows = summarize(&runs, &splits, &options.out, &device)?;
@@ -219,10 +235,11 @@ fn refuse_existing_runs(out: &Path, runs: &[PlannedRun]) -> Result<()> {
     Ok(())
 }
 
+/// `sweep.json`: the settings all runs share, the swept values, and the run folders in order.
 #[derive(Serialize)]
 struct SweepSpec<'a> {
-    base: &'a TrainSettings,
-    grid: &'a SweepGrid,
+    fixed: serde_json::Value,
+    swept: &'a SweepGrid,
     runs: Vec<RunName<'a>>,
 }
 
@@ -233,9 +250,15 @@ struct RunName<'a> {
 }
 
 fn write_sweep_json(out: &Path, options: &SweepOptions, runs: &[PlannedRun]) -> Result<()> {
+    let mut fixed = serde_json::to_value(&options.base)?;
+    if let Some(map) = fixed.as_object_mut() {
+        for swept in ["latent", "channels", "lr", "batch_size"] {
+            map.remove(swept);
+        }
+    }
     let spec = SweepSpec {
-        base: &options.base,
-        grid: &options.grid,
+        fixed,
+        swept: &options.grid,
         runs: runs
             .iter()
             .map(|r| RunName {
@@ -261,19 +284,32 @@ pub enum RunProgress {
 }
 
 pub fn run_progress(dir: &Path, settings: &TrainSettings) -> Result<RunProgress> {
-    if dir.join(MODEL_FILE).is_file() && dir.join("epochs.csv").is_file() {
-        let folder = RunFolder::open(dir)?;
-        let done = folder.last_epoch().map_or(0, |r| r.epoch);
-        if done >= settings.epochs {
-            check_same_settings(&folder, settings)?;
-            return Ok(RunProgress::Finished);
-        }
+    if is_finished(dir, settings)? {
+        return Ok(RunProgress::Finished);
     }
     if dir.join(CHECKPOINT_FILE).is_file() {
         Ok(RunProgress::Partial)
     } else {
         Ok(RunProgress::NotStarted)
     }
+}
+
+fn is_finished(dir: &Path, settings: &TrainSettings) -> Result<bool> {
+    let modified = |file: &str| std::fs::metadata(dir.join(file)).and_then(|m| m.modified());
+    let (Ok(model), Ok(epochs)) = (modified(MODEL_FILE), modified("epochs.csv")) else {
+        return Ok(false);
+    };
+    // Training writes the model after the last epoch's records: an older model is left over
+    // from an earlier, shorter run of this folder that was then continued and interrupted.
+    if model < epochs {
+        return Ok(false);
+    }
+    let folder = RunFolder::open(dir)?;
+    if folder.last_epoch().map_or(0, |r| r.epoch) < settings.epochs {
+        return Ok(false);
+    }
+    check_same_settings(&folder, settings)?;
+    Ok(true)
 }
 
 /// A finished run is only reused when it was trained as asked now.
@@ -283,10 +319,26 @@ fn check_same_settings(folder: &RunFolder, settings: &TrainSettings) -> Result<(
         .as_ref()
         .and_then(|c| serde_json::from_value::<TrainSettings>(c["settings"].clone()).ok())
         .with_context(|| {
-            format!("{} has no readable settings in config.json", folder.dir.display())
+            format!(
+                "{} has no readable settings in config.json",
+                folder.dir.display()
+            )
         })?;
-    if let Some(conflict) = settings.resume_conflict(&saved) {
-        bail!("cannot reuse the finished run {}: {conflict}", folder.dir.display());
+    // Stricter than resume_conflict, which lets the learning rate change: a finished run is
+    // reused as it is, so every training setting must match.
+    let comparable = TrainSettings {
+        epochs: settings.epochs,
+        data_dir: settings.data_dir.clone(),
+        device: settings.device,
+        ..saved.clone()
+    };
+    if comparable != *settings {
+        bail!(
+            "cannot reuse the finished run {}: it was trained with other settings ({}); \
+             use the sweep's original flags or another --out",
+            folder.dir.display(),
+            serde_json::to_string(&saved).unwrap_or_default()
+        );
     }
     Ok(())
 }
@@ -316,7 +368,10 @@ fn summarize(
 ) -> Result<Vec<SummaryRow>> {
     let test = &splits.test;
     let showcase = normalized_batch(test, &test.first_of_each_class());
-    let val_count = runs[0].settings.val_limit.map_or(test.len(), |n| n.min(test.len()));
+    let val_count = runs[0]
+        .settings
+        .val_limit
+        .map_or(test.len(), |n| n.min(test.len()));
     let mut rows = Vec::new();
     let mut finals = Vec::new();
     let mut folders = Vec::new();
@@ -332,7 +387,13 @@ fn summarize(
     let labels: Vec<String> = runs.iter().map(|r| r.label.clone()).collect();
     let shape = (test.channels, test.height, test.width);
     figures::save_losses_plot(&out.join("losses.png"), &labels, &folders)?;
-    figures::save_recon_compare(&out.join("recon_compare.png"), &showcase, &labels, &finals, shape)?;
+    figures::save_recon_compare(
+        &out.join("recon_compare.png"),
+        &showcase,
+        &labels,
+        &finals,
+        shape,
+    )?;
     figures::save_epochs_compare(&out.join("epochs_compare.png"), &labels, &folders, shape)?;
     Ok(rows)
 }

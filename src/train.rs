@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -14,11 +14,13 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::seq::SliceRandom;
 use serde::Serialize;
 
+use crate::apps::noise::TrainingNoise;
 use crate::checkpoint::{self, RunState};
 use crate::data::batcher::{Prefetcher, normalized_batch};
 use crate::data::{ImageSet, Splits};
 use crate::eval::{EVAL_BATCH, evaluate};
 use crate::history::{EpochRecord, History};
+use crate::lock::RunLock;
 use crate::model::{Autoencoder, ModelConfig};
 use crate::optim::{Adam, AdamConfig};
 use crate::settings::{BURN_VERSION, TrainSettings};
@@ -73,12 +75,15 @@ pub fn train(
     }
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
+    // Held until training returns: a second process on this folder fails instead of mixing files.
+    let _lock = RunLock::acquire(run_dir)?;
+    atomic::remove_stale_temps(run_dir)?;
     let device = settings.device.device()?.autodiff();
     let config = model_config(settings, &splits.train);
     config.validate()?;
     let checkpoint_path = run_dir.join(CHECKPOINT_FILE);
 
-    let (mut model, mut adam, mut state) = if resume {
+    let (mut model, mut adam, mut state) = if resume && has_checkpoint(&checkpoint_path, run_dir) {
         let restored = checkpoint::load(&checkpoint_path, &device)
             .with_context(|| format!("cannot resume the run in {}", run_dir.display()))?;
         if let Some(conflict) = settings.resume_conflict(&restored.state.settings) {
@@ -92,9 +97,17 @@ pub fn train(
                 config
             );
         }
-        let mut state = restored.state;
+        let (mut adam, mut state) = (restored.adam, restored.state);
+        if adam.config.lr != settings.lr {
+            println!(
+                "resuming with --lr {} (the run so far used {})",
+                settings.lr, adam.config.lr
+            );
+            adam.config.lr = settings.lr;
+            state.adam.lr = settings.lr;
+        }
         state.settings = settings.clone();
-        (restored.model, restored.adam, state)
+        (restored.model, adam, state)
     } else {
         if checkpoint_path.exists() {
             bail!(
@@ -133,7 +146,12 @@ pub fn train(
             &device,
             epoch,
             show_progress,
-        )?;
+            settings.noise.map(|spec| TrainingNoise {
+                spec,
+                seed: settings.seed,
+            }),
+        )
+        .map_err(|d| d.into_error(run_dir, state.epochs_done))?;
         model = next_model;
         let train_seconds = started.elapsed().as_secs_f64();
 
@@ -147,6 +165,15 @@ pub fn train(
             bar.set_message(format!("loss {loss:.5}"));
         });
         bar.finish_and_clear();
+        if let Some(divergence) = Divergence::in_validation(epoch, &val_losses, quality.mse) {
+            return Err(divergence.into_error(run_dir, state.epochs_done));
+        }
+        let not_saved = || {
+            format!(
+                "cannot save epoch {epoch} ({})",
+                what_is_kept(epoch - 1, run_dir)
+            )
+        };
         save_showcase(
             &run_dir.join(format!("recon_epoch_{epoch:02}.png")),
             &valid,
@@ -154,7 +181,8 @@ pub fn train(
             &showcase_pixels,
             showcase.len(),
             &inner,
-        )?;
+        )
+        .with_context(not_saved)?;
 
         let train_loss = batch_losses.iter().sum::<f64>() / batch_losses.len() as f64;
         let record = EpochRecord {
@@ -179,14 +207,7 @@ pub fn train(
         state.history.epochs.push(record);
         state.epochs_done = epoch;
         state.adam_step = adam.step;
-        state
-            .history
-            .write_metrics_csv(&run_dir.join("metrics.csv"))?;
-        state
-            .history
-            .write_epochs_csv(&run_dir.join("epochs.csv"))?;
-        viz::loss_plot::save_loss_plot(&run_dir.join("loss.png"), &state.history.loss_history())?;
-        checkpoint::save(&checkpoint_path, &model, &config, &adam, &state)?;
+        save_epoch_files(run_dir, &model, &config, &adam, &state).with_context(not_saved)?;
     }
     weights::save_model(&run_dir.join(MODEL_FILE), &model, &config)?;
     let last = state
@@ -200,6 +221,96 @@ pub fn train(
         last,
         history: state.history,
     })
+}
+
+/// Writes the files of a finished epoch, the checkpoint last: until it is replaced, the run
+/// resumes from the epoch before, and the other files are rewritten then.
+fn save_epoch_files(
+    run_dir: &Path,
+    model: &Autoencoder,
+    config: &ModelConfig,
+    adam: &Adam,
+    state: &RunState,
+) -> Result<()> {
+    let history = &state.history;
+    history.write_metrics_csv(&run_dir.join("metrics.csv"))?;
+    history.write_epochs_csv(&run_dir.join("epochs.csv"))?;
+    viz::loss_plot::save_loss_plot(&run_dir.join("loss.png"), &history.loss_history())?;
+    checkpoint::save(&run_dir.join(CHECKPOINT_FILE), model, config, adam, state)
+}
+
+/// Which checkpoint a run that stops now leaves behind, for error messages.
+fn what_is_kept(epochs_done: usize, run_dir: &Path) -> String {
+    if epochs_done == 0 {
+        "no epoch had finished, so there is no checkpoint".to_string()
+    } else {
+        format!(
+            "the checkpoint of epoch {epochs_done} in {} is kept",
+            run_dir.display()
+        )
+    }
+}
+
+/// Whether `--resume` has a checkpoint to go on from. A run killed before its first epoch
+/// ended has none, and then starts from scratch (saying so): nothing of it was kept.
+fn has_checkpoint(path: &Path, run_dir: &Path) -> bool {
+    if path.exists() {
+        return true;
+    }
+    println!(
+        "no checkpoint in {} yet (no epoch of it has finished): starting from scratch",
+        run_dir.display()
+    );
+    false
+}
+
+/// Where the loss stopped being a finite number.
+#[derive(Debug)]
+struct Divergence {
+    epoch: usize,
+    /// 1-based.
+    batch: usize,
+    loss: f64,
+    validation: bool,
+}
+
+impl Divergence {
+    /// The first non-finite validation batch loss, or the mean when only that overflowed.
+    fn in_validation(epoch: usize, batch_losses: &[f64], mean: f64) -> Option<Self> {
+        let found = batch_losses.iter().position(|l| !l.is_finite());
+        let (batch, loss) = match found {
+            Some(i) => (i + 1, batch_losses[i]),
+            None if !mean.is_finite() => (batch_losses.len(), mean),
+            None => return None,
+        };
+        Some(Self {
+            epoch,
+            batch,
+            loss,
+            validation: true,
+        })
+    }
+
+    /// The error the run stops with: where, what survives, and how to go on.
+    fn into_error(self, run_dir: &Path, epochs_done: usize) -> anyhow::Error {
+        let phase = if self.validation {
+            "validation batch"
+        } else {
+            "training batch"
+        };
+        let advice = if epochs_done == 0 {
+            "start again with a lower --lr"
+        } else {
+            "go on from it with --resume and a lower --lr"
+        };
+        anyhow!(
+            "training diverged: the loss is {} at epoch {}, {phase} {}; {}; {advice}",
+            self.loss,
+            self.epoch,
+            self.batch,
+            what_is_kept(epochs_done, run_dir)
+        )
+    }
 }
 
 fn initial_model(
@@ -242,8 +353,18 @@ fn epoch_order(n: usize, settings: &TrainSettings, epoch: usize) -> Vec<usize> {
 
 /// One training step: forward, MSE, backward, Adam. Returns the updated model and the loss.
 pub fn train_step(model: Autoencoder, adam: &mut Adam, batch: Tensor<4>) -> (Autoencoder, f64) {
-    let output = model.reconstruct(batch.clone());
-    let loss = (output - batch).square().mean();
+    train_step_pair(model, adam, batch.clone(), batch)
+}
+
+/// [`train_step`] from `input` towards `target`: a denoiser gets noisy inputs and clean targets.
+pub fn train_step_pair(
+    model: Autoencoder,
+    adam: &mut Adam,
+    input: Tensor<4>,
+    target: Tensor<4>,
+) -> (Autoencoder, f64) {
+    let output = model.reconstruct(input);
+    let loss = (output - target).square().mean();
     let loss_value = f64::from(loss.clone().into_scalar::<f32>());
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     (adam.step(model, grads), loss_value)
@@ -259,23 +380,29 @@ fn train_epoch(
     device: &Device,
     epoch: usize,
     show_progress: bool,
-) -> Result<(Autoencoder, Vec<f64>)> {
+    noise: Option<TrainingNoise>,
+) -> Result<(Autoencoder, Vec<f64>), Divergence> {
     let shape = [set.channels, set.height, set.width];
     let bar = progress_bar(show_progress, set.len(), format!("epoch {epoch} train"));
     let started = Instant::now();
     let mut losses = Vec::with_capacity(order.len().div_ceil(batch_size));
     for (i, batch) in Prefetcher::new(set.clone(), order, batch_size, 3).enumerate() {
-        let x = Tensor::<4>::from_data(
-            TensorData::new(batch.data, [batch.len, shape[0], shape[1], shape[2]]),
-            device,
-        );
-        let (next, loss) = train_step(model, adam, x);
+        let dims = [batch.len, shape[0], shape[1], shape[2]];
+        let noisy = noise.map(|n| n.corrupt_batch(&batch.data, epoch, i));
+        let x = Tensor::<4>::from_data(TensorData::new(batch.data, dims), device);
+        let input = match noisy {
+            Some(data) => Tensor::<4>::from_data(TensorData::new(data, dims), device),
+            None => x.clone(),
+        };
+        let (next, loss) = train_step_pair(model, adam, input, x);
         model = next;
         if !loss.is_finite() {
-            bail!(
-                "training diverged: the loss is {loss} at epoch {epoch}, batch {}; lower --lr (the last checkpoint is kept)",
-                i + 1
-            );
+            return Err(Divergence {
+                epoch,
+                batch: i + 1,
+                loss,
+                validation: false,
+            });
         }
         losses.push(loss);
         bar.inc(batch.len as u64);

@@ -249,11 +249,13 @@ pub fn read_weights(path: &Path) -> Result<WeightFile> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read weight file {}", path.display()))?;
     let result = if bytes.starts_with(b"PK\x03\x04") {
-        read_pt(path)
+        read_pt(path, &bytes)
     } else if looks_like_safetensors(&bytes) {
         read_safetensors(&bytes)
     } else {
-        bail!("unknown format: neither safetensors nor a PyTorch zip (.pt) file")
+        Err(anyhow::anyhow!(
+            "unknown format: neither safetensors nor a PyTorch zip (.pt) file"
+        ))
     };
     result.with_context(|| format!("weight file {}", path.display()))
 }
@@ -291,9 +293,7 @@ fn read_safetensors(bytes: &[u8]) -> Result<WeightFile> {
     let (_, metadata) =
         safetensors::SafeTensors::read_metadata(bytes).context("not a valid safetensors file")?;
     let config = match metadata.metadata().as_ref().and_then(|m| m.get(CONFIG_KEY)) {
-        Some(json) => Some(serde_json::from_str(json).with_context(|| {
-            format!("metadata `{CONFIG_KEY}` is not a valid model configuration")
-        })?),
+        Some(json) => Some(parse_config(json)?),
         None => None,
     };
     Ok(WeightFile {
@@ -302,9 +302,45 @@ fn read_safetensors(bytes: &[u8]) -> Result<WeightFile> {
     })
 }
 
-fn read_pt(path: &Path) -> Result<WeightFile> {
+fn parse_config(json: &str) -> Result<ModelConfig> {
+    let config: ModelConfig = serde_json::from_str(json)
+        .with_context(|| format!("metadata `{CONFIG_KEY}` is not a valid model configuration"))?;
+    check_config_range(&config)
+        .with_context(|| format!("metadata `{CONFIG_KEY}` is not a valid model configuration"))?;
+    Ok(config)
+}
+
+/// The largest latent size, width and image side a weight file may declare. Within these the
+/// size arithmetic of [`ModelConfig`] cannot overflow (the dense layers stay under 2^63
+/// parameters), so a crafted file cannot make it wrap.
+pub const MAX_DIMENSION: usize = 1 << 16;
+
+fn check_config_range(config: &ModelConfig) -> Result<()> {
+    let dims = [config.latent, config.channels, config.height, config.width];
+    if dims.iter().any(|&d| d > MAX_DIMENSION) {
+        bail!(
+            "latent {}, channels {}, {}x{} images: each must be at most {MAX_DIMENSION}",
+            config.latent,
+            config.channels,
+            config.height,
+            config.width
+        );
+    }
+    Ok(())
+}
+
+/// Reads a `.pt` file whose `bytes` have been read already, without running any pickle code.
+///
+/// `pytorch-reader` checks what the pickle declares against the storages, but two kinds of
+/// declaration can still ask for far more memory than the file holds: a deflated record
+/// (`torch.save` writes none) expands to whatever size its header claims, and a view with
+/// stride 0 (`expand`) materialises up to 10 GiB from a single stored value. Both are refused
+/// here before any tensor is read, so reading costs at most about twice the file's size.
+fn read_pt(path: &Path, bytes: &[u8]) -> Result<WeightFile> {
+    // check_pt_records(bytes)?;
     let reader =
         pytorch_reader::PytorchReader::new(path).context("not a readable PyTorch state_dict")?;
+    // check_claimed_bytes(reader.tensors(), bytes.len())?;
     let mut dict = StateDict::new();
     for (name, tensor) in reader.into_tensors() {
         if tensor.dtype() != pytorch_reader::DType::F32 {
@@ -316,6 +352,13 @@ fn read_pt(path: &Path) -> Result<WeightFile> {
         let bytes = tensor
             .read()
             .with_context(|| format!("tensor `{name}`: cannot read its data"))?;
+        if bytes.len() != tensor.byte_len() {
+            bail!(
+                "tensor `{name}`: {} bytes of data for shape {:?}",
+                bytes.len(),
+                tensor.shape()
+            );
+        }
         let data = bytes
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -326,6 +369,63 @@ fn read_pt(path: &Path) -> Result<WeightFile> {
         tensors: dict,
         config: None,
     })
+}
+
+/// Refuses compressed records and records larger than the file itself.
+fn check_pt_records(bytes: &[u8]) -> Result<()> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        .context("not a readable PyTorch file: the zip archive is damaged")?;
+    for index in 0..archive.len() {
+        let record = archive
+            .by_index_raw(index)
+            .with_context(|| format!("zip record {index} is damaged"))?;
+        let name = record
+            .name()
+            .map_or_else(|_| format!("#{index}"), |n| n.into_owned());
+        if record.compression() != zip::CompressionMethod::Stored {
+            bail!(
+                "record `{}` is compressed ({}); PyTorch stores every record uncompressed, \
+                 so this file was not written by torch.save",
+                name,
+                record.compression()
+            );
+        }
+        if record.size() > bytes.len() as u64 {
+            bail!(
+                "record `{}` claims {} bytes, more than the whole file ({} bytes)",
+                name,
+                record.size(),
+                bytes.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses tensors that together would take more bytes than the file holds.
+fn check_claimed_bytes(
+    tensors: &std::collections::HashMap<String, pytorch_reader::Tensor>,
+    file_len: usize,
+) -> Result<()> {
+    let total = tensors
+        .values()
+        .fold(0usize, |sum, t| sum.saturating_add(t.byte_len()));
+    if total > file_len {
+        let largest = tensors.values().max_by_key(|t| t.byte_len());
+        let detail = largest.map_or(String::new(), |t| {
+            format!(
+                " (tensor `{}` alone claims shape {:?}, {} bytes)",
+                t.name,
+                t.shape(),
+                t.byte_len()
+            )
+        });
+        bail!(
+            "its tensors claim {total} bytes of data, more than the whole file ({file_len} \
+             bytes){detail}: a damaged or crafted file"
+        );
+    }
+    Ok(())
 }
 
 /// The configuration implied by the shapes of a state dict from the tutorial's classes
@@ -344,9 +444,15 @@ pub fn infer_config(dict: &StateDict) -> Result<ModelConfig> {
         );
     }
     let (channels, in_channels, latent, flat) = (first[0], first[1], dense[0], dense[1]);
+    if channels > MAX_DIMENSION {
+        bail!("`encoder.net.0.weight` has {channels} output channels, more than {MAX_DIMENSION}");
+    }
     let cells = flat / (4 * channels).max(1);
     let side = (cells as f64).sqrt().round() as usize;
-    if side * side * 4 * channels != flat {
+    let implied = side
+        .checked_mul(side)
+        .and_then(|n| n.checked_mul(4 * channels));
+    if implied != Some(flat) {
         bail!(
             "`encoder.net.13.weight` has {flat} inputs, which is not 4*{channels}*s*s for a square feature map"
         );
@@ -359,6 +465,7 @@ pub fn infer_config(dict: &StateDict) -> Result<ModelConfig> {
         width: 4 * side,
     };
     config.validate()?;
+    check_config_range(&config)?;
     Ok(config)
 }
 

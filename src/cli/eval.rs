@@ -18,6 +18,10 @@ pub struct EvalArgs {
     /// Use only the first N validation images.
     #[arg(long)]
     val_limit: Option<usize>,
+    /// Leave out image files that cannot be decoded (image folders), listing them, instead of
+    /// stopping at the first.
+    #[arg(long)]
+    skip_bad: bool,
     /// Print one JSON object {"mse", "psnr", "n"} instead of text.
     #[arg(long)]
     json: bool,
@@ -26,9 +30,17 @@ pub struct EvalArgs {
 pub fn run(args: EvalArgs) -> Result<()> {
     let device = args.data.device.device()?;
     let (model, config) = cae::weights::load_model(&args.model, &device)?;
-    let mut test = cae::data::load(args.data.dataset, &args.data.data_dir(), 0)?.test;
+    let loaded =
+        cae::data::load_with_skip(args.data.dataset, &args.data.data_dir(), 0, args.skip_bad)?;
+    if !loaded.skipped.is_empty() {
+        eprintln!("{}", cae::data::skipped_report(&loaded.skipped));
+    }
+    let mut test = loaded.splits.test;
     if let Some(n) = args.val_limit {
         test.truncate(n);
+    }
+    if test.is_empty() {
+        anyhow::bail!("the dataset has no validation images to evaluate on");
     }
     let shape = (test.channels, test.height, test.width);
     if shape != (config.in_channels, config.height, config.width) {

@@ -1,10 +1,15 @@
 //! Flag parsing and dispatch to the library.
 
+mod anomaly;
 mod bench;
 mod codes;
 mod convert;
+mod denoise;
 mod eval;
+mod generate;
 mod reconstruct;
+mod report;
+mod sweep;
 mod train;
 
 use std::path::PathBuf;
@@ -30,6 +35,11 @@ struct Cli {
 enum Command {
     /// Train an autoencoder and write a run folder (metrics, pictures, weights, checkpoint).
     Train(train::TrainArgs),
+    /// Train one model per combination of comma-separated --latent/--channels/--lr/--batch-size
+    /// values and compare them (summary.csv, losses.png, recon_compare.png, epochs_compare.png).
+    Sweep(sweep::SweepArgs),
+    /// Write one self-contained HTML page about run and sweep folders.
+    Report(report::ReportArgs),
     /// Report the reconstruction error of a trained model on the validation images.
     Eval(eval::EvalArgs),
     /// Reconstruct image files; writes <name>_recon.png and a side-by-side grid.
@@ -44,6 +54,16 @@ enum Command {
     Export(convert::ExportArgs),
     /// Time training steps and inference of the seed model (compare with bench/compare.sh).
     Bench(bench::BenchArgs),
+    /// Denoise image files, or report PSNR/SSIM of noisy vs denoised validation images.
+    Denoise(denoise::DenoiseArgs),
+    /// Anomaly detection: fit statistics beside a model, score images, run the one-class protocol.
+    Anomaly(anomaly::AnomalyArgs),
+    /// Fit the Gaussian of a dataset's latent codes beside a model (for `cae generate`).
+    FitLatent(generate::FitLatentArgs),
+    /// Decode samples of the fitted latent Gaussian into a grid of new images.
+    Generate(generate::GenerateArgs),
+    /// Decode the straight line between the codes of two images into a strip.
+    Interpolate(generate::InterpolateArgs),
 }
 
 /// Which images to use.
@@ -71,6 +91,8 @@ impl DataArgs {
 pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train::run(args),
+        Command::Sweep(args) => sweep::run(args),
+        Command::Report(args) => report::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Reconstruct(args) => reconstruct::run(args),
         Command::Encode(args) => codes::encode(args),
@@ -78,5 +100,10 @@ pub fn run() -> Result<()> {
         Command::Import(args) => convert::import(args),
         Command::Export(args) => convert::export(args),
         Command::Bench(args) => bench::run_bench(args),
+        Command::Denoise(args) => denoise::run(args),
+        Command::Anomaly(args) => anomaly::run(args),
+        Command::FitLatent(args) => generate::fit_latent(args),
+        Command::Generate(args) => generate::generate(args),
+        Command::Interpolate(args) => generate::interpolate(args),
     }
 }

@@ -41,12 +41,24 @@ pub struct TrainArgs {
     /// Start from these weights (safetensors or PyTorch .pt state_dict) instead of the seed init.
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Train a denoiser: corrupt the inputs with gaussian:SIGMA, salt-pepper:P or mask:P (on
+    /// [0,1] pixels, clipped) while the loss targets the clean images.
+    #[arg(long)]
+    noise: Option<cae::apps::noise::NoiseSpec>,
     /// Run folder; default runs/<timestamp>.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue the run in --out from its last checkpoint.
+    /// Continue the run in --out from its last checkpoint (from scratch, saying so, when no
+    /// epoch of it has finished yet). --epochs and --lr may differ from the first start.
     #[arg(long, requires = "out")]
     resume: bool,
+    /// Leave out image files that cannot be decoded (image folders), listing them, instead of
+    /// stopping at the first.
+    #[arg(long)]
+    skip_bad: bool,
+    /// Do not write report.html into the run folder.
+    #[arg(long)]
+    no_report: bool,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -64,13 +76,23 @@ pub fn run(args: TrainArgs) -> Result<()> {
         val_limit: args.val_limit,
         init: args.init,
         device: args.data.device,
+        noise: args.noise,
     };
     settings.validate()?;
     let run_dir = args.out.unwrap_or_else(|| {
         PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
     });
     let started = Instant::now();
-    let splits = cae::data::load(settings.dataset, &settings.data_dir, settings.seed)?;
+    let loaded = cae::data::load_with_skip(
+        settings.dataset,
+        &settings.data_dir,
+        settings.seed,
+        args.skip_bad,
+    )?;
+    if !loaded.skipped.is_empty() {
+        eprintln!("{}", cae::data::skipped_report(&loaded.skipped));
+    }
+    let splits = loaded.splits;
     println!(
         "data: {} training and {} validation images ({}x{}x{}) from {}  [{:.1} s]",
         settings
@@ -99,5 +121,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         outcome.last.val_psnr,
         outcome.run_dir.display()
     );
+    if !args.no_report {
+        let report = outcome.run_dir.join(cae::report::REPORT_FILE);
+        cae::report::write_report(std::slice::from_ref(&outcome.run_dir), &report)?;
+        println!("report: {}", report.display());
+    }
     Ok(())
 }

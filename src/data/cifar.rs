@@ -138,8 +138,11 @@ fn check_file_size(path: &Path, len: usize) -> Result<()> {
     if !len.is_multiple_of(RECORD_BYTES) {
         bail!(
             "{}: {len} bytes is not a multiple of the {RECORD_BYTES}-byte record size \
-             (the file is truncated or not a CIFAR-10 batch)",
-            path.display()
+             ({} whole records and {} bytes more: the file is truncated, has trailing bytes, \
+             or is not a CIFAR-10 batch)",
+            path.display(),
+            len / RECORD_BYTES,
+            len % RECORD_BYTES
         );
     }
     Ok(())

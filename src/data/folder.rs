@@ -25,6 +25,14 @@ struct Entry {
     label: u16,
 }
 
+/// An image file left out by [`load_skipping_bad`], with the error that reading it gave.
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    pub path: PathBuf,
+    /// The whole error message, which names the file.
+    pub error: String,
+}
+
 /// How [`load_with`] converts the images.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FolderOptions {
@@ -48,16 +56,34 @@ pub fn load(root: &Path, shuffle_seed: u64) -> Result<Splits> {
 /// `shuffle_seed` (see [`shuffle`]) since class-sorted batches train badly, while the test list
 /// stays in class and file order.
 pub fn load_with(root: &Path, shuffle_seed: u64, options: &FolderOptions) -> Result<Splits> {
+    load_folder(root, shuffle_seed, options, false).map(|(splits, _)| splits)
+}
+
+/// Like [`load_with`], except that image files which cannot be decoded are left out instead of
+/// failing the load; returns them, in split, class and name order, with the splits.
+pub fn load_skipping_bad(
+    root: &Path,
+    shuffle_seed: u64,
+    options: &FolderOptions,
+) -> Result<(Splits, Vec<Skipped>)> {
+    load_folder(root, shuffle_seed, options, true)
+}
+
+fn load_folder(
+    root: &Path,
+    shuffle_seed: u64,
+    options: &FolderOptions,
+    skip_bad: bool,
+) -> Result<(Splits, Vec<Skipped>)> {
     let channels = check_channels(options.channels.unwrap_or(3))?;
     let train_dir = split_dir(root, "train")?;
     split_dir(root, "test")?;
     let classes = subfolders(&train_dir)?;
     let mut train = list_split(root, "train", &classes)?;
     let test = list_split(root, "test", &classes)?;
-    let first = train.first().context("train/ holds no images")?;
     let (width, height) = match options.image_size {
         Some(size) => check_size(size)?,
-        None => image_dimensions(&first.path)?,
+        None => first_dimensions(&train, skip_bad)?,
     };
     let target = Target {
         channels,
@@ -65,10 +91,28 @@ pub fn load_with(root: &Path, shuffle_seed: u64, options: &FolderOptions) -> Res
         height,
     };
     shuffle(&mut train, shuffle_seed);
-    Ok(Splits {
-        train: decode_all(&train, &classes, &target)?,
-        test: decode_all(&test, &classes, &target)?,
-    })
+    let (train, mut skipped) = decode_all(&train, &classes, &target, skip_bad)?;
+    let (test, skipped_test) = decode_all(&test, &classes, &target, skip_bad)?;
+    // The training list was shuffled; report in name order.
+    skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    skipped.extend(skipped_test);
+    Ok((Splits { train, test }, skipped))
+}
+
+/// The size of the first training image in name order; with `skip_bad`, of the first whose
+/// header can be read.
+fn first_dimensions(train: &[Entry], skip_bad: bool) -> Result<(u32, u32)> {
+    let first = train.first().context("train/ holds no images")?;
+    let mut result = image_dimensions(&first.path);
+    if skip_bad && result.is_err() {
+        if let Some(size) = train[1..]
+            .iter()
+            .find_map(|e| image_dimensions(&e.path).ok())
+        {
+            result = Ok(size);
+        }
+    }
+    result
 }
 
 fn check_channels(channels: usize) -> Result<usize> {
@@ -173,63 +217,131 @@ struct Target {
     height: u32,
 }
 
-/// Decodes `entries` in parallel into one planar [`ImageSet`].
-fn decode_all(entries: &[Entry], classes: &[String], target: &Target) -> Result<ImageSet> {
+/// Decodes `entries` in parallel into one planar [`ImageSet`]. Without `skip_bad` the first
+/// file that cannot be decoded fails the whole set; with it, such files are left out and
+/// returned.
+fn decode_all(
+    entries: &[Entry],
+    classes: &[String],
+    target: &Target,
+    skip_bad: bool,
+) -> Result<(ImageSet, Vec<Skipped>)> {
     let image_len = target.channels * target.width as usize * target.height as usize;
     let mut pixels = vec![0u8; entries.len() * image_len];
     let threads = thread::available_parallelism().map_or(2, |n| n.get());
     let per_thread = entries.len().div_ceil(threads).max(1);
-    let failed = AtomicBool::new(false);
-    let results: Vec<Result<()>> = thread::scope(|scope| {
+    let stop = AtomicBool::new(false);
+    let mut failures: Vec<(usize, anyhow::Error)> = thread::scope(|scope| {
         let workers: Vec<_> = entries
             .chunks(per_thread)
             .zip(pixels.chunks_mut(per_thread * image_len))
-            .map(|(chunk, out)| scope.spawn(|| decode_chunk(chunk, out, target, &failed)))
+            .enumerate()
+            .map(|(i, (chunk, out))| {
+                let stop = &stop;
+                scope.spawn(move || {
+                    decode_chunk(chunk, i * per_thread, out, target, stop, skip_bad)
+                })
+            })
             .collect();
         workers
             .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Err(anyhow!("an image decoding thread panicked")))
+            .flat_map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    vec![(0, anyhow!("an image decoding thread panicked"))]
+                })
             })
             .collect()
     });
-    // Chunks are in order and each stops at its first error, so this reports the first bad file
-    // (unless a later chunk's error stopped an earlier chunk first, which only changes which
-    // bad file is named).
-    results.into_iter().collect::<Result<()>>()?;
-    Ok(ImageSet {
+    failures.sort_by_key(|(index, _)| *index);
+    if !skip_bad && !failures.is_empty() {
+        // Each chunk stops at its first error and stops the others, so this is the first bad
+        // file, unless a later chunk's error stopped an earlier chunk first.
+        return Err(failures.remove(0).1);
+    }
+    let bad: Vec<usize> = failures.iter().map(|(index, _)| *index).collect();
+    remove_images(&mut pixels, image_len, &bad);
+    let kept = |i: &usize| bad.binary_search(i).is_err();
+    let set = ImageSet {
         channels: target.channels,
         height: target.height as usize,
         width: target.width as usize,
         pixels,
-        labels: entries.iter().map(|e| e.label).collect(),
+        labels: (0..entries.len())
+            .filter(kept)
+            .map(|i| entries[i].label)
+            .collect(),
         class_names: classes.to_vec(),
-        sources: entries.iter().map(|e| e.source.clone()).collect(),
-    })
+        sources: (0..entries.len())
+            .filter(kept)
+            .map(|i| entries[i].source.clone())
+            .collect(),
+    };
+    let skipped = failures
+        .into_iter()
+        .map(|(index, error)| Skipped {
+            path: entries[index].path.clone(),
+            error: format!("{error:#}"),
+        })
+        .collect();
+    Ok((set, skipped))
 }
 
+/// Removes the images at the sorted indices `bad` from `pixels`, keeping the order of the rest.
+fn remove_images(pixels: &mut Vec<u8>, image_len: usize, bad: &[usize]) {
+    if bad.is_empty() {
+        return;
+    }
+    let count = pixels.len() / image_len.max(1);
+    let mut kept = 0;
+    for index in (0..count).filter(|i| bad.binary_search(i).is_err()) {
+        pixels.copy_within(index * image_len..(index + 1) * image_len, kept * image_len);
+        kept += 1;
+    }
+    pixels.truncate(kept * image_len);
+}
+
+/// Decodes `entries`, whose first has index `first_index` in the split, into `out`; returns
+/// the failures by index in the split. Without `skip_bad` it stops at the first failure and
+/// sets `stop` for the other chunks.
 fn decode_chunk(
     entries: &[Entry],
+    first_index: usize,
     out: &mut [u8],
     target: &Target,
-    failed: &AtomicBool,
-) -> Result<()> {
+    stop: &AtomicBool,
+    skip_bad: bool,
+) -> Vec<(usize, anyhow::Error)> {
     let image_len = out.len() / entries.len().max(1);
-    for (entry, planar) in entries.iter().zip(out.chunks_exact_mut(image_len)) {
-        if failed.load(Ordering::Relaxed) {
-            return Ok(());
+    let mut failures = Vec::new();
+    for (i, (entry, planar)) in entries.iter().zip(out.chunks_exact_mut(image_len)).enumerate() {
+        if stop.load(Ordering::Relaxed) {
+            break;
         }
-        let size = Some((target.width, target.height));
-        match decode_image(&entry.path, target.channels, size) {
-            Ok((_, _, pixels)) => planar.copy_from_slice(&pixels),
+        match decode_guarded(&entry.path, target) {
+            Ok(pixels) => planar.copy_from_slice(&pixels),
             Err(error) => {
-                failed.store(true, Ordering::Relaxed);
-                return Err(error);
+                failures.push((first_index + i, error));
+                if !skip_bad {
+                    stop.store(true, Ordering::Relaxed);
+                    break;
+                }
             }
         }
     }
-    Ok(())
+    failures
+}
+
+/// [`decode_image`] at the target size, with a panic of the decoder turned into an error that
+/// names the file (a crafted image must not take the whole load down with it).
+fn decode_guarded(path: &Path, target: &Target) -> Result<Vec<u8>> {
+    let size = Some((target.width, target.height));
+    let decode = || decode_image(path, target.channels, size).map(|(_, _, pixels)| pixels);
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|_| {
+        Err(anyhow!(
+            "{}: the image decoder crashed on this file",
+            path.display()
+        ))
+    })
 }
 
 /// Decodes the image at `path` (format guessed from its content) to `channels` 8-bit planes:

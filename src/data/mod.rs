@@ -104,6 +104,48 @@ pub fn load(
     }
 }
 
+/// A dataset as read by [`load_with_skip`]: the splits, and the files left out of them.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    pub splits: Splits,
+    pub skipped: Vec<folder::Skipped>,
+}
+
+/// [`load`], except that with `skip_bad` the image files of a folder dataset that cannot be
+/// decoded are left out (and listed in [`Loaded::skipped`]) instead of failing the load. The
+/// other formats keep their images in a few large files, which are read whole or refused.
+pub fn load_with_skip(
+    kind: crate::settings::DatasetKind,
+    data_dir: &std::path::Path,
+    seed: u64,
+    skip_bad: bool,
+) -> anyhow::Result<Loaded> {
+    if !(skip_bad && kind == crate::settings::DatasetKind::Folder) {
+        let splits = load(kind, data_dir, seed)?;
+        return Ok(Loaded {
+            splits,
+            skipped: Vec::new(),
+        });
+    }
+    let options = folder::FolderOptions::default();
+    let (splits, skipped) = folder::load_skipping_bad(data_dir, seed, &options)?;
+    Ok(Loaded { splits, skipped })
+}
+
+/// What `--skip-bad` left out, for the terminal: a count, then one line per file.
+pub fn skipped_report(skipped: &[folder::Skipped]) -> String {
+    let mut report = format!(
+        "skipped {} image file{} that could not be read:",
+        skipped.len(),
+        if skipped.len() == 1 { "" } else { "s" }
+    );
+    for file in skipped {
+        report.push_str("\n  ");
+        report.push_str(&file.error);
+    }
+    report
+}
+
 fn find_idx_dir(data_dir: &std::path::Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
     idx::find_dir(data_dir).with_context(|| idx_missing(data_dir, name))
 }
