@@ -337,10 +337,10 @@ fn check_config_range(config: &ModelConfig) -> Result<()> {
 /// stride 0 (`expand`) materialises up to 10 GiB from a single stored value. Both are refused
 /// here before any tensor is read, so reading costs at most about twice the file's size.
 fn read_pt(path: &Path, bytes: &[u8]) -> Result<WeightFile> {
-    // check_pt_records(bytes)?;
+    check_pt_records(bytes)?;
     let reader =
         pytorch_reader::PytorchReader::new(path).context("not a readable PyTorch state_dict")?;
-    // check_claimed_bytes(reader.tensors(), bytes.len())?;
+    check_claimed_bytes(reader.tensors(), bytes.len())?;
     let mut dict = StateDict::new();
     for (name, tensor) in reader.into_tensors() {
         if tensor.dtype() != pytorch_reader::DType::F32 {
