@@ -123,6 +123,16 @@ pub fn load(path: &Path, device: &Device) -> Result<Restored> {
         if sq.data.len() != moments.exp_avg.shape().num_elements() {
             bail!("{}: Adam moments of `{name}` differ in size", context());
         }
+        // Moments that do not fit their parameter would make the next Adam step panic.
+        let fits = model_dict
+            .get(name)
+            .is_some_and(|param| param.data.len() == sq.data.len());
+        if !fits {
+            bail!(
+                "{}: the Adam moments `{EXP_AVG_PREFIX}{name}` do not match a model parameter",
+                context()
+            );
+        }
         moments.exp_avg_sq = flat_tensor(&sq, &inner);
     }
     if let Some(name) = exp_avg_sq.keys().next() {

@@ -1,10 +1,10 @@
 //! Fuzzing of the readers of untrusted files with proptest: valid CIFAR-10 batches, IDX files,
-//! safetensors and `.pt` weights, images and `.npy` codes are mutated (bits flipped, bytes set to
-//! boundary values, cut, extended, spliced) and read back. Every reader must return either a
+//! safetensors and `.pt` weights, checkpoints, images and `.npy` codes are mutated (bits flipped,
+//! bytes set to boundary values, cut, extended, spliced) and read back. Every reader must return either a
 //! consistent result or an error naming the file; a panic fails the target, and proptest
 //! shrinks it to the fewest mutations that still fail.
 //!
-//! `CAE_FUZZ_CASES` (default 96) sets the cases per round, `CAE_FUZZ_SECONDS` (default 0) keeps
+//! `CAE_FUZZ_CASES` (default 512) sets the cases per round, `CAE_FUZZ_SECONDS` (default 0) keeps
 //! a target going in rounds until that many seconds have passed, and `CAE_FUZZ_SEED` replays a
 //! run (every run prints its seed). A long run of one target:
 //!
@@ -86,9 +86,17 @@ fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
         Mutation::FlipBit(i, bit) if len > 0 => bytes[at(i)] ^= 1 << bit,
         Mutation::SetByte(i, v) if len > 0 => bytes[at(i)] = *v,
         Mutation::Boundary(i, v, width, big) => {
-            let raw = if *big { v.to_be_bytes() } else { v.to_le_bytes() };
+            let raw = if *big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            };
             let width = usize::from(*width);
-            let field = if *big { &raw[8 - width..] } else { &raw[..width] };
+            let field = if *big {
+                &raw[8 - width..]
+            } else {
+                &raw[..width]
+            };
             let start = at(i).min(len.saturating_sub(width));
             for (k, b) in field.iter().enumerate().take(len - start) {
                 bytes[start + k] = *b;
@@ -115,7 +123,8 @@ fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
 
 /// Mutated copies of one of `seeds` (by index), or now and then plain random bytes.
 fn inputs(seeds: usize) -> impl Strategy<Value = (usize, Vec<Mutation>, Option<Vec<u8>>)> {
-    let mutated = (0..seeds, prop::collection::vec(mutation(), 1..6)).prop_map(|(s, m)| (s, m, None));
+    let mutated =
+        (0..seeds, prop::collection::vec(mutation(), 1..6)).prop_map(|(s, m)| (s, m, None));
     let random = (0..seeds, prop::collection::vec(any::<u8>(), 0..300))
         .prop_map(|(s, bytes)| (s, Vec::new(), Some(bytes)));
     prop_oneof![9 => mutated, 1 => random]
@@ -134,13 +143,15 @@ fn input_bytes(seeds: &[Vec<u8>], input: &(usize, Vec<Mutation>, Option<Vec<u8>>
 }
 
 /// Runs `check` on mutations of `seeds` for `CAE_FUZZ_CASES` cases, in rounds until
-/// `CAE_FUZZ_SECONDS` have passed. `check` gets the seed index and the bytes.
-fn fuzz(target: &str, seeds: &[Vec<u8>], check: impl Fn(usize, &[u8])) {
-    let cases = env_number("CAE_FUZZ_CASES", 96) as u32;
+/// `CAE_FUZZ_SECONDS` have passed. `check` gets the seed index and the bytes, and says whether
+/// the reader accepted them (for the closing count).
+fn fuzz(target: &str, seeds: &[Vec<u8>], check: impl Fn(usize, &[u8]) -> bool) {
+    let cases = env_number("CAE_FUZZ_CASES", 512) as u32;
     let budget = Duration::from_secs(env_number("CAE_FUZZ_SECONDS", 0));
     let first_seed = env_number("CAE_FUZZ_SEED", rand::random());
     let started = Instant::now();
     let mut total = 0u64;
+    let accepted = std::cell::Cell::new(0u64);
     for round in 0.. {
         let seed = first_seed.wrapping_add(round);
         let config = Config {
@@ -150,7 +161,9 @@ fn fuzz(target: &str, seeds: &[Vec<u8>], check: impl Fn(usize, &[u8])) {
             ..Config::default()
         };
         let result = TestRunner::new(config).run(&inputs(seeds.len()), |input| {
-            check(input.0, &input_bytes(seeds, &input));
+            if check(input.0, &input_bytes(seeds, &input)) {
+                accepted.set(accepted.get() + 1);
+            }
             Ok(())
         });
         if let Err(failure) = result {
@@ -162,15 +175,31 @@ fn fuzz(target: &str, seeds: &[Vec<u8>], check: impl Fn(usize, &[u8])) {
         }
     }
     eprintln!(
-        "fuzz {target}: {total} cases in {:.1} s without a finding (CAE_FUZZ_SEED={first_seed})",
+        "fuzz {target}: {total} cases ({} read as valid, the rest refused) in {:.1} s without a \
+         finding (CAE_FUZZ_SEED={first_seed})",
+        accepted.get(),
         started.elapsed().as_secs_f64()
     );
 }
 
-fn assert_names(error: &anyhow::Error, path: &Path) {
-    let message = format!("{error:#}");
-    let name = path.file_name().unwrap().to_string_lossy();
-    assert!(message.contains(&*name), "the error does not name {name}: {message}");
+/// Checks that `result` is valid by `check_ok`, or an error naming `path`; returns whether it
+/// was valid.
+fn judge<T>(result: anyhow::Result<T>, path: &Path, check_ok: impl FnOnce(T)) -> bool {
+    match result {
+        Ok(value) => {
+            check_ok(value);
+            true
+        }
+        Err(error) => {
+            let message = format!("{error:#}");
+            let name = path.file_name().unwrap().to_string_lossy();
+            assert!(
+                message.contains(&*name),
+                "the error does not name {name}: {message}"
+            );
+            false
+        }
+    }
 }
 
 // CIFAR-10 binary batches.
@@ -184,7 +213,11 @@ fn cifar_record(label: u8, fill: u8) -> Vec<u8> {
 #[test]
 fn fuzz_cifar_reader() {
     let tmp = tempfile::tempdir().unwrap();
-    let files: Vec<&str> = cifar::TRAIN_FILES.iter().copied().chain([cifar::TEST_FILE]).collect();
+    let files: Vec<&str> = cifar::TRAIN_FILES
+        .iter()
+        .copied()
+        .chain([cifar::TEST_FILE])
+        .collect();
     let seeds: Vec<Vec<u8>> = (0..files.len() as u8)
         .map(|i| [cifar_record(i, 3), cifar_record(9 - i, 5)].concat())
         .collect();
@@ -194,17 +227,15 @@ fn fuzz_cifar_reader() {
     fuzz("cifar", &seeds, |which, bytes| {
         let path = tmp.path().join(files[which]);
         fs::write(&path, bytes).unwrap();
-        match cifar::load(tmp.path()) {
-            Ok(splits) => {
-                for set in [&splits.train, &splits.test] {
-                    assert_eq!(set.pixels.len(), set.len() * 3072);
-                    assert_eq!(set.sources.len(), set.len());
-                    assert!(set.labels.iter().all(|&l| l < 10));
-                }
+        let valid = judge(cifar::load(tmp.path()), &path, |splits| {
+            for set in [&splits.train, &splits.test] {
+                assert_eq!(set.pixels.len(), set.len() * 3072);
+                assert_eq!(set.sources.len(), set.len());
+                assert!(set.labels.iter().all(|&l| l < 10));
             }
-            Err(error) => assert_names(&error, &path),
-        }
+        });
         fs::write(&path, &seeds[which]).unwrap();
+        valid
     });
 }
 
@@ -248,24 +279,30 @@ fn fuzz_idx_reader() {
         } else {
             plain_path.with_file_name(format!("{}.gz", names[which % 4]))
         };
-        let content = if which >= 8 { gzip(bytes) } else { bytes.to_vec() };
+        let content = if which >= 8 {
+            gzip(bytes)
+        } else {
+            bytes.to_vec()
+        };
         if which >= 4 {
             fs::remove_file(&plain_path).unwrap();
         }
         fs::write(&path, content).unwrap();
-        match idx::load(tmp.path(), &idx::MNIST_CLASSES) {
-            Ok(splits) => {
+        let valid = judge(
+            idx::load(tmp.path(), &idx::MNIST_CLASSES),
+            &path,
+            |splits| {
                 for set in [&splits.train, &splits.test] {
                     assert_eq!(set.pixels.len(), set.len() * set.height * set.width);
                     assert!(set.labels.iter().all(|&l| l < 10));
                 }
-            }
-            Err(error) => assert_names(&error, &path),
-        }
+            },
+        );
         if which >= 4 {
             fs::remove_file(&path).unwrap();
         }
         fs::write(&plain_path, &plain[which % 4]).unwrap();
+        valid
     });
 }
 
@@ -287,10 +324,11 @@ fn fuzz_weights(target: &str, name: &str, seed: Vec<u8>) {
     let device = Device::flex();
     fuzz(target, &[seed], |_, bytes| {
         fs::write(&path, bytes).unwrap();
-        match cae::weights::load_model(&path, &device) {
-            Ok((_, config)) => config.validate().unwrap(),
-            Err(error) => assert_names(&error, &path),
-        }
+        judge(
+            cae::weights::load_model(&path, &device),
+            &path,
+            |(_, config)| config.validate().unwrap(),
+        )
     });
 }
 
@@ -306,6 +344,44 @@ fn fuzz_safetensors_reader() {
 fn fuzz_pt_reader() {
     let dict = cae::init::seed_state_dict(&small_config(), 2);
     fuzz_weights("pt", "model.pt", cae::torch_pt::pt_bytes(&dict).unwrap());
+}
+
+/// A real checkpoint: `cae train` for one epoch of a tiny model on four 8x8 pictures.
+fn checkpoint_seed(dir: &Path) -> Vec<u8> {
+    for (split, name) in [("train", "a.png"), ("train", "b.png"), ("test", "c.png")] {
+        let folder = dir.join("images").join(split).join("class");
+        fs::create_dir_all(&folder).unwrap();
+        let picture = image::GrayImage::from_fn(8, 8, |x, y| image::Luma([(x * 30 + y) as u8]));
+        picture.save(folder.join(name)).unwrap();
+    }
+    let run = dir.join("run");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cae"))
+        .args(["train", "--dataset", "folder", "--data-dir"])
+        .arg(dir.join("images"))
+        .args(["--latent", "2", "--channels", "1", "--epochs", "1", "--out"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    fs::read(run.join(cae::train::CHECKPOINT_FILE)).unwrap()
+}
+
+#[test]
+fn fuzz_checkpoint_reader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seed = checkpoint_seed(tmp.path());
+    let path = tmp.path().join("checkpoint.safetensors");
+    let device = Device::flex();
+    fuzz("checkpoint", &[seed], |_, bytes| {
+        fs::write(&path, bytes).unwrap();
+        judge(cae::checkpoint::load(&path, &device), &path, |restored| {
+            restored.config.validate().unwrap()
+        })
+    });
 }
 
 // Images.
@@ -342,7 +418,9 @@ fn real_jpeg() -> PathBuf {
         return path;
     }
     let fallback = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fuzz-fallback.jpg");
-    let image = image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, 60]));
+    let image = image::RgbImage::from_fn(32, 32, |x, y| {
+        image::Rgb([(x * 8) as u8, (y * 8) as u8, 60])
+    });
     image.save(&fallback).unwrap();
     fallback
 }
@@ -355,15 +433,13 @@ fn fuzz_image_decoder() {
         fs::write(&path, bytes).unwrap();
         let channels = if which % 2 == 0 { 3 } else { 1 };
         let size = (which % 3 == 0).then_some((8, 8));
-        match folder::decode_image(&path, channels, size) {
-            Ok((width, height, pixels)) => {
-                assert_eq!(pixels.len(), channels * width as usize * height as usize);
-                if let Some(size) = size {
-                    assert_eq!((width, height), size);
-                }
+        let decoded = folder::decode_image(&path, channels, size);
+        judge(decoded, &path, |(width, height, pixels)| {
+            assert_eq!(pixels.len(), channels * width as usize * height as usize);
+            if let Some(size) = size {
+                assert_eq!((width, height), size);
             }
-            Err(error) => assert_names(&error, &path),
-        }
+        })
     });
 }
 
@@ -377,9 +453,8 @@ fn fuzz_npy_reader() {
     let seed = fs::read(&path).unwrap();
     fuzz("npy", &[seed], |_, bytes| {
         fs::write(&path, bytes).unwrap();
-        match cae::npy::read_f32(&path) {
-            Ok((shape, values)) => assert_eq!(shape.iter().product::<usize>(), values.len()),
-            Err(error) => assert_names(&error, &path),
-        }
+        judge(cae::npy::read_f32(&path), &path, |(shape, values)| {
+            assert_eq!(shape.iter().product::<usize>(), values.len())
+        })
     });
 }

@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::thread;
 
-use cae::data::cifar::{self, ArchiveSpec, ARCHIVE_NAME, BATCHES_DIR, TEST_FILE, TRAIN_FILES};
+use cae::data::cifar::{self, ARCHIVE_NAME, ArchiveSpec, BATCHES_DIR, TEST_FILE, TRAIN_FILES};
 use cae::data::download;
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -33,7 +33,12 @@ fn archive(extra: &[(&str, EntryType)]) -> Vec<u8> {
     for name in TRAIN_FILES.iter().chain([&TEST_FILE]) {
         let mut batch = vec![3u8; 2 * RECORD];
         batch[RECORD] = 4;
-        member(&mut tar, &format!("{BATCHES_DIR}/{name}"), EntryType::Regular, &batch);
+        member(
+            &mut tar,
+            &format!("{BATCHES_DIR}/{name}"),
+            EntryType::Regular,
+            &batch,
+        );
     }
     for (name, kind) in extra {
         member(&mut tar, name, *kind, b"x");
@@ -62,7 +67,9 @@ fn serve_once(body: Vec<u8>) -> String {
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
-        let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&body));
+        let _ = stream
+            .write_all(head.as_bytes())
+            .and_then(|()| stream.write_all(&body));
     });
     url
 }
@@ -84,7 +91,10 @@ fn a_downloaded_archive_that_breaks_off_while_unpacking_leaves_nothing() {
     let spec = spec_for(&serve_once(body.clone()), &body);
     let tmp = tempfile::tempdir().unwrap();
     let error = format!("{:#}", cifar::ensure_with(tmp.path(), &spec).unwrap_err());
-    assert!(error.contains("cannot unpack the CIFAR-10 archive"), "{error}");
+    assert!(
+        error.contains("cannot unpack the CIFAR-10 archive"),
+        "{error}"
+    );
     assert_eq!(names(tmp.path()), Vec::<String>::new());
 }
 
@@ -123,4 +133,26 @@ fn a_member_in_a_subfolder_or_outside_the_batches_folder_is_refused() {
         let body = archive(&[(&name, EntryType::Regular)]);
         assert_local_archive_refused(body, &format!("archive member {name}: refused"));
     }
+}
+
+#[test]
+fn leftovers_of_a_killed_download_are_removed_and_those_of_a_running_one_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let body = archive(&[]);
+    fs::write(tmp.path().join(ARCHIVE_NAME), &body).unwrap();
+    // No process has PID 4000000000 (Linux's limit is 2^22); PID 1 always runs.
+    let gone_download = format!(".{ARCHIVE_NAME}.part-4000000000");
+    let gone_unpacking = format!(".{BATCHES_DIR}.partial-4000000000");
+    let running_download = format!(".{ARCHIVE_NAME}.part-1");
+    fs::write(tmp.path().join(&gone_download), b"half an archive").unwrap();
+    fs::create_dir(tmp.path().join(&gone_unpacking)).unwrap();
+    fs::write(tmp.path().join(&gone_unpacking).join(TEST_FILE), b"x").unwrap();
+    fs::write(tmp.path().join(&running_download), b"still coming").unwrap();
+
+    let spec = spec_for("http://127.0.0.1:9/unused", &body);
+    cifar::ensure_with(tmp.path(), &spec).unwrap();
+    assert_eq!(
+        names(tmp.path()),
+        [running_download.as_str(), BATCHES_DIR, ARCHIVE_NAME]
+    );
 }

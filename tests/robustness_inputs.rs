@@ -13,8 +13,8 @@ use cae::model::ModelConfig;
 use cae::weights::{HostTensor, StateDict};
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use safetensors::tensor::{Dtype, TensorView};
 use robustness_support::{cae_error, s};
+use safetensors::tensor::{Dtype, TensorView};
 
 /// `cae train` on `data_dir`, which fails while reading the data, before any training.
 fn train_error(dataset: &str, data_dir: &Path, needles: &[&str]) -> String {
@@ -68,7 +68,11 @@ fn cifar_truncated_batch_is_refused_naming_it_and_its_size() {
     train_error(
         "cifar10",
         tmp.path(),
-        &["data_batch_2.bin", &size, "2 whole records and 100 bytes more"],
+        &[
+            "data_batch_2.bin",
+            &size,
+            "2 whole records and 100 bytes more",
+        ],
     );
 }
 
@@ -122,9 +126,17 @@ fn idx_dir(name: &str, bytes: Vec<u8>) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     for split in ["train", "t10k"] {
         let images = idx(0x803, &[2, 4, 4], &[7; 32]);
-        fs::write(tmp.path().join(format!("{split}-images-idx3-ubyte")), images).unwrap();
+        fs::write(
+            tmp.path().join(format!("{split}-images-idx3-ubyte")),
+            images,
+        )
+        .unwrap();
         let labels = idx(0x801, &[2], &[3, 4]);
-        fs::write(tmp.path().join(format!("{split}-labels-idx1-ubyte")), labels).unwrap();
+        fs::write(
+            tmp.path().join(format!("{split}-labels-idx1-ubyte")),
+            labels,
+        )
+        .unwrap();
     }
     let _ = fs::remove_file(tmp.path().join(name.trim_end_matches(".gz")));
     fs::write(tmp.path().join(name), bytes).unwrap();
@@ -241,9 +253,15 @@ fn skip_bad_leaves_bad_images_out_counting_and_naming_them() {
         stderr.contains("skipped 2 image files that could not be read"),
         "{stderr}"
     );
-    assert!(stderr.contains(s(&text)) && stderr.contains(s(&garbled)), "{stderr}");
+    assert!(
+        stderr.contains(s(&text)) && stderr.contains(s(&garbled)),
+        "{stderr}"
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("data: 16 training and 8 validation images"), "{stdout}");
+    assert!(
+        stdout.contains("data: 16 training and 8 validation images"),
+        "{stdout}"
+    );
 
     let model = run.join(cae::train::MODEL_FILE);
     let eval = [
@@ -337,7 +355,10 @@ fn extra_missing_misshapen_and_non_float_tensors_are_refused_naming_them() {
     let path = tmp.path().join("weights.safetensors");
 
     let mut extra = small_dict();
-    extra.insert("encoder.net.99.weight".into(), HostTensor::new(vec![1], vec![0.5]));
+    extra.insert(
+        "encoder.net.99.weight".into(),
+        HostTensor::new(vec![1], vec![0.5]),
+    );
     cae::weights::save_safetensors(&path, &extra, None, &[]).unwrap();
     import_error(&path, &["unexpected tensor `encoder.net.99.weight`"]);
 
@@ -350,7 +371,10 @@ fn extra_missing_misshapen_and_non_float_tensors_are_refused_naming_them() {
     );
 
     let mut misshapen = small_dict();
-    misshapen.insert("encoder.net.2.bias".into(), HostTensor::new(vec![3], vec![0.0; 3]));
+    misshapen.insert(
+        "encoder.net.2.bias".into(),
+        HostTensor::new(vec![3], vec![0.0; 3]),
+    );
     cae::weights::save_safetensors(&path, &misshapen, Some(&small_config()), &[]).unwrap();
     import_error(&path, &["tensor `encoder.net.2.bias` has shape [3]", "[2]"]);
 
@@ -371,7 +395,14 @@ fn an_absurd_model_configuration_is_refused() {
         ..small_config()
     };
     cae::weights::save_safetensors(&path, &small_dict(), Some(&config), &[]).unwrap();
-    let model = ["reconstruct", "--model", s(&path), "--out", s(tmp.path()), "x.png"];
+    let model = [
+        "reconstruct",
+        "--model",
+        s(&path),
+        "--out",
+        s(tmp.path()),
+        "x.png",
+    ];
     cae_error(&model, &[s(&path), "each must be at most 65536"]);
 }
 
@@ -413,4 +444,63 @@ fn truncated_codes_are_refused_naming_the_file() {
         &["decode", "--model", s(&model), s(&codes), "--out", s(&out)],
         &[s(&codes)],
     );
+}
+
+#[test]
+fn a_checkpoint_whose_adam_moments_do_not_fit_the_model_is_refused() {
+    let tmp = image_folder();
+    let run = tmp.path().join("run");
+    let train = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "train",
+            "--dataset",
+            "folder",
+            "--data-dir",
+            s(tmp.path()),
+            "--latent",
+            "8",
+            "--channels",
+            "2",
+            "--out",
+            s(&run),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    let args = train(&["--epochs", "1"]);
+    robustness_support::cae_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let checkpoint = run.join(cae::train::CHECKPOINT_FILE);
+    let bytes = fs::read(&checkpoint).unwrap();
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let extra: Vec<(&str, String)> = metadata
+        .metadata()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.as_str() != "format" && k.as_str() != cae::weights::CONFIG_KEY)
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    let file = cae::weights::read_weights(&checkpoint).unwrap();
+    let mut tensors = file.tensors;
+    for key in [
+        "adam.exp_avg/encoder.net.0.bias",
+        "adam.exp_avg_sq/encoder.net.0.bias",
+    ] {
+        tensors.insert(key.into(), HostTensor::new(vec![1], vec![0.0]));
+    }
+    let crafted = cae::weights::safetensors_bytes(&tensors, file.config.as_ref(), &extra).unwrap();
+    fs::write(&checkpoint, &crafted).unwrap();
+
+    let args = train(&["--epochs", "2", "--resume"]);
+    cae_error(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[
+            s(&checkpoint),
+            "adam.exp_avg/encoder.net.0.bias` do not match a model parameter",
+        ],
+    );
+    assert_eq!(fs::read(&checkpoint).unwrap(), crafted);
 }

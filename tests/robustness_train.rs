@@ -55,7 +55,10 @@ fn train(run: &Path, extra: &[&str]) -> String {
 
 fn train_error(run: &Path, extra: &[&str], needles: &[&str]) -> String {
     let args = train_args(run, extra);
-    cae_error(&args.iter().map(String::as_str).collect::<Vec<_>>(), needles)
+    cae_error(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        needles,
+    )
 }
 
 fn spawn_train(run: &Path, extra: &[&str]) -> Child {
@@ -110,7 +113,11 @@ fn wait_for(path: &Path, child: &mut Child) {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("cae ended ({status}) before {} appeared", path.display());
         }
-        assert!(started.elapsed() < PATIENCE, "{} never appeared", path.display());
+        assert!(
+            started.elapsed() < PATIENCE,
+            "{} never appeared",
+            path.display()
+        );
         thread::sleep(Duration::from_millis(10));
     }
 }
@@ -150,7 +157,10 @@ fn sigint_after_the_first_checkpoint_then_resume_matches_an_uninterrupted_run() 
 
     let stdout = train(&run, &["--resume"]);
     assert!(stdout.contains(&format!("epoch   2/{EPOCHS}")), "{stdout}");
-    assert!(!stdout.contains("epoch   1/"), "epoch 1 was trained again: {stdout}");
+    assert!(
+        !stdout.contains("epoch   1/"),
+        "epoch 1 was trained again: {stdout}"
+    );
     assert_matches_reference(&run);
 }
 
@@ -220,10 +230,7 @@ fn a_lock_is_exclusive_and_released_when_dropped() {
     let lock = cae::lock::RunLock::acquire(tmp.path()).unwrap();
     let pid = std::process::id().to_string();
     assert_eq!(fs::read_to_string(lock.path()).unwrap().trim(), pid);
-    let error = format!(
-        "{:#}",
-        cae::lock::RunLock::acquire(tmp.path()).unwrap_err()
-    );
+    let error = format!("{:#}", cae::lock::RunLock::acquire(tmp.path()).unwrap_err());
     assert!(error.contains(&format!("(PID {pid})")), "{error}");
     drop(lock);
     cae::lock::RunLock::acquire(tmp.path()).unwrap();
@@ -261,7 +268,11 @@ fn a_diverging_later_epoch_keeps_the_last_good_checkpoint_and_resumes_with_a_low
         "is kept",
         "--resume and a lower --lr",
     ];
-    train_error(&run, &["--resume", "--epochs", "3", "--lr", "1000"], &needles);
+    train_error(
+        &run,
+        &["--resume", "--epochs", "3", "--lr", "1000"],
+        &needles,
+    );
     assert!(fs::read(run.join(CHECKPOINT_FILE)).unwrap() == good);
     assert!(fs::read(run.join(MODEL_FILE)).unwrap() == model);
     assert_eq!(temp_files(&run), Vec::<String>::new());
@@ -281,7 +292,14 @@ impl Tmpfs {
     fn mount(dir: &Path, size: &str) -> Self {
         fs::create_dir_all(dir).unwrap();
         let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", s(dir)])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                s(dir),
+            ])
             .output()
             .expect("mount runs");
         assert!(
@@ -347,6 +365,9 @@ fn a_full_disk_fails_cleanly_and_keeps_the_last_good_checkpoint() {
     let mut resume = small.to_vec();
     resume.extend(["--resume", "--epochs", &epochs]);
     train(&run, &resume);
-    let rows = fs::read_to_string(run.join("epochs.csv")).unwrap().lines().count();
+    let rows = fs::read_to_string(run.join("epochs.csv"))
+        .unwrap()
+        .lines()
+        .count();
     assert_eq!(rows, done + 2, "header and {} epochs", done + 1);
 }

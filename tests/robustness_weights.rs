@@ -116,10 +116,20 @@ fn a_pt_view_expanding_one_value_to_gigabytes_is_refused_before_allocation() {
     // 50000 x 50000 float32 views of one stored value: 10^10 bytes, under pytorch-reader's
     // 10 GiB ceiling, from a file of a few hundred bytes.
     let pickle = state_dict_pickle("encoder.net.0.weight", 1, &[50_000, 50_000], &[0, 0]);
-    pt_file(&path, &pickle, &1.0f32.to_le_bytes(), CompressionMethod::Stored);
+    pt_file(
+        &path,
+        &pickle,
+        &1.0f32.to_le_bytes(),
+        CompressionMethod::Stored,
+    );
     import_refuses(
         &path,
-        &["encoder.net.0.weight", "[50000, 50000]", "10000000000 bytes", "more than the whole file"],
+        &[
+            "encoder.net.0.weight",
+            "[50000, 50000]",
+            "10000000000 bytes",
+            "more than the whole file",
+        ],
     );
 }
 

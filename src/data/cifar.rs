@@ -186,8 +186,10 @@ pub fn ensure(data_dir: &Path) -> Result<PathBuf> {
 /// A `cifar-10-binary.tar.gz` already in `data_dir` is used (and kept) instead of downloading.
 /// The archive is checked (size, MD5, SHA-256) before anything is extracted; the batches are
 /// unpacked into a temporary folder that is renamed to `data_dir/cifar-10-batches-bin` only when
-/// complete. On failure neither a downloaded archive nor a partial folder is left behind.
+/// complete. On failure neither a downloaded archive nor a partial folder is left behind, and
+/// what a killed cae left (a `.part-PID` download, a `.partial-PID` folder) is removed.
 pub fn ensure_with(data_dir: &Path, spec: &ArchiveSpec) -> Result<PathBuf> {
+    remove_leftovers(data_dir);
     if let Some(dir) = find_batches_dir(data_dir) {
         return Ok(dir);
     }
@@ -210,6 +212,40 @@ pub fn ensure_with(data_dir: &Path, spec: &ArchiveSpec) -> Result<PathBuf> {
         result.map_err(|e| with_offline_advice(e, data_dir))?;
     }
     Ok(target)
+}
+
+/// Removes the partial downloads and unpackings in `data_dir` whose process is gone (killed
+/// midway); those of a running cae are left alone.
+fn remove_leftovers(data_dir: &Path) {
+    let Ok(entries) = fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if leftover_pid(&name).is_some_and(process_is_gone) {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+        }
+    }
+}
+
+/// The PID in the name of a partial download (`.cifar-10-binary.tar.gz.part-PID`) or
+/// unpacking (`.cifar-10-batches-bin.partial-PID`).
+fn leftover_pid(name: &str) -> Option<u32> {
+    let rest = name
+        .strip_prefix(&format!(".{ARCHIVE_NAME}.part-"))
+        .or_else(|| name.strip_prefix(&format!(".{BATCHES_DIR}.partial-")))?;
+    rest.parse().ok()
+}
+
+/// Whether no process `pid` runs. Only Linux's /proc tells; elsewhere none is taken for gone.
+fn process_is_gone(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    cfg!(target_os = "linux") && proc.join("self").exists() && !proc.join(pid.to_string()).exists()
 }
 
 fn unpack_local(archive: &Path, spec: &ArchiveSpec, target: &Path) -> Result<()> {

@@ -103,16 +103,15 @@ fn load_folder(
 /// header can be read.
 fn first_dimensions(train: &[Entry], skip_bad: bool) -> Result<(u32, u32)> {
     let first = train.first().context("train/ holds no images")?;
-    let mut result = image_dimensions(&first.path);
-    if skip_bad && result.is_err() {
-        if let Some(size) = train[1..]
-            .iter()
-            .find_map(|e| image_dimensions(&e.path).ok())
-        {
-            result = Ok(size);
-        }
+    let result = image_dimensions(&first.path);
+    if !(skip_bad && result.is_err()) {
+        return result;
     }
-    result
+    // With every header unreadable the first error stands.
+    let readable = train[1..]
+        .iter()
+        .find_map(|e| image_dimensions(&e.path).ok());
+    readable.map_or(result, Ok)
 }
 
 fn check_channels(channels: usize) -> Result<usize> {
@@ -238,17 +237,15 @@ fn decode_all(
             .enumerate()
             .map(|(i, (chunk, out))| {
                 let stop = &stop;
-                scope.spawn(move || {
-                    decode_chunk(chunk, i * per_thread, out, target, stop, skip_bad)
-                })
+                scope
+                    .spawn(move || decode_chunk(chunk, i * per_thread, out, target, stop, skip_bad))
             })
             .collect();
         workers
             .into_iter()
             .flat_map(|w| {
-                w.join().unwrap_or_else(|_| {
-                    vec![(0, anyhow!("an image decoding thread panicked"))]
-                })
+                w.join()
+                    .unwrap_or_else(|_| vec![(0, anyhow!("an image decoding thread panicked"))])
             })
             .collect()
     });
@@ -313,7 +310,11 @@ fn decode_chunk(
 ) -> Vec<(usize, anyhow::Error)> {
     let image_len = out.len() / entries.len().max(1);
     let mut failures = Vec::new();
-    for (i, (entry, planar)) in entries.iter().zip(out.chunks_exact_mut(image_len)).enumerate() {
+    for (i, (entry, planar)) in entries
+        .iter()
+        .zip(out.chunks_exact_mut(image_len))
+        .enumerate()
+    {
         if stop.load(Ordering::Relaxed) {
             break;
         }
