@@ -38,7 +38,8 @@ pub fn run(args: ReconstructArgs) -> Result<()> {
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let size = config.in_channels * config.height * config.width;
     let mut used = HashMap::new();
-    println!("{:<40} {:>10} {:>10}", "image", "MSE", "PSNR dB");
+    let width = args.images.iter().map(|p| p.display().to_string().len()).max().unwrap_or(0).max(5);
+    println!("{:<width$} {:>10} {:>10}", "image", "MSE", "PSNR dB");
     for (path, (input, output)) in args
         .images
         .iter()
@@ -51,8 +52,8 @@ pub fn run(args: ReconstructArgs) -> Result<()> {
         )?;
         let mse = inference::mse(input, output);
         println!(
-            "{:<40} {:>10.6} {:>10.2}",
-            path.display(),
+            "{:<width$} {:>10.6} {:>10.2}",
+            path.display().to_string(),
             mse,
             psnr_from_normalized_mse(mse)
         );
