@@ -309,6 +309,28 @@ fn anomaly_eval_fit_and_score_on_one_class() {
     let reported: f64 = rows[0][5].parse().unwrap();
     assert!((mse_auc - reported).abs() < 1e-9, "{mse_auc} vs {reported}");
 
+    // Running again reuses the finished run and reproduces the figures.
+    let before = std::fs::read_to_string(out.join("auroc.csv")).unwrap();
+    let again = cae(&[
+        "anomaly",
+        "eval",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        s(&data),
+        "--normal-class",
+        "airplane",
+        "--epochs",
+        "1",
+        "--out",
+        s(&out),
+    ]);
+    assert!(!again.contains("epoch   1/1"), "retrained: {again}");
+    assert_eq!(
+        before,
+        std::fs::read_to_string(out.join("auroc.csv")).unwrap()
+    );
+
     // Fit on the model's own class, then score.
     let model = run.join("model.safetensors");
     let stdout = cae(&[
