@@ -24,7 +24,13 @@ pub struct BenchConfig {
 
 impl Default for BenchConfig {
     fn default() -> Self {
-        Self { latent: 200, batch_size: 64, infer_batch: 256, warmup: 5, steps: 30 }
+        Self {
+            latent: 200,
+            batch_size: 64,
+            infer_batch: 256,
+            warmup: 5,
+            steps: 30,
+        }
     }
 }
 
@@ -48,7 +54,10 @@ pub struct BenchReport {
 
 /// Runs the benchmark on `device` (a plain device; autodiff is added for training).
 pub fn run(config: &BenchConfig, device: &Device) -> BenchReport {
-    let model_config = ModelConfig { latent: config.latent, ..ModelConfig::default() };
+    let model_config = ModelConfig {
+        latent: config.latent,
+        ..ModelConfig::default()
+    };
     let dict = init::seed_state_dict(&model_config, 0);
     let train_device = device.clone().autodiff();
     let mut model = weights::build_model(&model_config, &dict, &train_device).expect("seed model");
@@ -74,7 +83,9 @@ pub fn run(config: &BenchConfig, device: &Device) -> BenchReport {
 }
 
 fn random_batch(rng: &mut Xoshiro256PlusPlus, n: usize, device: &Device) -> Tensor<4> {
-    let data: Vec<f32> = (0..n * 3 * 32 * 32).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let data: Vec<f32> = (0..n * 3 * 32 * 32)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
     Tensor::from_data(TensorData::new(data, [n, 3, 32, 32]), device)
 }
 
@@ -94,7 +105,11 @@ fn timed(config: &BenchConfig, mut step: impl FnMut()) -> Vec<f64> {
 fn summarize(seconds: &[f64], batch: usize) -> Timing {
     let mut sorted = seconds.to_vec();
     sorted.sort_by(f64::total_cmp);
-    let median = if sorted.len() % 2 == 1 { sorted[sorted.len() / 2] } else { (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0 };
+    let median = if sorted.len() % 2 == 1 {
+        sorted[sorted.len() / 2]
+    } else {
+        (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
+    };
     Timing {
         median_ms: median * 1e3,
         min_ms: sorted[0] * 1e3,

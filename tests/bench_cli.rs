@@ -5,10 +5,25 @@ use std::process::Command;
 #[test]
 fn bench_reports_json_figures() {
     let output = Command::new(env!("CARGO_BIN_EXE_cae"))
-        .args(["bench", "--steps", "2", "--warmup", "1", "--batch-size", "8", "--infer-batch", "16", "--json"])
+        .args([
+            "bench",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--batch-size",
+            "8",
+            "--infer-batch",
+            "16",
+            "--json",
+        ])
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     for phase in ["train", "inference"] {
         let rate = report[phase]["images_per_second"].as_f64().unwrap();

@@ -27,18 +27,39 @@ pub struct BenchArgs {
 }
 
 pub fn run_bench(args: BenchArgs) -> Result<()> {
-    anyhow::ensure!(args.steps > 0 && args.batch_size > 0 && args.infer_batch > 0, "--steps and batch sizes must be at least 1");
-    let config = BenchConfig { latent: args.latent, batch_size: args.batch_size, infer_batch: args.infer_batch, warmup: args.warmup, steps: args.steps };
+    anyhow::ensure!(
+        args.steps > 0 && args.batch_size > 0 && args.infer_batch > 0,
+        "--steps and batch sizes must be at least 1"
+    );
+    let config = BenchConfig {
+        latent: args.latent,
+        batch_size: args.batch_size,
+        infer_batch: args.infer_batch,
+        warmup: args.warmup,
+        steps: args.steps,
+    };
     let report = run(&config, &args.device.device()?);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
-    println!("cae {} on {} ({} threads), latent {}", env!("CARGO_PKG_VERSION"), args.device, report.threads, config.latent);
+    println!(
+        "cae {} on {} ({} threads), latent {}",
+        env!("CARGO_PKG_VERSION"),
+        args.device,
+        report.threads,
+        config.latent
+    );
     let t = &report.train;
-    println!("[cae] train batch {}: median {:.1} ms/step, min {:.1}, mean {:.1} -> {:.0} images/s", config.batch_size, t.median_ms, t.min_ms, t.mean_ms, t.images_per_second);
+    println!(
+        "[cae] train batch {}: median {:.1} ms/step, min {:.1}, mean {:.1} -> {:.0} images/s",
+        config.batch_size, t.median_ms, t.min_ms, t.mean_ms, t.images_per_second
+    );
     let i = &report.inference;
-    println!("[cae] inference batch {}: median {:.1} ms/batch, min {:.1} -> {:.0} images/s", config.infer_batch, i.median_ms, i.min_ms, i.images_per_second);
+    println!(
+        "[cae] inference batch {}: median {:.1} ms/batch, min {:.1} -> {:.0} images/s",
+        config.infer_batch, i.median_ms, i.min_ms, i.images_per_second
+    );
     if let Some(mib) = report.peak_rss_mib {
         println!("[cae] peak resident memory {mib:.0} MiB");
     }

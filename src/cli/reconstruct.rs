@@ -38,7 +38,13 @@ pub fn run(args: ReconstructArgs) -> Result<()> {
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let size = config.in_channels * config.height * config.width;
     let mut used = HashMap::new();
-    let width = args.images.iter().map(|p| p.display().to_string().len()).max().unwrap_or(0).max(5);
+    let width = args
+        .images
+        .iter()
+        .map(|p| p.display().to_string().len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
     println!("{:<width$} {:>10} {:>10}", "image", "MSE", "PSNR dB");
     for (path, (input, output)) in args
         .images
