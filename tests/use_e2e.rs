@@ -340,3 +340,67 @@ fn fashion_mnist_trains_and_is_used_through_the_same_commands() {
     ]);
     assert!(recon.join("0000_recon.png").is_file());
 }
+
+#[test]
+fn image_size_resizes_a_folder_dataset_for_training_and_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let jpgs = common::cifar_jpg_dir();
+    for (split, class, file) in [
+        ("train", "cat", "0000.jpg"),
+        ("train", "dog", "0000.jpg"),
+        ("test", "cat", "0001.jpg"),
+        ("test", "dog", "0001.jpg"),
+    ] {
+        std::fs::create_dir_all(data.join(split).join(class)).unwrap();
+        std::fs::copy(
+            jpgs.join("test").join(class).join(file),
+            data.join(split).join(class).join(file),
+        )
+        .unwrap();
+    }
+    let run = dir.path().join("run");
+    cae(&[
+        "train",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        s(&data),
+        "--image-size",
+        "16x24",
+        "--epochs",
+        "1",
+        "--no-report",
+        "--out",
+        s(&run),
+    ]);
+    let config = cae::weights::read_weights(&run.join("model.safetensors"))
+        .unwrap()
+        .config
+        .unwrap();
+    assert_eq!((config.width, config.height), (16, 24));
+    // eval reads the folder at the model's size.
+    let json = cae(&[
+        "eval",
+        "--model",
+        s(&run.join("model.safetensors")),
+        "--dataset",
+        "folder",
+        "--data-dir",
+        s(&data),
+        "--json",
+    ]);
+    assert!(json.contains("\"n\":2"), "{json}");
+    let err = cae_error(&[
+        "train",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        s(&data),
+        "--image-size",
+        "0x3",
+        "--out",
+        s(&dir.path().join("x")),
+    ]);
+    assert!(err.contains("0x3"), "{err}");
+}

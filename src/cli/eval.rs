@@ -30,8 +30,15 @@ pub struct EvalArgs {
 pub fn run(args: EvalArgs) -> Result<()> {
     let device = args.data.device.device()?;
     let (model, config) = cae::weights::load_model(&args.model, &device)?;
+    // Image folders are read at the model's input size.
+    let image_size = (args.data.dataset == cae::settings::DatasetKind::Folder)
+        .then_some((config.width as u32, config.height as u32));
+    let options = cae::data::LoadOptions {
+        skip_bad: args.skip_bad,
+        image_size,
+    };
     let loaded =
-        cae::data::load_with_skip(args.data.dataset, &args.data.data_dir(), 0, args.skip_bad)?;
+        cae::data::load_with_options(args.data.dataset, &args.data.data_dir(), 0, &options)?;
     if !loaded.skipped.is_empty() {
         eprintln!("{}", cae::data::skipped_report(&loaded.skipped));
     }

@@ -88,6 +88,16 @@ impl DataArgs {
     }
 }
 
+/// Parses `--image-size`: `WIDTHxHEIGHT`, or one number for square images.
+pub fn parse_image_size(text: &str) -> Result<(u32, u32), String> {
+    let parse = |s: &str| s.trim().parse::<u32>().ok().filter(|&v| v > 0);
+    let size = match text.split_once(['x', 'X']) {
+        Some((w, h)) => parse(w).zip(parse(h)),
+        None => parse(text).map(|v| (v, v)),
+    };
+    size.ok_or_else(|| format!("`{text}` is not an image size such as 32x32 or 32"))
+}
+
 pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train::run(args),

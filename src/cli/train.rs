@@ -56,6 +56,9 @@ pub struct TrainArgs {
     /// stopping at the first.
     #[arg(long)]
     skip_bad: bool,
+    /// Resize the images of --dataset folder to WIDTHxHEIGHT (bilinear); default: the first image's size.
+    #[arg(long, value_parser = super::parse_image_size)]
+    image_size: Option<(u32, u32)>,
     /// Do not write report.html into the run folder.
     #[arg(long)]
     no_report: bool,
@@ -83,11 +86,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
         PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
     });
     let started = Instant::now();
-    let loaded = cae::data::load_with_skip(
+    let options = cae::data::LoadOptions {
+        skip_bad: args.skip_bad,
+        image_size: args.image_size,
+    };
+    let loaded = cae::data::load_with_options(
         settings.dataset,
         &settings.data_dir,
         settings.seed,
-        args.skip_bad,
+        &options,
     )?;
     if !loaded.skipped.is_empty() {
         eprintln!("{}", cae::data::skipped_report(&loaded.skipped));

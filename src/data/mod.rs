@@ -111,25 +111,67 @@ pub struct Loaded {
     pub skipped: Vec<folder::Skipped>,
 }
 
-/// [`load`], except that with `skip_bad` the image files of a folder dataset that cannot be
-/// decoded are left out (and listed in [`Loaded::skipped`]) instead of failing the load. The
-/// other formats keep their images in a few large files, which are read whole or refused.
+/// How to read a dataset beyond its kind and location.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Leave out (and list in [`Loaded::skipped`]) the image files of a folder dataset that
+    /// cannot be decoded instead of failing the load. The other formats keep their images in a
+    /// few large files, which are read whole or refused.
+    pub skip_bad: bool,
+    /// Resize every image of a folder dataset to (width, height); default: the first image's size.
+    pub image_size: Option<(u32, u32)>,
+}
+
+/// [`load`] with `skip_bad` (see [`LoadOptions`]).
 pub fn load_with_skip(
     kind: crate::settings::DatasetKind,
     data_dir: &std::path::Path,
     seed: u64,
     skip_bad: bool,
 ) -> anyhow::Result<Loaded> {
-    if !(skip_bad && kind == crate::settings::DatasetKind::Folder) {
+    load_with_options(
+        kind,
+        data_dir,
+        seed,
+        &LoadOptions {
+            skip_bad,
+            image_size: None,
+        },
+    )
+}
+
+/// [`load`] with [`LoadOptions`].
+pub fn load_with_options(
+    kind: crate::settings::DatasetKind,
+    data_dir: &std::path::Path,
+    seed: u64,
+    options: &LoadOptions,
+) -> anyhow::Result<Loaded> {
+    if kind != crate::settings::DatasetKind::Folder {
+        anyhow::ensure!(
+            options.image_size.is_none(),
+            "--image-size applies to --dataset folder only"
+        );
         let splits = load(kind, data_dir, seed)?;
         return Ok(Loaded {
             splits,
             skipped: Vec::new(),
         });
     }
-    let options = folder::FolderOptions::default();
-    let (splits, skipped) = folder::load_skipping_bad(data_dir, seed, &options)?;
-    Ok(Loaded { splits, skipped })
+    let folder_options = folder::FolderOptions {
+        image_size: options.image_size,
+        ..Default::default()
+    };
+    if options.skip_bad {
+        let (splits, skipped) = folder::load_skipping_bad(data_dir, seed, &folder_options)?;
+        Ok(Loaded { splits, skipped })
+    } else {
+        let splits = folder::load_with(data_dir, seed, &folder_options)?;
+        Ok(Loaded {
+            splits,
+            skipped: Vec::new(),
+        })
+    }
 }
 
 /// What `--skip-bad` left out, for the terminal: a count, then one line per file.
