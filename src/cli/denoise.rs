@@ -135,7 +135,7 @@ fn denoise_files(args: &DenoiseArgs) -> Result<()> {
     create_dir(out)?;
     let mut used = HashMap::new();
     for (i, path) in args.images.iter().enumerate() {
-        let name = unique_stem(path, &mut used);
+        let name = super::unique_stem(path, &mut used);
         let image = |v: &[f32]| imageio::to_image(&v[i * size..(i + 1) * size], &config);
         imageio::save_png(&out.join(format!("{name}_denoised.png")), &image(&denoised))?;
         if args.noise.is_some() {
@@ -181,19 +181,4 @@ fn save_rows(path: &Path, rows: &[&Vec<f32>], config: &ModelConfig) -> Result<()
 
 fn create_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
-}
-
-/// The file stem, made unique among the images of one call (`cat`, `cat_2`, ...), as
-/// `cae reconstruct` names its outputs.
-fn unique_stem(path: &Path, used: &mut HashMap<String, usize>) -> String {
-    let stem = path
-        .file_stem()
-        .map_or_else(|| "image".to_string(), |s| s.to_string_lossy().into_owned());
-    let count = used.entry(stem.clone()).or_insert(0);
-    *count += 1;
-    if *count == 1 {
-        stem
-    } else {
-        format!("{stem}_{count}")
-    }
 }

@@ -98,6 +98,23 @@ pub fn parse_image_size(text: &str) -> Result<(u32, u32), String> {
     size.ok_or_else(|| format!("`{text}` is not an image size such as 32x32 or 32"))
 }
 
+/// The file stem of `path`, made unique among the images of one call (`cat`, `cat_2`, ...).
+pub fn unique_stem(
+    path: &std::path::Path,
+    used: &mut std::collections::HashMap<String, usize>,
+) -> String {
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "image".to_string(), |s| s.to_string_lossy().into_owned());
+    let count = used.entry(stem.clone()).or_insert(0);
+    *count += 1;
+    if *count == 1 {
+        stem
+    } else {
+        format!("{stem}_{count}")
+    }
+}
+
 pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train::run(args),

@@ -51,7 +51,7 @@ pub fn run(args: ReconstructArgs) -> Result<()> {
         .iter()
         .zip(inputs.chunks(size).zip(outputs.chunks(size)))
     {
-        let name = unique_stem(path, &mut used);
+        let name = super::unique_stem(path, &mut used);
         imageio::save_png(
             &args.out.join(format!("{name}_recon.png")),
             &imageio::to_image(output, &config),
@@ -81,18 +81,4 @@ pub fn run(args: ReconstructArgs) -> Result<()> {
         grid.display()
     );
     Ok(())
-}
-
-/// The file stem, made unique among the images of one call (`cat`, `cat_2`, ...).
-fn unique_stem(path: &std::path::Path, used: &mut HashMap<String, usize>) -> String {
-    let stem = path
-        .file_stem()
-        .map_or_else(|| "image".to_string(), |s| s.to_string_lossy().into_owned());
-    let count = used.entry(stem.clone()).or_insert(0);
-    *count += 1;
-    if *count == 1 {
-        stem
-    } else {
-        format!("{stem}_{count}")
-    }
 }
