@@ -3,8 +3,9 @@
 
 mod common;
 
+use common::{cae, cae_output};
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use cae::model::ModelConfig;
 use cae::sweep::{RunProgress, run_progress};
@@ -13,23 +14,6 @@ use cae::viz::loss_plot::PLOT_SIZE;
 use image::RgbImage;
 
 const SUMMARY_HEADER: &str = "run,latent,channels,lr,batch_size,epochs,params,train_loss,val_mse,val_psnr,val_ssim,gap,seconds";
-
-fn cae_output(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cae"))
-        .args(args)
-        .output()
-        .expect("cae runs")
-}
-
-fn cae(args: &[&str]) -> String {
-    let output = cae_output(args);
-    assert!(
-        output.status.success(),
-        "cae {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
 
 /// `cae <command> --dataset folder ... --train-limit 256 --val-limit 100 <extra>`.
 fn quick_args(command: &str, extra: &[&str]) -> Vec<String> {

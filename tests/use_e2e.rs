@@ -3,35 +3,10 @@
 
 mod common;
 
+use common::{cae, cae_error, s};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn cae_output(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cae"))
-        .args(args)
-        .output()
-        .expect("cae runs")
-}
-
-fn cae(args: &[&str]) -> String {
-    let output = cae_output(args);
-    assert!(
-        output.status.success(),
-        "cae {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-fn cae_error(args: &[&str]) -> String {
-    let output = cae_output(args);
-    assert!(!output.status.success(), "cae {args:?} should fail");
-    String::from_utf8(output.stderr).unwrap()
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+use std::process::Command;
 
 /// The reference seed model imported into a cae model file.
 fn imported_seed_model(dir: &Path) -> PathBuf {

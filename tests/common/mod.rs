@@ -51,3 +51,34 @@ pub fn cifar_jpg_dir() -> PathBuf {
     });
     dir
 }
+
+/// Runs the `cae` binary of this build.
+pub fn cae_output(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cae"))
+        .args(args)
+        .output()
+        .expect("cae runs")
+}
+
+/// Runs `cae`, which must succeed; returns its stdout.
+pub fn cae(args: &[&str]) -> String {
+    let output = cae_output(args);
+    assert!(
+        output.status.success(),
+        "cae {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Runs `cae`, which must fail; returns its stderr.
+pub fn cae_error(args: &[&str]) -> String {
+    let output = cae_output(args);
+    assert!(!output.status.success(), "cae {args:?} should fail");
+    String::from_utf8(output.stderr).unwrap()
+}
+
+/// A path as a command-line argument.
+pub fn s(path: &std::path::Path) -> &str {
+    path.to_str().unwrap()
+}
