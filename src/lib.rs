@@ -14,6 +14,7 @@ pub mod history;
 pub mod imageio;
 pub mod inference;
 pub mod init;
+pub mod kernels;
 pub mod lock;
 pub mod metrics;
 pub mod model;

@@ -3,10 +3,11 @@
 use anyhow::{Result, bail};
 use burn::module::{Module, Param};
 use burn::tensor::activation::relu;
-use burn::tensor::module::{conv_transpose2d, conv2d, linear};
-use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
+
+use crate::kernels;
 
 /// Everything that fixes the shape of a model; saved with every weight file.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -118,8 +119,7 @@ pub struct Conv {
 
 impl Conv {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let options = ConvOptions::new([self.stride; 2], [1, 1], [1, 1], 1);
-        conv2d(x, self.weight.val(), Some(self.bias.val()), options)
+        kernels::conv3x3(x, self.weight.val(), self.bias.val(), self.stride)
     }
 }
 
@@ -134,9 +134,7 @@ pub struct ConvTranspose {
 
 impl ConvTranspose {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let out_pad = self.stride - 1;
-        let options = ConvTransposeOptions::new([self.stride; 2], [1, 1], [out_pad; 2], [1, 1], 1);
-        conv_transpose2d(x, self.weight.val(), Some(self.bias.val()), options)
+        kernels::conv_transpose3x3(x, self.weight.val(), self.bias.val(), self.stride)
     }
 }
 

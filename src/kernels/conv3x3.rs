@@ -1,0 +1,550 @@
+//! 3x3, padding-1 convolutions on NCHW `f32` slices: the forward pass, its adjoint (which is
+//! also the transposed convolution) and the weight gradient, as im2col/col2im around `gemm`.
+//!
+//! Written for cae's twelve layers because Burn Flex's convolution and transposed-convolution
+//! backward passes spend most of a training step outside matrix products (scalar scatter
+//! loops, zeroing and page faults on fresh buffers); `cae bench` shows the gain.
+//!
+//! One geometry describes both directions: the *image* side is a convolution's input (and a
+//! transposed convolution's output), the *feature* side its output. A transposed convolution
+//! with stride s and output padding s - 1 is exactly the adjoint of the convolution whose image
+//! is its output, so the same three kernels serve both layers.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+thread_local! {
+    /// Per-thread work buffers (im2col columns, a product, gathered maps), kept between calls:
+    /// fresh zeroed buffers cost a fifth of a training step in page faults and memset.
+    static SCRATCH: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+}
+
+/// Runs `work` with this thread's three scratch buffers resized to `lens`. Their contents are
+/// left over from earlier calls: `work` must write every value before reading it.
+fn with_scratch<R>(
+    lens: [usize; 3],
+    work: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> R,
+) -> R {
+    SCRATCH.with(|cell| {
+        let mut buffers = cell.borrow_mut();
+        for (buffer, &len) in buffers.iter_mut().zip(&lens) {
+            if buffer.len() < len {
+                buffer.resize(len, 0.0);
+            }
+        }
+        let [a, b, c] = &mut *buffers;
+        work(&mut a[..lens[0]], &mut b[..lens[1]], &mut c[..lens[2]])
+    })
+}
+
+/// Shapes of a 3x3 convolution with padding 1 between an image and a feature map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv3x3 {
+    pub batch: usize,
+    pub image_channels: usize,
+    pub image_height: usize,
+    pub image_width: usize,
+    pub feature_channels: usize,
+    pub stride: usize,
+}
+
+impl Conv3x3 {
+    pub fn feature_height(&self) -> usize {
+        (self.image_height - 1) / self.stride + 1
+    }
+
+    pub fn feature_width(&self) -> usize {
+        (self.image_width - 1) / self.stride + 1
+    }
+
+    /// Values of one image in the batch.
+    pub fn image_len(&self) -> usize {
+        self.image_channels * self.image_height * self.image_width
+    }
+
+    /// Values of one feature map in the batch.
+    pub fn feature_len(&self) -> usize {
+        self.feature_channels * self.positions()
+    }
+
+    /// Values of the weight, laid out (feature, image, 3, 3).
+    pub fn weight_len(&self) -> usize {
+        self.feature_channels * self.patch_len()
+    }
+
+    /// Length of one im2col column: every input value one output position sees.
+    fn patch_len(&self) -> usize {
+        self.image_channels * 9
+    }
+
+    fn positions(&self) -> usize {
+        self.feature_height() * self.feature_width()
+    }
+
+    /// Images per parallel task, processed as one matrix product: as many as keep the task's
+    /// im2col buffer within about half of a core's L2 cache (1 MiB), and at most a quarter
+    /// of a thread's share of the batch so that the threads stay balanced.
+    fn images_per_task(&self) -> usize {
+        const COLUMN_BUDGET: usize = 256 * 1024;
+        let fitting = COLUMN_BUDGET / (self.patch_len() * self.positions()).max(1);
+        let balanced = self.batch.div_ceil(4 * rayon::current_num_threads());
+        fitting.clamp(1, balanced.max(1))
+    }
+}
+
+/// Feature maps `(batch, feature_channels, fh, fw)` from images `(batch, image_channels, H, W)`
+/// and a weight `(feature_channels, image_channels, 3, 3)`, plus an optional bias.
+pub fn forward(
+    geometry: &Conv3x3,
+    image: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let g = *geometry;
+    assert_eq!(image.len(), g.batch * g.image_len(), "image size");
+    assert_eq!(weight.len(), g.weight_len(), "weight size");
+    let (k, p) = (g.patch_len(), g.positions());
+    let per_task = g.images_per_task();
+    let mut feature = vec![0.0f32; g.batch * g.feature_len()];
+    feature
+        .par_chunks_mut(per_task * g.feature_len())
+        .zip(image.par_chunks(per_task * g.image_len()))
+        .for_each(|(features, images)| {
+            let count = images.len() / g.image_len();
+            let lens = [k * count * p, g.feature_channels * count * p, 0];
+            with_scratch(lens, |columns, out, _| {
+                task_columns(&g, images, columns);
+                if let Some(bias) = bias {
+                    for (row, &b) in out.chunks_mut(count * p).zip(bias) {
+                        row.fill(b);
+                    }
+                }
+                // out[co, (i, p)] (+)= weight[co, k] * columns[k, (i, p)]
+                unsafe {
+                    gemm_rowmajor(
+                        out,
+                        bias.is_some(),
+                        (g.feature_channels, count * p, k),
+                        (weight, k as isize, 1),
+                        (columns, (count * p) as isize, 1),
+                    );
+                }
+                scatter_images(out, features, g.feature_channels, p);
+            });
+        });
+    feature
+}
+
+/// The adjoint of [`forward`] (without bias): images `(batch, image_channels, H, W)` from
+/// feature maps. This is a convolution's input gradient and a transposed convolution's output.
+pub fn adjoint(geometry: &Conv3x3, feature: &[f32], weight: &[f32]) -> Vec<f32> {
+    let g = *geometry;
+    assert_eq!(feature.len(), g.batch * g.feature_len(), "feature size");
+    assert_eq!(weight.len(), g.weight_len(), "weight size");
+    if g.stride == 1 && g.image_channels >= 16 {
+        // With stride 1 the adjoint is the convolution with the kernel flipped and its two
+        // channel axes swapped: one im2col instead of the slower col2im (measured faster
+        // unless the product then has too few rows).
+        let swapped = Conv3x3 {
+            image_channels: g.feature_channels,
+            feature_channels: g.image_channels,
+            ..g
+        };
+        return forward(&swapped, feature, &flipped(&g, weight), None);
+    }
+    let (k, p) = (g.patch_len(), g.positions());
+    let per_task = g.images_per_task();
+    let mut image = vec![0.0f32; g.batch * g.image_len()];
+    image
+        .par_chunks_mut(per_task * g.image_len())
+        .zip(feature.par_chunks(per_task * g.feature_len()))
+        .for_each(|(images, features)| {
+            let count = features.len() / g.feature_len();
+            let lens = [k * count * p, 0, features.len()];
+            with_scratch(lens, |columns, _, gathered| {
+                gather_images(features, gathered, g.feature_channels, p);
+                // columns[k, (i, p)] = weight[co, k]^T * gathered[co, (i, p)]
+                unsafe {
+                    gemm_rowmajor(
+                        columns,
+                        false,
+                        (k, count * p, g.feature_channels),
+                        (weight, 1, k as isize),
+                        (gathered, (count * p) as isize, 1),
+                    );
+                }
+                for (i, img) in images.chunks_mut(g.image_len()).enumerate() {
+                    col2im(&g, columns, count * p, i * p, img);
+                }
+            });
+        });
+    image
+}
+
+/// Gradient of the weight `(feature_channels, image_channels, 3, 3)` given the images and the
+/// gradient of the feature maps, summed over the batch.
+pub fn weight_grad(geometry: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32> {
+    let g = *geometry;
+    assert_eq!(image.len(), g.batch * g.image_len(), "image size");
+    assert_eq!(
+        feature_grad.len(),
+        g.batch * g.feature_len(),
+        "feature size"
+    );
+    let (k, p) = (g.patch_len(), g.positions());
+    let per_task = g.images_per_task();
+    feature_grad
+        .par_chunks(per_task * g.feature_len())
+        .zip(image.par_chunks(per_task * g.image_len()))
+        .map(|(features, images)| {
+            let count = images.len() / g.image_len();
+            let mut partial = vec![0.0f32; g.weight_len()];
+            with_scratch(
+                [k * count * p, 0, features.len()],
+                |columns, _, gathered| {
+                    task_columns(&g, images, columns);
+                    gather_images(features, gathered, g.feature_channels, p);
+                    // partial[co, k] = gathered[co, (i, p)] * columns[k, (i, p)]^T
+                    unsafe {
+                        gemm_rowmajor(
+                            &mut partial,
+                            false,
+                            (g.feature_channels, k, count * p),
+                            (gathered, (count * p) as isize, 1),
+                            (columns, 1, (count * p) as isize),
+                        );
+                    }
+                },
+            );
+            partial
+        })
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        })
+        .unwrap_or_else(|| vec![0.0; g.weight_len()])
+}
+
+/// The weight of the stride-1 adjoint: `(image, feature, 3, 3)`, taps reversed.
+fn flipped(g: &Conv3x3, weight: &[f32]) -> Vec<f32> {
+    let mut out = vec![0.0f32; weight.len()];
+    for co in 0..g.feature_channels {
+        for ci in 0..g.image_channels {
+            for tap in 0..9 {
+                out[(ci * g.feature_channels + co) * 9 + 8 - tap] =
+                    weight[(co * g.image_channels + ci) * 9 + tap];
+            }
+        }
+    }
+    out
+}
+
+/// im2col of several images side by side: row r holds image i's values at columns `i * P..`.
+fn task_columns(g: &Conv3x3, images: &[f32], columns: &mut [f32]) {
+    let count = images.len() / g.image_len();
+    let p = g.positions();
+    for (i, img) in images.chunks(g.image_len()).enumerate() {
+        im2col(g, img, columns, count * p, i * p);
+    }
+}
+
+/// `(count, channels, p)` to `(channels, count * p)`.
+fn gather_images(values: &[f32], out: &mut [f32], channels: usize, p: usize) {
+    let count = values.len() / (channels * p);
+    for (i, item) in values.chunks(channels * p).enumerate() {
+        for (c, row) in item.chunks(p).enumerate() {
+            out[c * count * p + i * p..][..p].copy_from_slice(row);
+        }
+    }
+}
+
+/// `(channels, count * p)` to `(count, channels, p)`.
+fn scatter_images(values: &[f32], out: &mut [f32], channels: usize, p: usize) {
+    let count = values.len() / (channels * p);
+    for (i, item) in out.chunks_mut(channels * p).enumerate() {
+        for (c, row) in item.chunks_mut(p).enumerate() {
+            row.copy_from_slice(&values[c * count * p + i * p..][..p]);
+        }
+    }
+}
+
+/// Sum of `values (batch, channels, positions)` over batch and positions, per channel.
+pub fn channel_sums(values: &[f32], batch: usize, channels: usize) -> Vec<f32> {
+    let mut sums = vec![0.0f32; channels];
+    if batch == 0 || channels == 0 {
+        return sums;
+    }
+    let positions = values.len() / (batch * channels);
+    for item in values.chunks(channels * positions) {
+        for (sum, row) in sums.iter_mut().zip(item.chunks(positions)) {
+            *sum += row.iter().sum::<f32>();
+        }
+    }
+    sums
+}
+
+/// Row-major `dst[m, n] (+)= lhs[m, k] * rhs[k, n]`, with `lhs`/`rhs` given as
+/// (slice, row stride, column stride) and `dst` contiguous.
+///
+/// # Safety
+/// The strides must keep every index inside the slices.
+unsafe fn gemm_rowmajor(
+    dst: &mut [f32],
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    (lhs, lhs_rs, lhs_cs): (&[f32], isize, isize),
+    (rhs, rhs_rs, rhs_cs): (&[f32], isize, isize),
+) {
+    debug_assert!(dst.len() >= m * n);
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// For each image channel c and tap (ky, kx), the row of `columns` at `(c * 9 + ky * 3 + kx)`
+/// holds the input value each output position reads through that tap (0 in the padding).
+/// Row r of this image starts at `columns[r * row_len + offset]`.
+fn im2col(g: &Conv3x3, image: &[f32], columns: &mut [f32], row_len: usize, offset: usize) {
+    let (h, w, s) = (g.image_height, g.image_width, g.stride);
+    let (fh, fw) = (g.feature_height(), g.feature_width());
+    let p = fh * fw;
+    for (c, plane) in image.chunks(h * w).enumerate() {
+        for tap in 0..9 {
+            let (ky, kx) = (tap / 3, tap % 3);
+            let row = &mut columns[(c * 9 + tap) * row_len + offset..][..p];
+            for (oy, out) in row.chunks_mut(fw).enumerate() {
+                let iy = (oy * s + ky).wrapping_sub(1);
+                if iy >= h {
+                    out.fill(0.0);
+                    continue;
+                }
+                let src = &plane[iy * w..(iy + 1) * w];
+                if s == 1 {
+                    copy_shifted(src, out, kx);
+                } else {
+                    for (ox, o) in out.iter_mut().enumerate() {
+                        let ix = (ox * s + kx).wrapping_sub(1);
+                        *o = if ix < w { src[ix] } else { 0.0 };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds each column value back onto the input value it was read from.
+fn col2im(g: &Conv3x3, columns: &[f32], row_len: usize, offset: usize, image: &mut [f32]) {
+    let (h, w, s) = (g.image_height, g.image_width, g.stride);
+    let (fh, fw) = (g.feature_height(), g.feature_width());
+    let p = fh * fw;
+    for (c, plane) in image.chunks_mut(h * w).enumerate() {
+        for tap in 0..9 {
+            let (ky, kx) = (tap / 3, tap % 3);
+            let row = &columns[(c * 9 + tap) * row_len + offset..][..p];
+            for (oy, col) in row.chunks(fw).enumerate() {
+                let iy = (oy * s + ky).wrapping_sub(1);
+                if iy >= h {
+                    continue;
+                }
+                let dst = &mut plane[iy * w..(iy + 1) * w];
+                if s == 1 {
+                    add_shifted(col, dst, kx);
+                } else {
+                    for (ox, &v) in col.iter().enumerate() {
+                        let ix = (ox * s + kx).wrapping_sub(1);
+                        if ix < w {
+                            dst[ix] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `out[x] = src[x + kx - 1]`, 0 outside `src` (stride 1, same width).
+fn copy_shifted(src: &[f32], out: &mut [f32], kx: usize) {
+    let w = src.len();
+    match kx {
+        0 => {
+            out[0] = 0.0;
+            out[1..].copy_from_slice(&src[..w - 1]);
+        }
+        1 => out.copy_from_slice(src),
+        _ => {
+            out[..w - 1].copy_from_slice(&src[1..]);
+            out[w - 1] = 0.0;
+        }
+    }
+}
+
+/// `dst[x + kx - 1] += col[x]` where that index exists (stride 1, same width).
+fn add_shifted(col: &[f32], dst: &mut [f32], kx: usize) {
+    let w = dst.len();
+    let pairs: (&[f32], &mut [f32]) = match kx {
+        0 => (&col[1..], &mut dst[..w - 1]),
+        1 => (col, dst),
+        _ => (&col[..w - 1], &mut dst[1..]),
+    };
+    pairs.1.iter_mut().zip(pairs.0).for_each(|(d, v)| *d += v);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::Xoshiro256PlusPlus;
+    use rand::{RngExt, SeedableRng};
+
+    /// The definition, one multiply-add at a time, in f64.
+    fn naive_forward(g: &Conv3x3, image: &[f32], weight: &[f32]) -> Vec<f64> {
+        let (h, w) = (g.image_height as isize, g.image_width as isize);
+        let (fh, fw) = (g.feature_height(), g.feature_width());
+        let mut out = vec![0.0f64; g.batch * g.feature_len()];
+        for n in 0..g.batch {
+            for co in 0..g.feature_channels {
+                for oy in 0..fh {
+                    for ox in 0..fw {
+                        let mut acc = 0.0f64;
+                        for ci in 0..g.image_channels {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let iy = (oy * g.stride + ky) as isize - 1;
+                                    let ix = (ox * g.stride + kx) as isize - 1;
+                                    if iy < 0 || ix < 0 || iy >= h || ix >= w {
+                                        continue;
+                                    }
+                                    let v = image[n * g.image_len()
+                                        + ci * g.image_height * g.image_width
+                                        + iy as usize * g.image_width
+                                        + ix as usize];
+                                    let wt = weight[co * g.patch_len() + ci * 9 + ky * 3 + kx];
+                                    acc += f64::from(v) * f64::from(wt);
+                                }
+                            }
+                        }
+                        out[n * g.feature_len() + co * fh * fw + oy * fw + ox] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn random(rng: &mut Xoshiro256PlusPlus, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    fn dot(a: &[f32], b: &[f32]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(*x) * f64::from(*y))
+            .sum()
+    }
+
+    fn geometries() -> Vec<Conv3x3> {
+        let mut all = Vec::new();
+        for (stride, h, w) in [(1, 5, 7), (2, 8, 6), (2, 7, 5), (1, 1, 1), (2, 2, 3)] {
+            for (ci, co, batch) in [(3, 4, 3), (1, 2, 1), (5, 3, 9)] {
+                all.push(Conv3x3 {
+                    batch,
+                    image_channels: ci,
+                    image_height: h,
+                    image_width: w,
+                    feature_channels: co,
+                    stride,
+                });
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn forward_matches_the_definition() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+        for g in geometries() {
+            let image = random(&mut rng, g.batch * g.image_len());
+            let weight = random(&mut rng, g.weight_len());
+            let bias = random(&mut rng, g.feature_channels);
+            let fast = forward(&g, &image, &weight, Some(&bias));
+            let slow = naive_forward(&g, &image, &weight);
+            let positions = g.feature_height() * g.feature_width();
+            for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
+                let expected = s + f64::from(bias[(i / positions) % g.feature_channels]);
+                assert!(
+                    (f64::from(*f) - expected).abs() < 1e-5,
+                    "{g:?} at {i}: {f} vs {expected}"
+                );
+            }
+        }
+    }
+
+    /// <forward(x), y> = <x, adjoint(y)> and d<forward(x), y>/dw = weight_grad(x, y).
+    #[test]
+    fn adjoint_and_weight_grad_are_the_transposes() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
+        for g in geometries() {
+            let image = random(&mut rng, g.batch * g.image_len());
+            let weight = random(&mut rng, g.weight_len());
+            let feature = random(&mut rng, g.batch * g.feature_len());
+            let lhs = dot(&forward(&g, &image, &weight, None), &feature);
+            let rhs = dot(&image, &adjoint(&g, &feature, &weight));
+            assert!(
+                (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
+                "{g:?}: {lhs} vs {rhs}"
+            );
+
+            let grad = weight_grad(&g, &image, &feature);
+            for probe in [0, g.weight_len() / 2, g.weight_len() - 1] {
+                let mut unit = vec![0.0f32; g.weight_len()];
+                unit[probe] = 1.0;
+                let directional = dot(
+                    &naive_forward(&g, &image, &unit)
+                        .iter()
+                        .map(|v| *v as f32)
+                        .collect::<Vec<_>>(),
+                    &feature,
+                );
+                assert!(
+                    (f64::from(grad[probe]) - directional).abs() < 1e-4 * (1.0 + directional.abs()),
+                    "{g:?} weight {probe}: {} vs {directional}",
+                    grad[probe]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn channel_sums_add_over_batch_and_positions() {
+        let values: Vec<f32> = (0..2 * 3 * 4).map(|v| v as f32).collect();
+        // channel c of item n holds 4 values starting at n*12 + c*4
+        let expected: Vec<f32> = (0..3)
+            .map(|c| {
+                (0..2)
+                    .flat_map(|n| (0..4).map(move |i| (n * 12 + c * 4 + i) as f32))
+                    .sum()
+            })
+            .collect();
+        assert_eq!(channel_sums(&values, 2, 3), expected);
+    }
+}

@@ -1,0 +1,401 @@
+//! cae's 3x3 convolutions as a Burn backend extension: Flex runs the kernels of
+//! [`super::conv3x3`], autodiff gets a handwritten backward pass built from the same kernels,
+//! and every other backend falls back to Burn's own convolution operations.
+
+use burn::backend::TensorMetadata;
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::{FloatTensorOps, ModuleOps};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Flex, backend_extension};
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+use burn::tensor::{DType, Shape, TensorData};
+
+use super::conv3x3::{self, Conv3x3};
+
+pub fn conv_options(stride: usize) -> ConvOptions<2> {
+    ConvOptions::new([stride; 2], [1, 1], [1, 1], 1)
+}
+
+/// Padding 1, and output padding `stride - 1` so that the output is `stride` times the input.
+pub fn conv_transpose_options(stride: usize) -> ConvTransposeOptions<2> {
+    ConvTransposeOptions::new([stride; 2], [1, 1], [stride - 1; 2], [1, 1], 1)
+}
+
+/// 3x3 convolutions with padding 1 (stride 1 or 2) and their transposes, weights and layouts
+/// as in PyTorch. The default bodies are Burn's generic operations.
+#[backend_extension(Flex, Autodiff)]
+pub trait Conv3x3Backend: Backend {
+    fn conv3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        Self::conv2d(x, weight, Some(bias), conv_options(stride))
+    }
+
+    fn conv3x3_x_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        Self::conv2d_x_backward(x, weight, output_grad, conv_options(stride))
+    }
+
+    fn conv3x3_weight_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        Self::conv2d_weight_backward(x, weight, output_grad, conv_options(stride))
+    }
+
+    fn conv_transpose3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        Self::conv_transpose2d(x, weight, Some(bias), conv_transpose_options(stride))
+    }
+
+    fn conv_transpose3x3_x_backward(
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        Self::conv_transpose2d_x_backward(weight, output_grad, conv_transpose_options(stride))
+    }
+
+    fn conv_transpose3x3_weight_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        Self::conv_transpose2d_weight_backward(
+            x,
+            weight,
+            output_grad,
+            conv_transpose_options(stride),
+        )
+    }
+
+    /// The bias gradient of either layer: `output_grad` summed over batch, height and width.
+    fn channel_sum(output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let channels = output_grad.shape()[1];
+        let summed = Self::float_sum_dim(output_grad, 0);
+        let summed = Self::float_sum_dim(summed, 2);
+        let summed = Self::float_sum_dim(summed, 3);
+        Self::float_reshape(summed, Shape::new([channels]))
+    }
+}
+
+/// The values of an `f32` Flex tensor, contiguous; `None` for other dtypes.
+fn values(tensor: &FlexTensor) -> Option<std::borrow::Cow<'_, [f32]>> {
+    if tensor.dtype() != DType::F32 {
+        return None;
+    }
+    Some(match tensor.as_slice::<f32>() {
+        Some(slice) => slice.into(),
+        None => tensor.to_contiguous().as_slice::<f32>()?.to_vec().into(),
+    })
+}
+
+fn flex_tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+fn dims4(tensor: &FlexTensor) -> [usize; 4] {
+    let shape = tensor.shape();
+    [shape[0], shape[1], shape[2], shape[3]]
+}
+
+/// The geometry of a convolution given its image and weight `(feature, image, 3, 3)`.
+fn geometry(image: [usize; 4], weight: [usize; 4], stride: usize) -> Option<Conv3x3> {
+    let [batch, image_channels, image_height, image_width] = image;
+    (weight[1] == image_channels && weight[2..] == [3, 3] && matches!(stride, 1 | 2)).then_some(
+        Conv3x3 {
+            batch,
+            image_channels,
+            image_height,
+            image_width,
+            feature_channels: weight[0],
+            stride,
+        },
+    )
+}
+
+fn out_shape(g: &Conv3x3, feature: bool) -> [usize; 4] {
+    if feature {
+        [
+            g.batch,
+            g.feature_channels,
+            g.feature_height(),
+            g.feature_width(),
+        ]
+    } else {
+        [g.batch, g.image_channels, g.image_height, g.image_width]
+    }
+}
+
+impl Conv3x3Backend for Flex {
+    fn conv3x3(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, stride: usize) -> FlexTensor {
+        let g = geometry(dims4(&x), dims4(&weight), stride);
+        match (g, values(&x), values(&weight), values(&bias)) {
+            (Some(g), Some(x), Some(w), Some(b)) => {
+                let out = conv3x3::forward(&g, &x, &w, Some(&b));
+                flex_tensor(out, out_shape(&g, true))
+            }
+            _ => Self::conv2d(x, weight, Some(bias), conv_options(stride)),
+        }
+    }
+
+    fn conv3x3_x_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output_grad: FlexTensor,
+        stride: usize,
+    ) -> FlexTensor {
+        let g = geometry(dims4(&x), dims4(&weight), stride);
+        match (g, values(&output_grad), values(&weight)) {
+            (Some(g), Some(dy), Some(w)) => {
+                flex_tensor(conv3x3::adjoint(&g, &dy, &w), out_shape(&g, false))
+            }
+            _ => Self::conv2d_x_backward(x, weight, output_grad, conv_options(stride)),
+        }
+    }
+
+    fn conv3x3_weight_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output_grad: FlexTensor,
+        stride: usize,
+    ) -> FlexTensor {
+        let g = geometry(dims4(&x), dims4(&weight), stride);
+        match (g, values(&x), values(&output_grad)) {
+            (Some(g), Some(x), Some(dy)) => {
+                flex_tensor(conv3x3::weight_grad(&g, &x, &dy), dims4(&weight))
+            }
+            _ => Self::conv2d_weight_backward(x, weight, output_grad, conv_options(stride)),
+        }
+    }
+
+    /// The transposed convolution's output is the image side of the convolution whose weight
+    /// is this weight `(in, out, 3, 3)` read as `(feature, image, 3, 3)`.
+    fn conv_transpose3x3(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        stride: usize,
+    ) -> FlexTensor {
+        let [batch, _, height, width] = dims4(&x);
+        let image = [batch, dims4(&weight)[1], height * stride, width * stride];
+        let g =
+            geometry(image, dims4(&weight), stride).filter(|g| g.feature_channels == dims4(&x)[1]);
+        match (g, values(&x), values(&weight), values(&bias)) {
+            (Some(g), Some(x), Some(w), Some(b)) => {
+                let mut out = conv3x3::adjoint(&g, &x, &w);
+                let plane = g.image_height * g.image_width;
+                for (channel, value) in out.chunks_mut(plane).enumerate() {
+                    let shift = b[channel % g.image_channels];
+                    value.iter_mut().for_each(|v| *v += shift);
+                }
+                flex_tensor(out, out_shape(&g, false))
+            }
+            _ => Self::conv_transpose2d(x, weight, Some(bias), conv_transpose_options(stride)),
+        }
+    }
+
+    fn conv_transpose3x3_x_backward(
+        weight: FlexTensor,
+        output_grad: FlexTensor,
+        stride: usize,
+    ) -> FlexTensor {
+        let g = geometry(dims4(&output_grad), dims4(&weight), stride);
+        match (g, values(&output_grad), values(&weight)) {
+            (Some(g), Some(dy), Some(w)) => {
+                flex_tensor(conv3x3::forward(&g, &dy, &w, None), out_shape(&g, true))
+            }
+            _ => Self::conv_transpose2d_x_backward(
+                weight,
+                output_grad,
+                conv_transpose_options(stride),
+            ),
+        }
+    }
+
+    fn conv_transpose3x3_weight_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output_grad: FlexTensor,
+        stride: usize,
+    ) -> FlexTensor {
+        let g = geometry(dims4(&output_grad), dims4(&weight), stride);
+        match (g, values(&output_grad), values(&x)) {
+            (Some(g), Some(dy), Some(x)) => {
+                flex_tensor(conv3x3::weight_grad(&g, &dy, &x), dims4(&weight))
+            }
+            _ => Self::conv_transpose2d_weight_backward(
+                x,
+                weight,
+                output_grad,
+                conv_transpose_options(stride),
+            ),
+        }
+    }
+
+    fn channel_sum(output_grad: FlexTensor) -> FlexTensor {
+        let [batch, channels, ..] = dims4(&output_grad);
+        match values(&output_grad) {
+            Some(dy) => FlexTensor::from_data(TensorData::new(
+                conv3x3::channel_sums(&dy, batch, channels),
+                [channels],
+            )),
+            None => {
+                let summed = Self::float_sum_dim(output_grad, 0);
+                let summed = Self::float_sum_dim(summed, 2);
+                let summed = Self::float_sum_dim(summed, 3);
+                Self::float_reshape(summed, Shape::new([channels]))
+            }
+        }
+    }
+}
+
+/// Which of the two layers an autodiff node holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    Conv,
+    Transposed,
+}
+
+impl Layer {
+    fn forward<B: Conv3x3Backend>(
+        self,
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        bias: FloatTensor<B>,
+        stride: usize,
+    ) -> FloatTensor<B> {
+        match self {
+            Layer::Conv => B::conv3x3(x, weight, bias, stride),
+            Layer::Transposed => B::conv_transpose3x3(x, weight, bias, stride),
+        }
+    }
+
+    fn x_grad<B: Conv3x3Backend>(
+        self,
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        stride: usize,
+    ) -> FloatTensor<B> {
+        match self {
+            Layer::Conv => B::conv3x3_x_backward(x, weight, grad, stride),
+            Layer::Transposed => B::conv_transpose3x3_x_backward(weight, grad, stride),
+        }
+    }
+
+    fn weight_grad<B: Conv3x3Backend>(
+        self,
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        stride: usize,
+    ) -> FloatTensor<B> {
+        match self {
+            Layer::Conv => B::conv3x3_weight_backward(x, weight, grad, stride),
+            Layer::Transposed => B::conv_transpose3x3_weight_backward(x, weight, grad, stride),
+        }
+    }
+}
+
+/// The backward step of either layer: input, weight and bias gradients.
+#[derive(Debug)]
+struct Layer3x3Step;
+
+impl<B: Conv3x3Backend> Backward<B, 3> for Layer3x3Step {
+    type State = (NodeId, NodeId, Layer, usize);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_weight, node_bias] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_state, weight_state, layer, stride) = ops.state;
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
+        let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight_state);
+        if let Some(node) = node_bias {
+            grads.register::<B>(node.id, B::channel_sum(grad.clone()));
+        }
+        if let Some(node) = node_weight {
+            let dw = layer.weight_grad::<B>(x.clone(), weight.clone(), grad.clone(), stride);
+            grads.register::<B>(node.id, dw);
+        }
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, layer.x_grad::<B>(x, weight, grad, stride));
+        }
+    }
+}
+
+/// Runs `layer` on the inner backend and records its backward step when any input is tracked.
+fn tracked<B: Conv3x3Backend, C: CheckpointStrategy>(
+    layer: Layer,
+    x: FloatTensor<Autodiff<B, C>>,
+    weight: FloatTensor<Autodiff<B, C>>,
+    bias: FloatTensor<Autodiff<B, C>>,
+    stride: usize,
+) -> FloatTensor<Autodiff<B, C>> {
+    match Layer3x3Step
+        .prepare::<C>([x.node(), weight.node(), bias.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let state = (prep.checkpoint(&x), prep.checkpoint(&weight), layer, stride);
+            let out = layer.forward::<B>(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                stride,
+            );
+            prep.finish(state, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(layer.forward::<B>(
+            x.into_primitive(),
+            weight.into_primitive(),
+            bias.into_primitive(),
+            stride,
+        )),
+    }
+}
+
+impl<B: Conv3x3Backend, C: CheckpointStrategy> Conv3x3Backend for Autodiff<B, C> {
+    fn conv3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        tracked::<B, C>(Layer::Conv, x, weight, bias, stride)
+    }
+
+    fn conv_transpose3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        tracked::<B, C>(Layer::Transposed, x, weight, bias, stride)
+    }
+}
