@@ -118,8 +118,9 @@ pub struct Conv {
 }
 
 impl Conv {
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        kernels::conv3x3(x, self.weight.val(), self.bias.val(), self.stride)
+    /// The convolution, then ReLU when `relu` is set (fused on CPU).
+    pub fn forward(&self, x: Tensor<4>, relu: bool) -> Tensor<4> {
+        kernels::conv3x3(x, self.weight.val(), self.bias.val(), self.stride, relu)
     }
 }
 
@@ -133,8 +134,9 @@ pub struct ConvTranspose {
 }
 
 impl ConvTranspose {
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        kernels::conv_transpose3x3(x, self.weight.val(), self.bias.val(), self.stride)
+    /// The transposed convolution, then ReLU when `relu` is set (fused on CPU).
+    pub fn forward(&self, x: Tensor<4>, relu: bool) -> Tensor<4> {
+        kernels::conv_transpose3x3(x, self.weight.val(), self.bias.val(), self.stride, relu)
     }
 }
 
@@ -175,7 +177,7 @@ pub struct Autoencoder {
 
 impl Encoder {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self.convs.iter().fold(x, |x, conv| relu(conv.forward(x)));
+        let x = self.convs.iter().fold(x, |x, conv| conv.forward(x, true));
         relu(self.linear.forward(x.flatten(1, 3)))
     }
 }
@@ -187,10 +189,7 @@ impl Decoder {
         let mut x = x.reshape([batch, self.deep_channels, self.deep_height, self.deep_width]);
         let last = self.convs.len() - 1;
         for (i, conv) in self.convs.iter().enumerate() {
-            x = conv.forward(x);
-            if i != last {
-                x = relu(x);
-            }
+            x = conv.forward(x, i != last);
         }
         x
     }

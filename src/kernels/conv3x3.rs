@@ -14,6 +14,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::direct;
+
 thread_local! {
     /// Per-thread work buffers (im2col columns, a product, gathered maps), kept between calls:
     /// fresh zeroed buffers cost a fifth of a training step in page faults and memset.
@@ -22,7 +24,7 @@ thread_local! {
 
 /// Runs `work` with this thread's three scratch buffers resized to `lens`. Their contents are
 /// left over from earlier calls: `work` must write every value before reading it.
-fn with_scratch<R>(
+pub(super) fn with_scratch<R>(
     lens: [usize; 3],
     work: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> R,
 ) -> R {
@@ -94,12 +96,29 @@ impl Conv3x3 {
 }
 
 /// Feature maps `(batch, feature_channels, fh, fw)` from images `(batch, image_channels, H, W)`
-/// and a weight `(feature_channels, image_channels, 3, 3)`, plus an optional bias.
+/// and a weight `(feature_channels, image_channels, 3, 3)`, plus an optional bias, then ReLU
+/// when `relu` is set.
 pub fn forward(
     geometry: &Conv3x3,
     image: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
+    if direct::available(geometry) {
+        direct::forward(geometry, image, weight, bias, relu)
+    } else {
+        forward_im2col(geometry, image, weight, bias, relu)
+    }
+}
+
+/// [`forward`] as im2col and one matrix product per group of images: any CPU, any geometry.
+pub fn forward_im2col(
+    geometry: &Conv3x3,
+    image: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
 ) -> Vec<f32> {
     let g = *geometry;
     assert_eq!(image.len(), g.batch * g.image_len(), "image size");
@@ -130,6 +149,9 @@ pub fn forward(
                         (columns, (count * p) as isize, 1),
                     );
                 }
+                if relu {
+                    out.iter_mut().for_each(|v| *v = v.max(0.0));
+                }
                 scatter_images(out, features, g.feature_channels, p);
             });
         });
@@ -142,16 +164,16 @@ pub fn adjoint(geometry: &Conv3x3, feature: &[f32], weight: &[f32]) -> Vec<f32> 
     let g = *geometry;
     assert_eq!(feature.len(), g.batch * g.feature_len(), "feature size");
     assert_eq!(weight.len(), g.weight_len(), "weight size");
-    if g.stride == 1 && g.image_channels >= 16 {
-        // With stride 1 the adjoint is the convolution with the kernel flipped and its two
-        // channel axes swapped: one im2col instead of the slower col2im (measured faster
-        // unless the product then has too few rows).
-        let swapped = Conv3x3 {
-            image_channels: g.feature_channels,
-            feature_channels: g.image_channels,
-            ..g
-        };
-        return forward(&swapped, feature, &flipped(&g, weight), None);
+    let swapped = Conv3x3 {
+        image_channels: g.feature_channels,
+        feature_channels: g.image_channels,
+        ..g
+    };
+    // With stride 1 the adjoint is the convolution with the kernel flipped and its two channel
+    // axes swapped: the direct kernel, or one im2col instead of the slower col2im (measured
+    // faster unless the product then has too few rows).
+    if g.stride == 1 && (direct::available(&swapped) || g.image_channels >= 16) {
+        return forward(&swapped, feature, &flipped(&g, weight), None, false);
     }
     let (k, p) = (g.patch_len(), g.positions());
     let per_task = g.images_per_task();
@@ -185,6 +207,17 @@ pub fn adjoint(geometry: &Conv3x3, feature: &[f32], weight: &[f32]) -> Vec<f32> 
 /// Gradient of the weight `(feature_channels, image_channels, 3, 3)` given the images and the
 /// gradient of the feature maps, summed over the batch.
 pub fn weight_grad(geometry: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32> {
+    // Measured (examples in `cae bench --layers`): the direct weight gradient wins on 32-wide
+    // maps and loses to im2col on 16-wide ones.
+    if direct::available(geometry) && geometry.image_width >= 32 {
+        direct::weight_grad(geometry, image, feature_grad)
+    } else {
+        weight_grad_im2col(geometry, image, feature_grad)
+    }
+}
+
+/// [`weight_grad`] as im2col and one matrix product per group of images.
+pub fn weight_grad_im2col(geometry: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32> {
     let g = *geometry;
     assert_eq!(image.len(), g.batch * g.image_len(), "image size");
     assert_eq!(
@@ -464,7 +497,16 @@ mod tests {
 
     fn geometries() -> Vec<Conv3x3> {
         let mut all = Vec::new();
-        for (stride, h, w) in [(1, 5, 7), (2, 8, 6), (2, 7, 5), (1, 1, 1), (2, 2, 3)] {
+        for (stride, h, w) in [
+            (1, 5, 7),
+            (2, 8, 6),
+            (2, 7, 5),
+            (1, 1, 1),
+            (2, 2, 3),
+            (1, 3, 16),
+            (1, 4, 37),
+            (2, 5, 33),
+        ] {
             for (ci, co, batch) in [(3, 4, 3), (1, 2, 1), (5, 3, 9)] {
                 all.push(Conv3x3 {
                     batch,
@@ -486,7 +528,7 @@ mod tests {
             let image = random(&mut rng, g.batch * g.image_len());
             let weight = random(&mut rng, g.weight_len());
             let bias = random(&mut rng, g.feature_channels);
-            let fast = forward(&g, &image, &weight, Some(&bias));
+            let fast = forward(&g, &image, &weight, Some(&bias), false);
             let slow = naive_forward(&g, &image, &weight);
             let positions = g.feature_height() * g.feature_width();
             for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
@@ -507,7 +549,7 @@ mod tests {
             let image = random(&mut rng, g.batch * g.image_len());
             let weight = random(&mut rng, g.weight_len());
             let feature = random(&mut rng, g.batch * g.feature_len());
-            let lhs = dot(&forward(&g, &image, &weight, None), &feature);
+            let lhs = dot(&forward(&g, &image, &weight, None, false), &feature);
             let rhs = dot(&image, &adjoint(&g, &feature, &weight));
             assert!(
                 (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
@@ -531,6 +573,45 @@ mod tests {
                     grad[probe]
                 );
             }
+        }
+    }
+
+    /// The AVX-512 kernels (where the CPU has them) and the portable im2col path agree.
+    #[test]
+    fn direct_and_im2col_paths_agree() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        let mut compared = 0;
+        for g in geometries() {
+            if !direct::available(&g) {
+                continue;
+            }
+            let image = random(&mut rng, g.batch * g.image_len());
+            let weight = random(&mut rng, g.weight_len());
+            let bias = random(&mut rng, g.feature_channels);
+            let feature = random(&mut rng, g.batch * g.feature_len());
+            for relu in [false, true] {
+                let a = direct::forward(&g, &image, &weight, Some(&bias), relu);
+                let b = forward_im2col(&g, &image, &weight, Some(&bias), relu);
+                let worst = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f32::max);
+                assert!(worst < 1e-5, "{g:?} forward (relu {relu}): {worst}");
+            }
+            let a = direct::weight_grad(&g, &image, &feature);
+            let b = weight_grad_im2col(&g, &image, &feature);
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            assert!(worst < 1e-4, "{g:?} weight grad: {worst}");
+            compared += 1;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") && std::env::var_os("CAE_NO_AVX512").is_none() {
+            assert!(compared > 0, "no geometry reached the direct kernels");
         }
     }
 

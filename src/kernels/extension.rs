@@ -9,7 +9,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::{FloatTensorOps, ModuleOps};
+use burn::backend::ops::{ActivationOps, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, backend_extension};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
@@ -30,13 +30,16 @@ pub fn conv_transpose_options(stride: usize) -> ConvTransposeOptions<2> {
 /// as in PyTorch. The default bodies are Burn's generic operations.
 #[backend_extension(Flex, Autodiff)]
 pub trait Conv3x3Backend: Backend {
+    /// The convolution, followed by ReLU when `relu` is set.
     fn conv3x3(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         stride: usize,
+        relu: bool,
     ) -> FloatTensor<Self> {
-        Self::conv2d(x, weight, Some(bias), conv_options(stride))
+        let out = Self::conv2d(x, weight, Some(bias), conv_options(stride));
+        if relu { Self::relu(out) } else { out }
     }
 
     fn conv3x3_x_backward(
@@ -57,13 +60,16 @@ pub trait Conv3x3Backend: Backend {
         Self::conv2d_weight_backward(x, weight, output_grad, conv_options(stride))
     }
 
+    /// The transposed convolution, followed by ReLU when `relu` is set.
     fn conv_transpose3x3(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         stride: usize,
+        relu: bool,
     ) -> FloatTensor<Self> {
-        Self::conv_transpose2d(x, weight, Some(bias), conv_transpose_options(stride))
+        let out = Self::conv_transpose2d(x, weight, Some(bias), conv_transpose_options(stride));
+        if relu { Self::relu(out) } else { out }
     }
 
     fn conv_transpose3x3_x_backward(
@@ -147,14 +153,23 @@ fn out_shape(g: &Conv3x3, feature: bool) -> [usize; 4] {
 }
 
 impl Conv3x3Backend for Flex {
-    fn conv3x3(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, stride: usize) -> FlexTensor {
+    fn conv3x3(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        stride: usize,
+        relu: bool,
+    ) -> FlexTensor {
         let g = geometry(dims4(&x), dims4(&weight), stride);
         match (g, values(&x), values(&weight), values(&bias)) {
             (Some(g), Some(x), Some(w), Some(b)) => {
-                let out = conv3x3::forward(&g, &x, &w, Some(&b));
+                let out = conv3x3::forward(&g, &x, &w, Some(&b), relu);
                 flex_tensor(out, out_shape(&g, true))
             }
-            _ => Self::conv2d(x, weight, Some(bias), conv_options(stride)),
+            _ => {
+                let out = Self::conv2d(x, weight, Some(bias), conv_options(stride));
+                if relu { Self::relu(out) } else { out }
+            }
         }
     }
 
@@ -195,6 +210,7 @@ impl Conv3x3Backend for Flex {
         weight: FlexTensor,
         bias: FlexTensor,
         stride: usize,
+        relu: bool,
     ) -> FlexTensor {
         let [batch, _, height, width] = dims4(&x);
         let image = [batch, dims4(&weight)[1], height * stride, width * stride];
@@ -206,11 +222,19 @@ impl Conv3x3Backend for Flex {
                 let plane = g.image_height * g.image_width;
                 for (channel, value) in out.chunks_mut(plane).enumerate() {
                     let shift = b[channel % g.image_channels];
-                    value.iter_mut().for_each(|v| *v += shift);
+                    if relu {
+                        value.iter_mut().for_each(|v| *v = (*v + shift).max(0.0));
+                    } else {
+                        value.iter_mut().for_each(|v| *v += shift);
+                    }
                 }
                 flex_tensor(out, out_shape(&g, false))
             }
-            _ => Self::conv_transpose2d(x, weight, Some(bias), conv_transpose_options(stride)),
+            _ => {
+                let out =
+                    Self::conv_transpose2d(x, weight, Some(bias), conv_transpose_options(stride));
+                if relu { Self::relu(out) } else { out }
+            }
         }
     }
 
@@ -221,9 +245,10 @@ impl Conv3x3Backend for Flex {
     ) -> FlexTensor {
         let g = geometry(dims4(&output_grad), dims4(&weight), stride);
         match (g, values(&output_grad), values(&weight)) {
-            (Some(g), Some(dy), Some(w)) => {
-                flex_tensor(conv3x3::forward(&g, &dy, &w, None), out_shape(&g, true))
-            }
+            (Some(g), Some(dy), Some(w)) => flex_tensor(
+                conv3x3::forward(&g, &dy, &w, None, false),
+                out_shape(&g, true),
+            ),
             _ => Self::conv_transpose2d_x_backward(
                 weight,
                 output_grad,
@@ -283,10 +308,11 @@ impl Layer {
         weight: FloatTensor<B>,
         bias: FloatTensor<B>,
         stride: usize,
+        relu: bool,
     ) -> FloatTensor<B> {
         match self {
-            Layer::Conv => B::conv3x3(x, weight, bias, stride),
-            Layer::Transposed => B::conv_transpose3x3(x, weight, bias, stride),
+            Layer::Conv => B::conv3x3(x, weight, bias, stride, relu),
+            Layer::Transposed => B::conv_transpose3x3(x, weight, bias, stride, relu),
         }
     }
 
@@ -321,8 +347,12 @@ impl Layer {
 #[derive(Debug)]
 struct Layer3x3Step;
 
+/// What the backward step keeps: the input and weight nodes, the layer, its stride, and the
+/// ReLU output when the layer applied ReLU (its mask gates the incoming gradient).
+type StepState<B> = (NodeId, NodeId, Layer, usize, Option<FloatTensor<B>>);
+
 impl<B: Conv3x3Backend> Backward<B, 3> for Layer3x3Step {
-    type State = (NodeId, NodeId, Layer, usize);
+    type State = StepState<B>;
 
     fn backward(
         self,
@@ -332,7 +362,11 @@ impl<B: Conv3x3Backend> Backward<B, 3> for Layer3x3Step {
     ) {
         let [node_x, node_weight, node_bias] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x_state, weight_state, layer, stride) = ops.state;
+        let (x_state, weight_state, layer, stride, relu_output) = ops.state;
+        let grad = match relu_output {
+            Some(output) => B::relu_backward(output, grad),
+            None => grad,
+        };
         let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
         let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight_state);
         if let Some(node) = node_bias {
@@ -355,6 +389,7 @@ fn tracked<B: Conv3x3Backend, C: CheckpointStrategy>(
     weight: FloatTensor<Autodiff<B, C>>,
     bias: FloatTensor<Autodiff<B, C>>,
     stride: usize,
+    relu: bool,
 ) -> FloatTensor<Autodiff<B, C>> {
     match Layer3x3Step
         .prepare::<C>([x.node(), weight.node(), bias.node()])
@@ -362,20 +397,23 @@ fn tracked<B: Conv3x3Backend, C: CheckpointStrategy>(
         .stateful()
     {
         OpsKind::Tracked(mut prep) => {
-            let state = (prep.checkpoint(&x), prep.checkpoint(&weight), layer, stride);
+            let (x_state, weight_state) = (prep.checkpoint(&x), prep.checkpoint(&weight));
             let out = layer.forward::<B>(
                 x.into_primitive(),
                 weight.into_primitive(),
                 bias.into_primitive(),
                 stride,
+                relu,
             );
-            prep.finish(state, out)
+            let relu_output = relu.then(|| out.clone());
+            prep.finish((x_state, weight_state, layer, stride, relu_output), out)
         }
         OpsKind::UnTracked(prep) => prep.finish(layer.forward::<B>(
             x.into_primitive(),
             weight.into_primitive(),
             bias.into_primitive(),
             stride,
+            relu,
         )),
     }
 }
@@ -386,8 +424,9 @@ impl<B: Conv3x3Backend, C: CheckpointStrategy> Conv3x3Backend for Autodiff<B, C>
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         stride: usize,
+        relu: bool,
     ) -> FloatTensor<Self> {
-        tracked::<B, C>(Layer::Conv, x, weight, bias, stride)
+        tracked::<B, C>(Layer::Conv, x, weight, bias, stride, relu)
     }
 
     fn conv_transpose3x3(
@@ -395,7 +434,8 @@ impl<B: Conv3x3Backend, C: CheckpointStrategy> Conv3x3Backend for Autodiff<B, C>
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         stride: usize,
+        relu: bool,
     ) -> FloatTensor<Self> {
-        tracked::<B, C>(Layer::Transposed, x, weight, bias, stride)
+        tracked::<B, C>(Layer::Transposed, x, weight, bias, stride, relu)
     }
 }

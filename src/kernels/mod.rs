@@ -6,12 +6,14 @@
 //! tested against each other and against the PyTorch reference.
 
 pub mod conv3x3;
+pub mod direct;
 pub mod extension;
 
 use std::sync::OnceLock;
 
 use burn::backend::{Dispatch, DispatchDevice};
 use burn::tensor::Tensor;
+use burn::tensor::activation;
 use burn::tensor::module::{conv_transpose2d, conv2d};
 
 pub use extension::Layer;
@@ -44,21 +46,29 @@ pub fn kernels_for(device: &burn::tensor::Device) -> Kernels {
     if on_flex { requested() } else { Kernels::Burn }
 }
 
-/// 3x3 convolution, padding 1, weight `(out, in, 3, 3)`.
-pub fn conv3x3(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, stride: usize) -> Tensor<4> {
+/// 3x3 convolution, padding 1, weight `(out, in, 3, 3)`, then ReLU when `relu` is set.
+pub fn conv3x3(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    stride: usize,
+    relu: bool,
+) -> Tensor<4> {
     let kernels = kernels_for(&x.device());
-    layer3x3(Layer::Conv, kernels, x, weight, bias, stride)
+    layer3x3(Layer::Conv, kernels, x, weight, bias, stride, relu)
 }
 
-/// 3x3 transposed convolution, padding 1, output padding `stride - 1`, weight `(in, out, 3, 3)`.
+/// 3x3 transposed convolution, padding 1, output padding `stride - 1`, weight `(in, out, 3, 3)`,
+/// then ReLU when `relu` is set.
 pub fn conv_transpose3x3(
     x: Tensor<4>,
     weight: Tensor<4>,
     bias: Tensor<1>,
     stride: usize,
+    relu: bool,
 ) -> Tensor<4> {
     let kernels = kernels_for(&x.device());
-    layer3x3(Layer::Transposed, kernels, x, weight, bias, stride)
+    layer3x3(Layer::Transposed, kernels, x, weight, bias, stride, relu)
 }
 
 /// Either layer with the implementation chosen by the caller ([`Kernels::Cae`] needs Flex).
@@ -69,12 +79,19 @@ pub fn layer3x3(
     weight: Tensor<4>,
     bias: Tensor<1>,
     stride: usize,
+    relu: bool,
 ) -> Tensor<4> {
+    let burn_relu = |out: Tensor<4>| if relu { activation::relu(out) } else { out };
     match (kernels, layer) {
-        (Kernels::Burn, Layer::Conv) => conv2d(x, weight, Some(bias), conv_options(stride)),
-        (Kernels::Burn, Layer::Transposed) => {
-            conv_transpose2d(x, weight, Some(bias), conv_transpose_options(stride))
+        (Kernels::Burn, Layer::Conv) => {
+            burn_relu(conv2d(x, weight, Some(bias), conv_options(stride)))
         }
+        (Kernels::Burn, Layer::Transposed) => burn_relu(conv_transpose2d(
+            x,
+            weight,
+            Some(bias),
+            conv_transpose_options(stride),
+        )),
         (Kernels::Cae, _) => {
             let (x, weight, bias) = (
                 x.into_dispatch(),
@@ -82,9 +99,9 @@ pub fn layer3x3(
                 bias.into_dispatch(),
             );
             Tensor::from_dispatch(match layer {
-                Layer::Conv => <Dispatch as Conv3x3Backend>::conv3x3(x, weight, bias, stride),
+                Layer::Conv => <Dispatch as Conv3x3Backend>::conv3x3(x, weight, bias, stride, relu),
                 Layer::Transposed => {
-                    <Dispatch as Conv3x3Backend>::conv_transpose3x3(x, weight, bias, stride)
+                    <Dispatch as Conv3x3Backend>::conv_transpose3x3(x, weight, bias, stride, relu)
                 }
             })
         }
