@@ -376,10 +376,7 @@ fn im2col(g: &Conv3x3, image: &[f32], columns: &mut [f32], row_len: usize, offse
                 if s == 1 {
                     copy_shifted(src, out, kx);
                 } else {
-                    for (ox, o) in out.iter_mut().enumerate() {
-                        let ix = (ox * s + kx).wrapping_sub(1);
-                        *o = if ix < w { src[ix] } else { 0.0 };
-                    }
+                    copy_strided(src, out, s, kx);
                 }
             }
         }
@@ -413,6 +410,21 @@ fn col2im(g: &Conv3x3, columns: &[f32], row_len: usize, offset: usize, image: &m
                 }
             }
         }
+    }
+}
+
+/// `out[x] = src[x * s + kx - 1]`, 0 outside `src`. Split so that the inner loops have no
+/// bounds tests (the per-element version cost a stride-2 layer twice its matrix product).
+fn copy_strided(src: &[f32], out: &mut [f32], s: usize, kx: usize) {
+    let (out, start) = if kx == 0 {
+        out[0] = 0.0;
+        (&mut out[1..], s - 1)
+    } else {
+        (out, kx - 1)
+    };
+    let mut values = src[start.min(src.len())..].iter().step_by(s);
+    for o in out.iter_mut() {
+        *o = values.next().copied().unwrap_or(0.0);
     }
 }
 
