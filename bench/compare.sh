@@ -31,7 +31,17 @@ fi
 cargo build --release -q
 cae_out=$(./target/release/cae bench --json)
 echo "cae:     $cae_out"
-torch_out=$("$python" "$shared/bench/torch_bench.py" $compile)
+# The PyTorch benchmark runs as a child so that its peak resident memory can be read too.
+torch_out=$("$python" - "$shared/bench/torch_bench.py" $compile <<'PY'
+import resource, subprocess, sys
+done = subprocess.run([sys.executable, *sys.argv[1:]], capture_output=True, text=True)
+sys.stderr.write(done.stderr)
+print(done.stdout, end="")
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(f"[torch] peak resident memory {peak:.0f} MiB")
+sys.exit(done.returncode)
+PY
+)
 echo "$torch_out"
 
 python3 - "$cae_out" "$torch_out" <<'PY'
@@ -51,6 +61,8 @@ for tag in ("eager", "compiled"):
         t, i = rates[(tag, "train")], rates[(tag, "inference")]
         print(f"| PyTorch {tag} | {t:.0f} | {i:.0f} |")
         print(f"| cae / PyTorch {tag} | {cae['train']['images_per_second'] / t:.2f}x | {cae['inference']['images_per_second'] / i:.2f}x |")
+torch_peak = re.search(r"\[torch\] peak resident memory (\d+) MiB", sys.argv[2])
 if cae.get("peak_rss_mib"):
-    print(f"\ncae peak resident memory: {cae['peak_rss_mib']:.0f} MiB")
+    print(f"\npeak resident memory: cae {cae['peak_rss_mib']:.0f} MiB", end="")
+    print(f", PyTorch {torch_peak.group(1)} MiB" if torch_peak else "")
 PY

@@ -9,15 +9,13 @@ use clap::{Args, Subcommand};
 
 use cae::apps::anomaly::{Calibration, Score, score_images, score_set};
 use cae::apps::latent_gaussian::{LatentGaussian, path_for_model};
-use cae::apps::noise::NoiseSpec;
 use cae::apps::one_class::{self, ClassResult, csv_field};
 use cae::data::ImageSet;
 use cae::device::Backend;
-use cae::settings::TrainSettings;
-use cae::{imageio, weights};
+use cae::weights;
 
 use super::DataArgs;
-use super::codes::Split;
+use super::inputs::{ImageInputs, Inputs, ModelFlags, TrainingFlags};
 
 #[derive(Args)]
 pub struct AnomalyArgs {
@@ -135,28 +133,14 @@ struct ScoreArgs {
     /// Trained weights (safetensors or PyTorch .pt).
     #[arg(long)]
     model: PathBuf,
-    /// Image files to score (instead of a dataset).
-    images: Vec<PathBuf>,
-    /// Score this dataset instead of image files.
-    #[arg(long, conflicts_with = "images")]
-    dataset: Option<cae::settings::DatasetKind>,
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Which part of the dataset.
-    #[arg(long, value_enum, default_value = "test")]
-    split: Split,
-    /// Only the first N images of the dataset.
-    #[arg(long)]
-    limit: Option<usize>,
+    #[command(flatten)]
+    inputs: ImageInputs,
     /// mse and ssim need only the model; latent-mahalanobis and combined need `cae anomaly fit`.
     #[arg(long, value_enum, default_value = "mse")]
     score: Score,
     /// CSV file: source,label,<score>,anomalous (anomalous is empty without a calibration).
     #[arg(long)]
     out: PathBuf,
-    /// Refuse image files whose size differs from the model's instead of resizing them.
-    #[arg(long)]
-    no_resize: bool,
     #[arg(long, default_value = "flex")]
     device: Backend,
 }
@@ -170,39 +154,16 @@ fn score(args: ScoreArgs) -> Result<()> {
         None
     };
     let calibration = Calibration::load_for_model(&args.model)?;
-    let (raw, sources, labels) = match args.dataset {
-        Some(kind) => {
-            let data_dir = args
-                .data_dir
-                .clone()
-                .unwrap_or_else(cae::data::default_data_dir);
-            let splits = cae::data::load(kind, &data_dir, 0)?;
-            let mut set = match args.split {
-                Split::Train => splits.train,
-                Split::Test => splits.test,
-            };
-            if let Some(n) = args.limit {
-                set.truncate(n);
-            }
+    let (raw, sources, labels) = match args.inputs.load(&args.model, &config, "score")? {
+        Inputs::Dataset(set) => {
             let raw = score_set(&model, &config, &set, gaussian.as_ref(), &device)?;
             let labels = set.labels.iter().map(u16::to_string).collect();
             (raw, set.sources, labels)
         }
-        None => {
-            if args.images.is_empty() {
-                bail!("give image files or --dataset to score");
-            }
-            let mut inputs = Vec::new();
-            for path in &args.images {
-                inputs.extend(imageio::read_model_input(path, &config, !args.no_resize)?);
-            }
-            let raw = score_images(&model, &config, &inputs, gaussian.as_ref(), &device)?;
-            let sources = args
-                .images
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
-            (raw, sources, vec![String::new(); args.images.len()])
+        Inputs::Files { pixels, sources } => {
+            let raw = score_images(&model, &config, &pixels, gaussian.as_ref(), &device)?;
+            let labels = vec![String::new(); sources.len()];
+            (raw, sources, labels)
         }
     };
     let values = raw.score(args.score, calibration.as_ref())?;
@@ -254,59 +215,17 @@ struct EvalArgs {
     #[arg(long)]
     test_per_class: Option<usize>,
     #[command(flatten)]
-    training: OneClassTraining,
+    model: ModelFlags,
+    #[command(flatten)]
+    training: TrainingFlags,
     /// Output folder: one run folder per class and auroc.csv; default runs/anomaly-<timestamp>.
     /// Runs already in it are continued (or reused when complete).
     #[arg(long)]
     out: Option<PathBuf>,
 }
 
-/// How each one-class model is trained (as `cae train`).
-#[derive(Args)]
-struct OneClassTraining {
-    #[arg(long, default_value_t = 200)]
-    latent: usize,
-    #[arg(long, default_value_t = 16)]
-    channels: usize,
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    #[arg(long)]
-    shuffle: bool,
-    /// Train on the first N training images of the normal class only.
-    #[arg(long)]
-    train_limit: Option<usize>,
-    /// Validate (val loss while training) on the first N test images of the normal class.
-    #[arg(long)]
-    val_limit: Option<usize>,
-    /// Train denoising models (see `cae train --noise`).
-    #[arg(long)]
-    noise: Option<NoiseSpec>,
-}
-
 fn eval(args: EvalArgs) -> Result<()> {
-    let t = &args.training;
-    let settings = TrainSettings {
-        dataset: args.data.dataset,
-        data_dir: args.data.data_dir(),
-        latent: t.latent,
-        channels: t.channels,
-        epochs: t.epochs,
-        batch_size: t.batch_size,
-        lr: t.lr,
-        seed: t.seed,
-        shuffle: t.shuffle,
-        train_limit: t.train_limit,
-        val_limit: t.val_limit,
-        init: None,
-        device: args.data.device,
-        noise: t.noise,
-    };
+    let settings = args.training.settings(&args.data, &args.model, None);
     settings.validate()?;
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!(

@@ -10,7 +10,7 @@ use cae::data::batcher::normalized_batch;
 use cae::device::Backend;
 use cae::{imageio, inference, npy, weights};
 
-use super::DataArgs;
+use super::inputs::{ImageInputs, Inputs};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CodeFormat {
@@ -20,30 +20,13 @@ pub enum CodeFormat {
     Csv,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Split {
-    Train,
-    Test,
-}
-
 #[derive(Args)]
 pub struct EncodeArgs {
     /// Trained weights (safetensors or PyTorch .pt).
     #[arg(long)]
     model: PathBuf,
-    /// Image files to encode (instead of a dataset).
-    images: Vec<PathBuf>,
-    /// Encode this dataset instead of image files.
-    #[arg(long, conflicts_with = "images")]
-    dataset: Option<cae::settings::DatasetKind>,
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Which part of the dataset.
-    #[arg(long, value_enum, default_value = "test")]
-    split: Split,
-    /// Only the first N images.
-    #[arg(long)]
-    limit: Option<usize>,
+    #[command(flatten)]
+    inputs: ImageInputs,
     /// Output file (latents.npy or latents.csv).
     #[arg(long)]
     out: PathBuf,
@@ -56,61 +39,13 @@ pub struct EncodeArgs {
 pub fn encode(args: EncodeArgs) -> Result<()> {
     let device = args.device.device()?;
     let (model, config) = weights::load_model(&args.model, &device)?;
-    let (inputs, sources, labels) = match args.dataset {
-        Some(kind) => {
-            let data = DataArgs {
-                dataset: kind,
-                data_dir: args.data_dir.clone(),
-                device: args.device,
-            };
-            let splits = cae::data::load(kind, &data.data_dir(), 0)?;
-            let mut set = if args.split == Split::Train {
-                splits.train
-            } else {
-                splits.test
-            };
-            if let Some(n) = args.limit {
-                set.truncate(n);
-            }
-            if (set.channels, set.height, set.width)
-                != (config.in_channels, config.height, config.width)
-            {
-                bail!(
-                    "{}: the model takes {}x{}x{} images, the dataset has {}x{}x{}",
-                    args.model.display(),
-                    config.in_channels,
-                    config.height,
-                    config.width,
-                    set.channels,
-                    set.height,
-                    set.width
-                );
-            }
+    let (inputs, sources, labels) = match args.inputs.load(&args.model, &config, "encode")? {
+        Inputs::Dataset(set) => {
             let all: Vec<usize> = (0..set.len()).collect();
             let labels: Vec<i64> = set.labels.iter().map(|&l| i64::from(l)).collect();
-            (
-                normalized_batch(&set, &all),
-                set.sources.clone(),
-                Some(labels),
-            )
+            (normalized_batch(&set, &all), set.sources, Some(labels))
         }
-        None => {
-            if args.images.is_empty() {
-                bail!("give image files or --dataset to encode");
-            }
-            let mut inputs = Vec::new();
-            for path in &args.images {
-                inputs.extend(imageio::read_model_input(path, &config, true)?);
-            }
-            (
-                inputs,
-                args.images
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect(),
-                None,
-            )
-        }
+        Inputs::Files { pixels, sources } => (pixels, sources, None),
     };
     let codes = inference::encode(&model, &config, &inputs, &device);
     let n = sources.len();

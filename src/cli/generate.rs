@@ -14,7 +14,7 @@ use cae::device::Backend;
 use cae::{imageio, inference, weights};
 
 use super::DataArgs;
-use super::codes::Split;
+use super::inputs::Split;
 
 #[derive(Args)]
 pub struct FitLatentArgs {

@@ -7,6 +7,7 @@ mod convert;
 mod denoise;
 mod eval;
 mod generate;
+mod inputs;
 mod reconstruct;
 mod report;
 mod sweep;

@@ -6,10 +6,10 @@ use anyhow::Result;
 use clap::Args;
 
 use cae::report::{REPORT_FILE, write_report};
-use cae::settings::TrainSettings;
 use cae::sweep::{SummaryRow, SweepGrid, SweepOptions};
 
 use super::DataArgs;
+use super::inputs::{ModelFlags, TrainingFlags};
 
 #[derive(Args)]
 pub struct SweepArgs {
@@ -21,32 +21,17 @@ pub struct SweepArgs {
     /// Widths of the first convolutions, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "16")]
     channels: Vec<usize>,
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
     /// Batch sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "64")]
     batch_size: Vec<usize>,
     /// Adam learning rates, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0.001")]
     lr: Vec<f64>,
-    /// Seed of the initial weights and of --shuffle (the same for every run).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Shuffle the training images every epoch (the tutorial does not).
-    #[arg(long)]
-    shuffle: bool,
-    /// Use only the first N training images.
-    #[arg(long)]
-    train_limit: Option<usize>,
-    /// Use only the first N validation images.
-    #[arg(long)]
-    val_limit: Option<usize>,
+    #[command(flatten)]
+    training: TrainingFlags,
     /// Start every run from these weights (only when --latent and --channels have one value).
     #[arg(long)]
     init: Option<PathBuf>,
-    /// Train denoisers: corrupt the inputs with gaussian:SIGMA, salt-pepper:P or mask:P.
-    #[arg(long)]
-    noise: Option<cae::apps::noise::NoiseSpec>,
     /// Sweep folder: one run folder per combination, plus summary.csv and the figures; default runs/sweep-<timestamp>.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -59,22 +44,15 @@ pub struct SweepArgs {
 }
 
 pub fn run(args: SweepArgs) -> Result<()> {
-    let base = TrainSettings {
-        dataset: args.data.dataset,
-        data_dir: args.data.data_dir(),
+    let first = ModelFlags {
         latent: args.latent[0],
         channels: args.channels[0],
-        epochs: args.epochs,
         batch_size: args.batch_size[0],
         lr: args.lr[0],
-        seed: args.seed,
-        shuffle: args.shuffle,
-        train_limit: args.train_limit,
-        val_limit: args.val_limit,
-        init: args.init,
-        device: args.data.device,
-        noise: args.noise,
     };
+    let base = args
+        .training
+        .settings(&args.data, &first, args.init.clone());
     let out = args.out.unwrap_or_else(|| {
         let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
         PathBuf::from("runs").join(format!("sweep-{stamp}"))

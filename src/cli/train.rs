@@ -5,46 +5,20 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 
-use cae::settings::TrainSettings;
-
 use super::DataArgs;
+use super::inputs::{ModelFlags, TrainingFlags};
 
 #[derive(Args)]
 pub struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Size of the latent code.
-    #[arg(long, default_value_t = 200)]
-    latent: usize,
-    /// Width of the first convolutions (later ones use 2x and 4x).
-    #[arg(long, default_value_t = 16)]
-    channels: usize,
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
-    /// Adam learning rate (betas 0.9/0.999, eps 1e-8 as in PyTorch).
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    /// Seed of the initial weights and of --shuffle.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Shuffle the training images every epoch (the tutorial does not).
-    #[arg(long)]
-    shuffle: bool,
-    /// Use only the first N training images.
-    #[arg(long)]
-    train_limit: Option<usize>,
-    /// Use only the first N validation images.
-    #[arg(long)]
-    val_limit: Option<usize>,
+    #[command(flatten)]
+    model: ModelFlags,
+    #[command(flatten)]
+    training: TrainingFlags,
     /// Start from these weights (safetensors or PyTorch .pt state_dict) instead of the seed init.
     #[arg(long)]
     init: Option<PathBuf>,
-    /// Train a denoiser: corrupt the inputs with gaussian:SIGMA, salt-pepper:P or mask:P (on
-    /// [0,1] pixels, clipped) while the loss targets the clean images.
-    #[arg(long)]
-    noise: Option<cae::apps::noise::NoiseSpec>,
     /// Run folder; default runs/<timestamp>.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -65,22 +39,9 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let settings = TrainSettings {
-        dataset: args.data.dataset,
-        data_dir: args.data.data_dir(),
-        latent: args.latent,
-        channels: args.channels,
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        lr: args.lr,
-        seed: args.seed,
-        shuffle: args.shuffle,
-        train_limit: args.train_limit,
-        val_limit: args.val_limit,
-        init: args.init,
-        device: args.data.device,
-        noise: args.noise,
-    };
+    let settings = args
+        .training
+        .settings(&args.data, &args.model, args.init.clone());
     settings.validate()?;
     let run_dir = args.out.unwrap_or_else(|| {
         PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())

@@ -1,0 +1,172 @@
+//! Flag groups shared by several commands: which images a command reads (files or one split of
+//! a dataset), and how a model is trained.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+
+use cae::apps::noise::NoiseSpec;
+use cae::data::ImageSet;
+use cae::model::ModelConfig;
+use cae::settings::{DatasetKind, TrainSettings};
+
+use super::DataArgs;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+/// Image files, or one split of a dataset (`cae encode`, `cae anomaly score`).
+#[derive(Args)]
+pub struct ImageInputs {
+    /// Image files (instead of a dataset).
+    pub images: Vec<PathBuf>,
+    /// Read this dataset instead of image files.
+    #[arg(long, conflicts_with = "images")]
+    pub dataset: Option<DatasetKind>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Which part of the dataset.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: Split,
+    /// Only the first N images of the dataset.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Refuse image files whose size differs from the model's instead of resizing them.
+    #[arg(long)]
+    pub no_resize: bool,
+}
+
+/// What [`ImageInputs::load`] read.
+pub enum Inputs {
+    /// The chosen split, cut to `--limit`, checked against the model's input shape.
+    Dataset(ImageSet),
+    /// Normalised model inputs, one image after another, and the file each came from.
+    Files {
+        pixels: Vec<f32>,
+        sources: Vec<String>,
+    },
+}
+
+impl ImageInputs {
+    /// Reads the images for the model at `model_path`; `verb` names the command's action in
+    /// the error for a call without inputs ("encode", "score").
+    pub fn load(&self, model_path: &Path, config: &ModelConfig, verb: &str) -> Result<Inputs> {
+        let Some(kind) = self.dataset else {
+            if self.images.is_empty() {
+                bail!("give image files or --dataset to {verb}");
+            }
+            let mut pixels = Vec::new();
+            for path in &self.images {
+                pixels.extend(cae::imageio::read_model_input(
+                    path,
+                    config,
+                    !self.no_resize,
+                )?);
+            }
+            let sources = self
+                .images
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            return Ok(Inputs::Files { pixels, sources });
+        };
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(cae::data::default_data_dir);
+        let splits = cae::data::load(kind, &data_dir, 0)?;
+        let mut set = match self.split {
+            Split::Train => splits.train,
+            Split::Test => splits.test,
+        };
+        if let Some(n) = self.limit {
+            set.truncate(n);
+        }
+        if (set.channels, set.height, set.width)
+            != (config.in_channels, config.height, config.width)
+        {
+            bail!(
+                "{}: the model takes {}x{}x{} images, the dataset in {} has {}x{}x{}",
+                model_path.display(),
+                config.in_channels,
+                config.height,
+                config.width,
+                data_dir.display(),
+                set.channels,
+                set.height,
+                set.width
+            );
+        }
+        Ok(Inputs::Dataset(set))
+    }
+}
+
+/// The model's shape and the optimiser (`cae train`, `cae anomaly eval`; `cae sweep` takes
+/// lists of these instead).
+#[derive(Args)]
+pub struct ModelFlags {
+    /// Size of the latent code.
+    #[arg(long, default_value_t = 200)]
+    pub latent: usize,
+    /// Width of the first convolutions (later ones use 2x and 4x).
+    #[arg(long, default_value_t = 16)]
+    pub channels: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Adam learning rate (betas 0.9/0.999, eps 1e-8 as in PyTorch).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+}
+
+/// How training runs (`cae train`, `cae sweep`, `cae anomaly eval`).
+#[derive(Args)]
+pub struct TrainingFlags {
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    /// Seed of the initial weights and of --shuffle.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Shuffle the training images every epoch (the tutorial does not).
+    #[arg(long)]
+    pub shuffle: bool,
+    /// Use only the first N training images (of the normal class, for `anomaly eval`).
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Use only the first N validation images.
+    #[arg(long)]
+    pub val_limit: Option<usize>,
+    /// Train denoisers: corrupt the inputs with gaussian:SIGMA, salt-pepper:P or mask:P (on
+    /// [0,1] pixels, clipped) while the loss targets the clean images.
+    #[arg(long)]
+    pub noise: Option<NoiseSpec>,
+}
+
+impl TrainingFlags {
+    pub fn settings(
+        &self,
+        data: &DataArgs,
+        model: &ModelFlags,
+        init: Option<PathBuf>,
+    ) -> TrainSettings {
+        TrainSettings {
+            dataset: data.dataset,
+            data_dir: data.data_dir(),
+            latent: model.latent,
+            channels: model.channels,
+            epochs: self.epochs,
+            batch_size: model.batch_size,
+            lr: model.lr,
+            seed: self.seed,
+            shuffle: self.shuffle,
+            train_limit: self.train_limit,
+            val_limit: self.val_limit,
+            init,
+            device: data.device,
+            noise: self.noise,
+        }
+    }
+}
