@@ -124,3 +124,95 @@ fn peak_rss_mib() -> Option<f64> {
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
+
+/// Median times of cae's convolution kernels for one layer of the seed model, at the training
+/// batch size: the layer's own pass, its input gradient and its weight gradient.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerTiming {
+    pub layer: String,
+    pub forward_ms: f64,
+    pub input_grad_ms: f64,
+    pub weight_grad_ms: f64,
+    /// Multiply-adds of one of the three passes, times two, over the median forward time.
+    pub forward_gflops: f64,
+    /// Whether the direct (AVX-512, no im2col) kernel runs the convolution-shaped passes.
+    pub direct: bool,
+}
+
+/// Times every convolution and transposed convolution of the seed model with cae's kernels.
+pub fn layers(config: &BenchConfig) -> Vec<LayerTiming> {
+    use crate::kernels::{conv3x3, direct};
+    let model_config = ModelConfig {
+        latent: config.latent,
+        ..ModelConfig::default()
+    };
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(0);
+    let mut random =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+    let (mut h, mut w) = (model_config.height, model_config.width);
+    let mut layers = Vec::new();
+    for (i, &(cin, cout, stride)) in model_config.encoder_convs().iter().enumerate() {
+        let g = conv3x3::Conv3x3 {
+            batch: config.batch_size,
+            image_channels: cin,
+            image_height: h,
+            image_width: w,
+            feature_channels: cout,
+            stride,
+        };
+        layers.push((
+            format!("encoder conv {i}: {cin}->{cout} s{stride} {h}x{w}"),
+            g,
+            false,
+        ));
+        (h, w) = (g.feature_height(), g.feature_width());
+    }
+    for (i, &(cin, cout, stride)) in model_config.decoder_convs().iter().enumerate() {
+        // A transposed convolution is the adjoint of the convolution from its output.
+        let g = conv3x3::Conv3x3 {
+            batch: config.batch_size,
+            image_channels: cout,
+            image_height: h * stride,
+            image_width: w * stride,
+            feature_channels: cin,
+            stride,
+        };
+        layers.push((
+            format!("decoder convT {i}: {cin}->{cout} s{stride} {h}x{w}"),
+            g,
+            true,
+        ));
+        (h, w) = (h * stride, w * stride);
+    }
+    layers
+        .into_iter()
+        .map(|(layer, g, transposed)| {
+            let image = random(g.batch * g.image_len());
+            let feature = random(g.batch * g.feature_len());
+            let weight = random(g.weight_len());
+            let bias = random(g.feature_channels);
+            let conv = || conv3x3::forward(&g, &image, &weight, Some(&bias), true);
+            let adjoint = || conv3x3::adjoint(&g, &feature, &weight);
+            let median = |times: Vec<f64>| summarize(&times, 1).median_ms;
+            let conv_ms = median(timed(config, || drop(conv())));
+            let adjoint_ms = median(timed(config, || drop(adjoint())));
+            let weight_grad_ms = median(timed(config, || {
+                drop(conv3x3::weight_grad(&g, &image, &feature))
+            }));
+            let (forward_ms, input_grad_ms) = if transposed {
+                (adjoint_ms, conv_ms)
+            } else {
+                (conv_ms, adjoint_ms)
+            };
+            let macs = g.weight_len() * g.feature_height() * g.feature_width() * g.batch;
+            LayerTiming {
+                layer,
+                forward_ms,
+                input_grad_ms,
+                weight_grad_ms,
+                forward_gflops: 2.0 * macs as f64 / (forward_ms * 1e6),
+                direct: direct::available(&g),
+            }
+        })
+        .collect()
+}

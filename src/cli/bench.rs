@@ -24,6 +24,10 @@ pub struct BenchArgs {
     /// One JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Time each convolution layer's kernels (forward, input gradient, weight gradient) at
+    /// the training batch size instead of whole steps (CPU only).
+    #[arg(long)]
+    layers: bool,
 }
 
 pub fn run_bench(args: BenchArgs) -> Result<()> {
@@ -38,6 +42,9 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
         warmup: args.warmup,
         steps: args.steps,
     };
+    if args.layers {
+        return print_layers(&config, args.json);
+    }
     let report = run(&config, &args.device.device()?);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -63,5 +70,38 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
     if let Some(mib) = report.peak_rss_mib {
         println!("[cae] peak resident memory {mib:.0} MiB");
     }
+    Ok(())
+}
+
+fn print_layers(config: &BenchConfig, json: bool) -> Result<()> {
+    let timings = cae::bench::layers(config);
+    if json {
+        println!("{}", serde_json::to_string(&timings)?);
+        return Ok(());
+    }
+    let title = format!("layer (batch {})", config.batch_size);
+    println!(
+        "{title:<38} {:>10} {:>10} {:>11} {:>8}  kernel",
+        "forward", "input grad", "weight grad", "GFLOP/s"
+    );
+    let mut totals = [0.0; 3];
+    for t in &timings {
+        println!(
+            "{:<38} {:>8.2}ms {:>8.2}ms {:>9.2}ms {:>8.0}  {}",
+            t.layer,
+            t.forward_ms,
+            t.input_grad_ms,
+            t.weight_grad_ms,
+            t.forward_gflops,
+            if t.direct { "direct" } else { "im2col" }
+        );
+        totals[0] += t.forward_ms;
+        totals[1] += t.input_grad_ms;
+        totals[2] += t.weight_grad_ms;
+    }
+    println!(
+        "{:<38} {:>8.2}ms {:>8.2}ms {:>9.2}ms",
+        "total", totals[0], totals[1], totals[2]
+    );
     Ok(())
 }
