@@ -182,14 +182,14 @@ pub fn run(options: &SweepOptions) -> Result<Vec<SummaryRow>> {
 
     let started = Instant::now();
     let base = &options.base;
-    let splits = crate::data::load(base.dataset, &base.data_dir, base.seed)?;
+    let (splits, source) = crate::data::load_located(base.dataset, &base.data_dir, base.seed)?;
     println!(
         "data: {} training and {} validation images from {}  [{:.1} s]",
         base.train_limit
             .map_or(splits.train.len(), |n| n.min(splits.train.len())),
         base.val_limit
             .map_or(splits.test.len(), |n| n.min(splits.test.len())),
-        base.data_dir.display(),
+        source.display(),
         started.elapsed().as_secs_f64()
     );
     for (i, run) in runs.iter().enumerate() {

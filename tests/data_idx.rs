@@ -389,3 +389,14 @@ fn debian_fashion_mnist_loads() {
     );
     assert_eq!(test.sources[17], "t10k-images-idx3-ubyte.gz#17");
 }
+
+/// A data folder without Fashion-MNIST falls back to Debian's copy, and says so.
+#[test]
+fn fashion_mnist_fallback_reports_the_folder_it_read() {
+    let debian = debian_fashion_mnist();
+    let empty = tempfile::tempdir().unwrap();
+    let (splits, source) =
+        cae::data::load_located(cae::settings::DatasetKind::FashionMnist, empty.path(), 0).unwrap();
+    assert_eq!(source, debian);
+    assert_eq!(splits.test.len(), 10_000);
+}

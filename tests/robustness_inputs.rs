@@ -187,6 +187,36 @@ fn idx_wrong_magic_and_corrupt_gzip_are_refused_naming_the_file() {
     train_error("mnist", tmp.path(), &["t10k-images-idx3-ubyte.gz"]);
 }
 
+#[test]
+fn gzipped_idx_claiming_absurd_sizes_is_refused_before_reading() {
+    // A tiny file whose header announces 60000 images of 100000x100000 pixels.
+    let gz = gzip(&idx(0x803, &[60_000, 100_000, 100_000], &[0; 64]));
+    let tmp = idx_dir("train-images-idx3-ubyte.gz", gz);
+    train_error(
+        "mnist",
+        tmp.path(),
+        &[
+            "train-images-idx3-ubyte.gz",
+            "60000x100000x100000",
+            "more than",
+        ],
+    );
+}
+
+#[test]
+fn gzipped_idx_with_endless_trailing_data_stops_counting() {
+    // 64 MB of zeros after a 2-label body compress to a few kB: a small "gzip bomb".
+    let mut body = vec![1u8, 2];
+    body.resize(64 << 20, 0);
+    let gz = gzip(&idx(0x801, &[2], &body));
+    let tmp = idx_dir("t10k-labels-idx1-ubyte.gz", gz);
+    train_error(
+        "mnist",
+        tmp.path(),
+        &["t10k-labels-idx1-ubyte.gz: oversized", "at least"],
+    );
+}
+
 // Image folders.
 
 /// train/ and test/ with two classes of real CIFAR-10 JPEGs (8 and 4 per class).

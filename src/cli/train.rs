@@ -60,7 +60,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if !loaded.skipped.is_empty() {
         eprintln!("{}", cae::data::skipped_report(&loaded.skipped));
     }
-    let splits = loaded.splits;
+    let (splits, source) = (loaded.splits, loaded.source);
     println!(
         "data: {} training and {} validation images ({}x{}x{}) from {}  [{:.1} s]",
         settings
@@ -72,7 +72,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         splits.train.channels,
         splits.train.height,
         splits.train.width,
-        settings.data_dir.display(),
+        source.display(),
         started.elapsed().as_secs_f64()
     );
     let outcome = cae::train::train(

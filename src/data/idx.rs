@@ -178,7 +178,7 @@ fn read_idx(path: &Path, magic: u32) -> Result<Idx> {
     let header_len = 4 + 4 * rank as u64;
     let expected = header_len + body_len(path, &dims)?;
     if let Some(actual) = stream.plain_len.filter(|&len| len != expected) {
-        return Err(size_mismatch(path, &dims, actual, expected));
+        return Err(size_mismatch(path, &dims, actual, expected, false));
     }
     let data = read_body(path, stream, header_len, expected, &dims)?;
     Ok(Idx { dims, data })
@@ -198,7 +198,13 @@ fn read_header_bytes(path: &Path, reader: &mut dyn Read, offset: usize) -> Resul
     }
 }
 
-/// The number of data bytes the dimensions call for; zero or overflowing sizes are refused.
+/// The most data one IDX file may announce: 16 times the largest known IDX dataset (EMNIST,
+/// about 0.7 GB), so that a gzipped file whose header claims an absurd size (a "gzip bomb")
+/// is refused before its decompressed stream fills memory.
+pub const MAX_IDX_BYTES: u64 = 1 << 33;
+
+/// The number of data bytes the dimensions call for; zero, overflowing or absurd sizes are
+/// refused.
 fn body_len(path: &Path, dims: &[usize]) -> Result<u64> {
     if dims.contains(&0) {
         bail!(
@@ -207,7 +213,8 @@ fn body_len(path: &Path, dims: &[usize]) -> Result<u64> {
             format_dims(dims)
         );
     }
-    dims.iter()
+    let len = dims
+        .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
         .with_context(|| {
             format!(
@@ -215,7 +222,16 @@ fn body_len(path: &Path, dims: &[usize]) -> Result<u64> {
                 path.display(),
                 format_dims(dims)
             )
-        })
+        })?;
+    if len > MAX_IDX_BYTES {
+        bail!(
+            "{}: the header's dimensions {} call for {len} bytes, more than the {MAX_IDX_BYTES} \
+             an IDX dataset file may hold",
+            path.display(),
+            format_dims(dims)
+        );
+    }
+    Ok(len)
 }
 
 /// Reads the data after the header, checking that the stream holds exactly that much.
@@ -239,15 +255,34 @@ fn read_body(
         .take(body_len)
         .read_to_end(&mut data)
         .with_context(context)?;
-    let extra = io::copy(&mut stream.reader, &mut io::sink()).with_context(context)?;
+    // Trailing data is counted only up to a limit: a decompressed stream may not end.
+    const EXTRA_COUNTED: u64 = 1 << 20;
+    let extra = io::copy(
+        &mut (&mut stream.reader).take(EXTRA_COUNTED),
+        &mut io::sink(),
+    )
+    .with_context(context)?;
     let actual = header_len + data.len() as u64 + extra;
     if actual != expected {
-        return Err(size_mismatch(path, dims, actual, expected));
+        return Err(size_mismatch(
+            path,
+            dims,
+            actual,
+            expected,
+            extra == EXTRA_COUNTED,
+        ));
     }
     Ok(data)
 }
 
-fn size_mismatch(path: &Path, dims: &[usize], actual: u64, expected: u64) -> anyhow::Error {
+/// `at_least`: `actual` only counts the data read before giving up on an endless stream.
+fn size_mismatch(
+    path: &Path,
+    dims: &[usize],
+    actual: u64,
+    expected: u64,
+    at_least: bool,
+) -> anyhow::Error {
     let what = if actual < expected {
         "truncated"
     } else {
@@ -258,9 +293,10 @@ fn size_mismatch(path: &Path, dims: &[usize], actual: u64, expected: u64) -> any
     } else {
         ""
     };
+    let at_least = if at_least { "at least " } else { "" };
     anyhow::anyhow!(
-        "{}: {what}: {actual} bytes{decompressed}, but its header (dimensions {}) calls for \
-         {expected} bytes",
+        "{}: {what}: {at_least}{actual} bytes{decompressed}, but its header (dimensions {}) \
+         calls for {expected} bytes",
         path.display(),
         format_dims(dims)
     )

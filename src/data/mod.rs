@@ -84,11 +84,27 @@ pub fn load(
     data_dir: &std::path::Path,
     seed: u64,
 ) -> anyhow::Result<Splits> {
+    Ok(load_located(kind, data_dir, seed)?.0)
+}
+
+/// [`load`], also returning the folder the data was read from (Fashion-MNIST may come from
+/// Debian's copy rather than `data_dir`).
+pub fn load_located(
+    kind: crate::settings::DatasetKind,
+    data_dir: &std::path::Path,
+    seed: u64,
+) -> anyhow::Result<(Splits, std::path::PathBuf)> {
     use crate::settings::DatasetKind;
     match kind {
-        DatasetKind::Cifar10 => cifar::load(&cifar::ensure(data_dir)?),
-        DatasetKind::Folder => folder::load(data_dir, seed),
-        DatasetKind::Mnist => idx::load(&find_idx_dir(data_dir, "MNIST")?, &idx::MNIST_CLASSES),
+        DatasetKind::Cifar10 => {
+            let dir = cifar::ensure(data_dir)?;
+            Ok((cifar::load(&dir)?, dir))
+        }
+        DatasetKind::Folder => Ok((folder::load(data_dir, seed)?, data_dir.to_path_buf())),
+        DatasetKind::Mnist => {
+            let dir = find_idx_dir(data_dir, "MNIST")?;
+            Ok((idx::load(&dir, &idx::MNIST_CLASSES)?, dir))
+        }
         DatasetKind::FashionMnist => {
             let debian = std::path::Path::new(idx::DEBIAN_FASHION_MNIST_DIR);
             let dir = idx::find_dir(data_dir).or_else(|| idx::find_dir(debian));
@@ -99,7 +115,7 @@ pub fn load(
                         debian.display()
                     )
             })?;
-            idx::load(&dir, &idx::FASHION_MNIST_CLASSES)
+            Ok((idx::load(&dir, &idx::FASHION_MNIST_CLASSES)?, dir))
         }
     }
 }
@@ -109,6 +125,8 @@ pub fn load(
 pub struct Loaded {
     pub splits: Splits,
     pub skipped: Vec<folder::Skipped>,
+    /// The folder the data was read from.
+    pub source: std::path::PathBuf,
 }
 
 /// How to read a dataset beyond its kind and location.
@@ -152,10 +170,11 @@ pub fn load_with_options(
             options.image_size.is_none(),
             "--image-size applies to --dataset folder only"
         );
-        let splits = load(kind, data_dir, seed)?;
+        let (splits, source) = load_located(kind, data_dir, seed)?;
         return Ok(Loaded {
             splits,
             skipped: Vec::new(),
+            source,
         });
     }
     let folder_options = folder::FolderOptions {
@@ -164,12 +183,17 @@ pub fn load_with_options(
     };
     if options.skip_bad {
         let (splits, skipped) = folder::load_skipping_bad(data_dir, seed, &folder_options)?;
-        Ok(Loaded { splits, skipped })
+        Ok(Loaded {
+            splits,
+            skipped,
+            source: data_dir.to_path_buf(),
+        })
     } else {
         let splits = folder::load_with(data_dir, seed, &folder_options)?;
         Ok(Loaded {
             splits,
             skipped: Vec::new(),
+            source: data_dir.to_path_buf(),
         })
     }
 }
