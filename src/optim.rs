@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
 
+use crate::kernels::{self, Kernels};
 use crate::model::Autoencoder;
 use crate::weights::torch_name;
 
@@ -66,6 +68,15 @@ impl Adam {
     }
 
     fn update(&mut self, name: String, param: Tensor<1>, grad: Tensor<1>) -> Tensor<1> {
+        if kernels::kernels_for(&param.device()) == Kernels::Cae {
+            self.update_fused(name, param, grad)
+        } else {
+            self.update_tensors(name, param, grad)
+        }
+    }
+
+    /// The update in Burn tensor operations: any backend.
+    fn update_tensors(&mut self, name: String, param: Tensor<1>, grad: Tensor<1>) -> Tensor<1> {
         let AdamConfig {
             lr,
             beta1,
@@ -100,6 +111,67 @@ impl Adam {
     }
 }
 
+impl Adam {
+    /// [`Adam::update`] as one pass over host memory (Flex): the same formula and order of
+    /// operations, without the ten intermediate tensors of the generic version, which took
+    /// about 7% of a training step.
+    fn update_fused(&mut self, name: String, param: Tensor<1>, grad: Tensor<1>) -> Tensor<1> {
+        let AdamConfig {
+            lr,
+            beta1,
+            beta2,
+            eps,
+        } = self.config;
+        let t = self.step as i32;
+        let bias_correction1 = 1.0 - beta1.powi(t);
+        let bias_correction2_sqrt = (1.0 - beta2.powi(t)).sqrt();
+        let device = param.device();
+        let n = param.dims()[0];
+        let values = |t: Tensor<1>| -> Vec<f32> {
+            t.into_data()
+                .convert::<f32>()
+                .try_into_vec()
+                .expect("f32 tensor data")
+        };
+        let mut p = values(param);
+        let g = values(grad);
+        let (mut m, mut v) = match self.moments.remove(&name) {
+            Some(moments) => (values(moments.exp_avg), values(moments.exp_avg_sq)),
+            None => (vec![0.0; n], vec![0.0; n]),
+        };
+        // The scalars as the tensor version applies them: f64 constants cast to f32.
+        let one_minus_beta1 = (1.0 - beta1) as f32;
+        let one_minus_beta2 = (1.0 - beta2) as f32;
+        let beta2 = beta2 as f32;
+        let bias_correction2_sqrt = bias_correction2_sqrt as f32;
+        let eps = eps as f32;
+        let step_size = (lr / bias_correction1) as f32;
+        const CHUNK: usize = 1 << 14;
+        p.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(((p, m), v), g)| {
+                for i in 0..p.len() {
+                    m[i] += (g[i] - m[i]) * one_minus_beta1;
+                    v[i] = v[i] * beta2 + g[i] * g[i] * one_minus_beta2;
+                    let denom = v[i].sqrt() / bias_correction2_sqrt + eps;
+                    p[i] -= (m[i] / denom) * step_size;
+                }
+            });
+        let tensor =
+            |values: Vec<f32>| Tensor::<1>::from_data(TensorData::new(values, [n]), &device);
+        self.moments.insert(
+            name,
+            Moments {
+                exp_avg: tensor(m),
+                exp_avg_sq: tensor(v),
+            },
+        );
+        tensor(p)
+    }
+}
+
 struct StepMapper<'a> {
     adam: &'a mut Adam,
     grads: &'a mut GradientsParams,
@@ -129,5 +201,37 @@ impl ModuleMapper for StepMapper<'_> {
         let updated = self.adam.update(name, flat(tensor.inner()), flat(grad));
         let updated = Tensor::from_inner(updated.reshape(dims)).require_grad();
         Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution};
+
+    /// The fused host pass and the tensor version agree over several steps.
+    #[test]
+    fn fused_update_matches_the_tensor_version() {
+        let device = Device::flex();
+        device.seed(7);
+        let mut fused = Adam::new(AdamConfig::default());
+        let mut tensors = Adam::new(AdamConfig::default());
+        let start = Tensor::<1>::random([1000], Distribution::Uniform(-1.0, 1.0), &device);
+        let (mut a, mut b) = (start.clone(), start);
+        for _ in 0..4 {
+            let grad = Tensor::<1>::random([1000], Distribution::Normal(0.0, 0.1), &device);
+            fused.step += 1;
+            tensors.step += 1;
+            a = fused.update_fused("w".into(), a, grad.clone());
+            b = tensors.update_tensors("w".into(), b, grad);
+        }
+        let diff: f32 = (a - b).abs().max().into_scalar();
+        assert!(diff < 1e-6, "parameters differ by {diff}");
+        let (m1, m2) = (&fused.moments["w"], &tensors.moments["w"]);
+        let diff: f32 = (m1.exp_avg_sq.clone() - m2.exp_avg_sq.clone())
+            .abs()
+            .max()
+            .into_scalar();
+        assert!(diff < 1e-9, "second moments differ by {diff}");
     }
 }
