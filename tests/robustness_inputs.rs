@@ -534,3 +534,29 @@ fn a_checkpoint_whose_adam_moments_do_not_fit_the_model_is_refused() {
     );
     assert_eq!(fs::read(&checkpoint).unwrap(), crafted);
 }
+
+// Output.
+
+/// Writing into a pipe whose reader is gone ends cae by SIGPIPE, quietly, as command-line tools
+/// do (Rust programs otherwise panic with "failed printing to stdout").
+#[test]
+#[cfg(unix)]
+fn closed_output_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cae"))
+        .arg("--help")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        output.status.signal(),
+        Some(13),
+        "{:?}: {stderr}",
+        output.status
+    );
+}
