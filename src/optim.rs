@@ -67,6 +67,13 @@ impl Adam {
         model.map(&mut mapper)
     }
 
+    /// PyTorch's `1 - beta1^t` and `sqrt(1 - beta2^t)` for the current step.
+    fn bias_corrections(&self) -> (f64, f64) {
+        let t = self.step as i32;
+        let AdamConfig { beta1, beta2, .. } = self.config;
+        (1.0 - beta1.powi(t), (1.0 - beta2.powi(t)).sqrt())
+    }
+
     fn update(&mut self, name: String, param: Tensor<1>, grad: Tensor<1>) -> Tensor<1> {
         if kernels::kernels_for(&param.device()) == Kernels::Cae {
             self.update_fused(name, param, grad)
@@ -83,9 +90,7 @@ impl Adam {
             beta2,
             eps,
         } = self.config;
-        let t = self.step as i32;
-        let bias_correction1 = 1.0 - beta1.powi(t);
-        let bias_correction2_sqrt = (1.0 - beta2.powi(t)).sqrt();
+        let (bias_correction1, bias_correction2_sqrt) = self.bias_corrections();
         let (exp_avg, exp_avg_sq) = match self.moments.remove(&name) {
             Some(m) => (m.exp_avg, m.exp_avg_sq),
             None => (grad.zeros_like(), grad.zeros_like()),
@@ -122,9 +127,7 @@ impl Adam {
             beta2,
             eps,
         } = self.config;
-        let t = self.step as i32;
-        let bias_correction1 = 1.0 - beta1.powi(t);
-        let bias_correction2_sqrt = (1.0 - beta2.powi(t)).sqrt();
+        let (bias_correction1, bias_correction2_sqrt) = self.bias_corrections();
         let device = param.device();
         let n = param.dims()[0];
         let values = |t: Tensor<1>| -> Vec<f32> {

@@ -9,7 +9,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::{ActivationOps, FloatTensorOps, ModuleOps};
+use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, backend_extension};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
@@ -38,8 +38,7 @@ pub trait Conv3x3Backend: Backend {
         stride: usize,
         relu: bool,
     ) -> FloatTensor<Self> {
-        let out = Self::conv2d(x, weight, Some(bias), conv_options(stride));
-        if relu { Self::relu(out) } else { out }
+        burn_conv3x3::<Self>(x, weight, bias, stride, relu)
     }
 
     fn conv3x3_x_backward(
@@ -68,8 +67,7 @@ pub trait Conv3x3Backend: Backend {
         stride: usize,
         relu: bool,
     ) -> FloatTensor<Self> {
-        let out = Self::conv_transpose2d(x, weight, Some(bias), conv_transpose_options(stride));
-        if relu { Self::relu(out) } else { out }
+        burn_conv_transpose3x3::<Self>(x, weight, bias, stride, relu)
     }
 
     fn conv_transpose3x3_x_backward(
@@ -96,12 +94,41 @@ pub trait Conv3x3Backend: Backend {
 
     /// The bias gradient of either layer: `output_grad` summed over batch, height and width.
     fn channel_sum(output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        let channels = output_grad.shape()[1];
-        let summed = Self::float_sum_dim(output_grad, 0);
-        let summed = Self::float_sum_dim(summed, 2);
-        let summed = Self::float_sum_dim(summed, 3);
-        Self::float_reshape(summed, Shape::new([channels]))
+        burn_channel_sum::<Self>(output_grad)
     }
+}
+
+/// [`Conv3x3Backend::conv3x3`] in Burn's generic operations.
+fn burn_conv3x3<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+    stride: usize,
+    relu: bool,
+) -> FloatTensor<B> {
+    let out = B::conv2d(x, weight, Some(bias), conv_options(stride));
+    if relu { B::relu(out) } else { out }
+}
+
+/// [`Conv3x3Backend::conv_transpose3x3`] in Burn's generic operations.
+fn burn_conv_transpose3x3<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+    stride: usize,
+    relu: bool,
+) -> FloatTensor<B> {
+    let out = B::conv_transpose2d(x, weight, Some(bias), conv_transpose_options(stride));
+    if relu { B::relu(out) } else { out }
+}
+
+/// [`Conv3x3Backend::channel_sum`] in Burn's generic operations.
+fn burn_channel_sum<B: Backend>(output_grad: FloatTensor<B>) -> FloatTensor<B> {
+    let channels = output_grad.shape()[1];
+    let summed = B::float_sum_dim(output_grad, 0);
+    let summed = B::float_sum_dim(summed, 2);
+    let summed = B::float_sum_dim(summed, 3);
+    B::float_reshape(summed, Shape::new([channels]))
 }
 
 /// The values of an `f32` Flex tensor, contiguous; `None` for other dtypes.
@@ -166,10 +193,7 @@ impl Conv3x3Backend for Flex {
                 let out = conv3x3::forward(&g, &x, &w, Some(&b), relu);
                 flex_tensor(out, out_shape(&g, true))
             }
-            _ => {
-                let out = Self::conv2d(x, weight, Some(bias), conv_options(stride));
-                if relu { Self::relu(out) } else { out }
-            }
+            _ => burn_conv3x3::<Self>(x, weight, bias, stride, relu),
         }
     }
 
@@ -230,11 +254,7 @@ impl Conv3x3Backend for Flex {
                 }
                 flex_tensor(out, out_shape(&g, false))
             }
-            _ => {
-                let out =
-                    Self::conv_transpose2d(x, weight, Some(bias), conv_transpose_options(stride));
-                if relu { Self::relu(out) } else { out }
-            }
+            _ => burn_conv_transpose3x3::<Self>(x, weight, bias, stride, relu),
         }
     }
 
@@ -284,12 +304,7 @@ impl Conv3x3Backend for Flex {
                 conv3x3::channel_sums(&dy, batch, channels),
                 [channels],
             )),
-            None => {
-                let summed = Self::float_sum_dim(output_grad, 0);
-                let summed = Self::float_sum_dim(summed, 2);
-                let summed = Self::float_sum_dim(summed, 3);
-                Self::float_reshape(summed, Shape::new([channels]))
-            }
+            None => burn_channel_sum::<Self>(output_grad),
         }
     }
 }
