@@ -18,15 +18,20 @@ pub fn available(g: &Conv3x3) -> bool {
     g.stride == 1 && g.image_width >= 16 && cpu_has_avx512()
 }
 
+/// Asked once per process: every convolution call checks it, and reading the environment
+/// takes a global lock.
 fn cpu_has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::env::var_os("CAE_NO_AVX512").is_none() && is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    static HAS_AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS_AVX512.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::env::var_os("CAE_NO_AVX512").is_none() && is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
 }
 
 fn padded_plane(g: &Conv3x3) -> usize {
