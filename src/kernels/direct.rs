@@ -20,7 +20,7 @@ pub fn available(g: &Conv3x3) -> bool {
 
 /// Asked once per process: every convolution call checks it, and reading the environment
 /// takes a global lock.
-fn cpu_has_avx512() -> bool {
+pub(super) fn cpu_has_avx512() -> bool {
     static HAS_AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS_AVX512.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
@@ -34,12 +34,12 @@ fn cpu_has_avx512() -> bool {
     })
 }
 
-fn padded_plane(g: &Conv3x3) -> usize {
+pub(super) fn padded_plane(g: &Conv3x3) -> usize {
     (g.image_height + 2) * (g.image_width + 2)
 }
 
 /// Copies `(channels, H, W)` images into `(channels, H + 2, W + 2)` with zero borders.
-fn pad_images(g: &Conv3x3, images: &[f32], padded: &mut [f32]) {
+pub(super) fn pad_images(g: &Conv3x3, images: &[f32], padded: &mut [f32]) {
     let (h, w) = (g.image_height, g.image_width);
     let wp = w + 2;
     padded.fill(0.0);
@@ -62,8 +62,7 @@ pub fn forward(
         available(g),
         "direct kernels need AVX-512 and stride 1 on maps >= 16 wide"
     );
-    assert_eq!(image.len(), g.batch * g.image_len(), "image size");
-    assert_eq!(weight.len(), g.weight_len(), "weight size");
+    g.check_forward(image, weight);
     let (ci, co) = (g.image_channels, g.feature_channels);
     let blocks = co.div_ceil(CO_BLOCK);
     // packed[((block * ci + c) * 9 + tap) * CO_BLOCK + j] = weight[block * 8 + j, c, tap]
@@ -102,12 +101,7 @@ pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32>
         available(g),
         "direct kernels need AVX-512 and stride 1 on maps >= 16 wide"
     );
-    assert_eq!(image.len(), g.batch * g.image_len(), "image size");
-    assert_eq!(
-        feature_grad.len(),
-        g.batch * g.feature_len(),
-        "feature size"
-    );
+    g.check_weight_grad(image, feature_grad);
     let per_task = g.batch.div_ceil(2 * rayon::current_num_threads()).max(1);
     feature_grad
         .par_chunks(per_task * g.feature_len())

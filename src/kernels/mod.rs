@@ -5,6 +5,7 @@
 //! `CAE_KERNELS=burn` in the environment) they run Burn's own operations. Both paths are
 //! tested against each other and against the PyTorch reference.
 
+pub mod channels_last;
 pub mod conv3x3;
 pub mod direct;
 pub mod extension;
