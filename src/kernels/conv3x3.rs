@@ -322,10 +322,21 @@ pub fn channel_sums(values: &[f32], batch: usize, channels: usize) -> Vec<f32> {
     let positions = values.len() / (batch * channels);
     for item in values.chunks(channels * positions) {
         for (sum, row) in sums.iter_mut().zip(item.chunks(positions)) {
-            *sum += row.iter().sum::<f32>();
+            *sum += lane_sum(row);
         }
     }
     sums
+}
+
+/// Sum of `values` in 16 interleaved partial sums, which the compiler keeps in one vector
+/// register (a plain `iter().sum()` is sequential: bias gradients took 3% of a step).
+fn lane_sum(values: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let mut chunks = values.chunks_exact(16);
+    for chunk in &mut chunks {
+        lanes.iter_mut().zip(chunk).for_each(|(l, v)| *l += v);
+    }
+    lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
 /// Row-major `dst[m, n] (+)= lhs[m, k] * rhs[k, n]`, with `lhs`/`rhs` given as
