@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::conv3x3::{Conv3x3, with_scratch};
 use super::direct::{cpu_has_avx512, pad_images, padded_plane};
+use super::transpose::transpose;
 
 /// Feature channels per vector register.
 const LANES: usize = 16;
@@ -25,6 +26,38 @@ pub fn available(g: &Conv3x3) -> bool {
 /// Whether [`forward`] runs this geometry: [`available`], and stride 1 or 2.
 pub fn forward_available(g: &Conv3x3) -> bool {
     available(g) && matches!(g.stride, 1 | 2)
+}
+
+/// Whether [`adjoint`] runs this geometry: stride 2 and image channels in multiples of 16.
+pub fn adjoint_available(g: &Conv3x3) -> bool {
+    g.stride == 2
+        && g.image_channels.is_multiple_of(LANES)
+        && g.image_channels > 0
+        && cpu_has_avx512()
+}
+
+/// A run of output positions of one image: `count` positions from `out_position`, spaced by
+/// the pass's output stride, reading the padded input from `input_at` onwards through the
+/// tap list `taps`.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    input_at: usize,
+    out_position: usize,
+    count: usize,
+    taps: usize,
+}
+
+/// What one image's pass needs besides its padded input: for every tap list, pairs of (offset
+/// into the padded input, offset of a packed weight row of `channels` values).
+struct Pass {
+    taps: Vec<Vec<(usize, usize)>>,
+    segments: Vec<Segment>,
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+    channels: usize,
+    input_stride: usize,
+    output_stride: usize,
+    relu: bool,
 }
 
 /// The forward pass of [`super::conv3x3::forward`] where [`forward_available`] holds.
@@ -41,51 +74,145 @@ pub fn forward(
     );
     g.check_forward(image, weight);
     let (ci, co) = (g.image_channels, g.feature_channels);
-    // packed[(c * 9 + tap) * co + o] = weight[o, c, tap]
-    let mut packed = vec![0.0f32; g.weight_len()];
+    // weights[(c * 9 + tap) * co + o] = weight[o, c, tap]
+    let mut weights = vec![0.0f32; g.weight_len()];
     for (o, taps) in weight.chunks(ci * 9).enumerate() {
         for (k, &v) in taps.iter().enumerate() {
-            packed[k * co + o] = v;
+            weights[k * co + o] = v;
         }
     }
-    let bias = bias.map_or_else(|| vec![0.0; co], <[f32]>::to_vec);
-    let wp = g.image_width + 2;
-    let offsets: Vec<usize> = (0..ci * 9)
-        .map(|k| k / 9 * padded_plane(g) + k % 9 / 3 * wp + k % 3)
+    let (wp, s) = (g.image_width + 2, g.stride);
+    let taps = (0..ci * 9)
+        .map(|k| (k / 9 * padded_plane(g) + k % 9 / 3 * wp + k % 3, k * co))
         .collect();
+    let fw = g.feature_width();
+    let segments = (0..g.feature_height())
+        .map(|oy| Segment {
+            input_at: oy * s * wp,
+            out_position: oy * fw,
+            count: fw,
+            taps: 0,
+        })
+        .collect();
+    let pass = Pass {
+        taps: vec![taps],
+        segments,
+        weights,
+        bias: bias.map_or_else(|| vec![0.0; co], <[f32]>::to_vec),
+        channels: co,
+        input_stride: s,
+        output_stride: 1,
+        relu,
+    };
     let mut out = vec![0.0f32; g.batch * g.feature_len()];
-    out.par_chunks_mut(g.feature_len())
-        .zip(image.par_chunks(g.image_len()))
-        .for_each(|(out, img)| {
-            with_scratch(
-                [ci * padded_plane(g), g.feature_len(), 0],
-                |padded, out_last, _| {
-                    pad_images(g, img, padded);
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `forward_available` checked AVX-512F; buffers have the sizes read.
-                    unsafe {
-                        avx512::forward_image(g, padded, &packed, &offsets, &bias, relu, out_last)
-                    };
-                    let positions = g.feature_height() * g.feature_width();
-                    for (p, values) in out_last.chunks(co).enumerate() {
-                        for (o, &v) in values.iter().enumerate() {
-                            out[o * positions + p] = v;
-                        }
-                    }
-                },
-            );
-        });
+    run(&pass, g, image, &mut out);
     out
 }
 
-/// `(channels, positions)` to `(positions, channels)`.
-fn to_channels_last(values: &[f32], channels: usize, out: &mut [f32]) {
-    let positions = values.len() / channels;
-    for (c, row) in values.chunks(positions).enumerate() {
-        for (p, &v) in row.iter().enumerate() {
-            out[p * channels + c] = v;
+/// The stride-2 adjoint of [`super::conv3x3::adjoint`] where [`adjoint_available`] holds.
+///
+/// Each image position receives the taps whose parity matches its own: 4, 2, 2 or 1 of the
+/// nine, read from the zero-bordered feature map at consecutive columns for every other image
+/// column, so the four parity classes are four small convolutions.
+pub fn adjoint(g: &Conv3x3, feature: &[f32], weight: &[f32]) -> Vec<f32> {
+    assert!(
+        adjoint_available(g),
+        "the channels-last adjoint needs AVX-512, stride 2 and image channels in multiples of 16"
+    );
+    g.check_adjoint(feature, weight);
+    let (ci, co) = (g.image_channels, g.feature_channels);
+    let (fh, fw) = (g.feature_height(), g.feature_width());
+    let feature_side = Conv3x3 {
+        image_channels: co,
+        image_height: fh,
+        image_width: fw,
+        ..*g
+    };
+    let (fwp, fplane) = (fw + 2, padded_plane(&feature_side));
+    // weights[(o * 9 + tap) * ci + c] = weight[o, c, tap]
+    let mut weights = vec![0.0f32; g.weight_len()];
+    for (o, per_channel) in weight.chunks(ci * 9).enumerate() {
+        for (c, taps) in per_channel.chunks(9).enumerate() {
+            for (tap, &v) in taps.iter().enumerate() {
+                weights[(o * 9 + tap) * ci + c] = v;
+            }
         }
     }
+    // Class (cy, cx) holds the image positions with (y + 1, x + 1) of that parity; tap
+    // (ky, kx) reaches them when ky = cy and kx = cx (mod 2), from feature position
+    // ((y + 1 - ky) / 2, (x + 1 - kx) / 2): `input_at` is the class's position with the
+    // largest shift, and each tap adds back what it shifts less.
+    let class_taps = |cy: usize, cx: usize| -> Vec<(usize, usize)> {
+        let mut list = Vec::new();
+        for o in 0..co {
+            for ky in (cy..3).step_by(2) {
+                for kx in (cx..3).step_by(2) {
+                    let shift = (1 - (ky - cy) / 2) * fwp + (1 - (kx - cx) / 2);
+                    list.push((o * fplane + shift, (o * 9 + ky * 3 + kx) * ci));
+                }
+            }
+        }
+        list
+    };
+    let taps = vec![
+        class_taps(0, 0),
+        class_taps(0, 1),
+        class_taps(1, 0),
+        class_taps(1, 1),
+    ];
+    let (h, w) = (g.image_height, g.image_width);
+    let mut segments = Vec::new();
+    for y in 0..h {
+        let cy = (y + 1) % 2;
+        for cx in 0..2 {
+            let x0 = 1 - cx;
+            if x0 >= w {
+                continue;
+            }
+            segments.push(Segment {
+                input_at: (y + 1 - cy) / 2 * fwp + (x0 + 1 - cx) / 2,
+                out_position: y * w + x0,
+                count: (w - x0).div_ceil(2),
+                taps: cy * 2 + cx,
+            });
+        }
+    }
+    let pass = Pass {
+        taps,
+        segments,
+        weights,
+        bias: vec![0.0; ci],
+        channels: ci,
+        input_stride: 1,
+        output_stride: 2,
+        relu: false,
+    };
+    let mut image = vec![0.0f32; g.batch * g.image_len()];
+    run(&pass, &feature_side, feature, &mut image);
+    image
+}
+
+/// Runs `pass` on every image of `input` (pads it with `input_geometry`), transposing each
+/// channels-last result into `out`'s `(channels, positions)`.
+fn run(pass: &Pass, input_geometry: &Conv3x3, input: &[f32], out: &mut [f32]) {
+    let g = input_geometry;
+    let per_input = g.image_len();
+    let per_output = out.len() / g.batch;
+    let padded_len = g.image_channels * padded_plane(g);
+    out.par_chunks_mut(per_output)
+        .zip(input.par_chunks(per_input))
+        .for_each(|(out, input)| {
+            with_scratch([padded_len, per_output, 0], |padded, out_last, _| {
+                pad_images(g, input, padded);
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: callers checked AVX-512F; every tap offset stays inside the padded
+                // input and every segment inside `out_last`.
+                unsafe {
+                    avx512::run_image(pass, padded, out_last)
+                };
+                transpose(out_last, per_output / pass.channels, pass.channels, out);
+            });
+        });
 }
 
 /// The weight gradient of [`super::conv3x3::weight_grad`] where [`available`] holds.
@@ -110,7 +237,7 @@ pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32>
                     .zip(grads.chunks(g.feature_len()))
                 {
                     pad_images(g, img, padded);
-                    to_channels_last(grad, co, grad_last);
+                    transpose(grad, co, g.feature_len() / co, grad_last);
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: `available` checked AVX-512F; buffers have the sizes read.
                     unsafe {
@@ -138,121 +265,111 @@ pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32>
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Conv3x3, LANES, padded_plane};
+    use super::{Conv3x3, LANES, Pass, Segment, padded_plane};
 
-    /// One image: `out_last (positions, co)` from its padded input `(ci, H + 2, W + 2)`, the
-    /// weight packed as `(ci, 3, 3, co)` and each tap's offset into the padded input.
+    /// One image: every segment of `pass` into `out_last (positions, channels)` from the
+    /// padded input.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn forward_image(
-        g: &Conv3x3,
-        padded: &[f32],
-        packed: &[f32],
-        offsets: &[usize],
-        bias: &[f32],
-        relu: bool,
-        out_last: &mut [f32],
-    ) {
-        let vectors = g.feature_channels / LANES;
-        let args = (g, padded, packed, offsets, bias, relu);
+    pub unsafe fn run_image(pass: &Pass, padded: &[f32], out_last: &mut [f32]) {
+        let vectors = pass.channels / LANES;
+        let strides = (pass.input_stride, pass.output_stride);
         let mut v = 0;
         while v < vectors {
             let left = vectors - v;
-            unsafe {
-                match (left >= 4, left >= 2, g.stride) {
-                    (true, _, 1) => forward_row::<4, 4, 1>(args, out_last, v),
-                    (true, _, _) => forward_row::<4, 4, 2>(args, out_last, v),
-                    (false, true, 1) => forward_row::<8, 2, 1>(args, out_last, v),
-                    (false, true, _) => forward_row::<8, 2, 2>(args, out_last, v),
-                    (false, false, 1) => forward_row::<16, 1, 1>(args, out_last, v),
-                    (false, false, _) => forward_row::<16, 1, 2>(args, out_last, v),
+            for segment in &pass.segments {
+                let at = (padded, out_last.as_mut_ptr(), segment, v);
+                // Positions per tile times vectors per tile: 16 sums in registers.
+                unsafe {
+                    match (vectors_per_tile(left), strides) {
+                        (4, (1, 1)) => segment_tiles::<4, 4, 1, 1>(pass, at),
+                        (4, (2, 1)) => segment_tiles::<4, 4, 2, 1>(pass, at),
+                        (4, _) => segment_tiles::<4, 4, 1, 2>(pass, at),
+                        (2, (1, 1)) => segment_tiles::<8, 2, 1, 1>(pass, at),
+                        (2, (2, 1)) => segment_tiles::<8, 2, 2, 1>(pass, at),
+                        (2, _) => segment_tiles::<8, 2, 1, 2>(pass, at),
+                        (_, (1, 1)) => segment_tiles::<16, 1, 1, 1>(pass, at),
+                        (_, (2, 1)) => segment_tiles::<16, 1, 2, 1>(pass, at),
+                        (_, _) => segment_tiles::<16, 1, 1, 2>(pass, at),
+                    }
                 }
             }
-            v += if left >= 4 {
-                4
-            } else if left >= 2 {
-                2
-            } else {
-                1
-            };
+            v += vectors_per_tile(left);
         }
     }
 
-    type ForwardArgs<'a> = (
-        &'a Conv3x3,
-        &'a [f32],
-        &'a [f32],
-        &'a [usize],
-        &'a [f32],
-        bool,
-    );
-
-    /// Every output row in blocks of `P` positions, then the row's remainder one at a time.
-    #[inline(always)]
-    unsafe fn forward_row<const P: usize, const V: usize, const S: usize>(
-        args: ForwardArgs,
-        out_last: &mut [f32],
-        v0: usize,
-    ) {
-        let (fh, fw) = (args.0.feature_height(), args.0.feature_width());
-        for oy in 0..fh {
-            let mut ox = 0;
-            while ox + P <= fw {
-                unsafe { forward_tile::<P, V, S>(args, out_last, v0, oy, ox) };
-                ox += P;
-            }
-            while ox < fw {
-                unsafe { forward_tile::<1, V, S>(args, out_last, v0, oy, ox) };
-                ox += 1;
-            }
+    fn vectors_per_tile(left: usize) -> usize {
+        match left {
+            1 => 1,
+            2 | 3 => 2,
+            _ => 4,
         }
     }
 
-    /// `P` consecutive positions of row `oy` from column `ox`, times `V` vectors of feature
-    /// channels from vector `v0`, summed over every tap in registers.
+    type At<'a> = (&'a [f32], *mut f32, &'a Segment, usize);
+
+    /// One segment in blocks of `P` positions, then its remainder one at a time.
     #[inline(always)]
-    unsafe fn forward_tile<const P: usize, const V: usize, const S: usize>(
-        (g, padded, packed, offsets, bias, relu): ForwardArgs,
-        out_last: &mut [f32],
-        v0: usize,
-        oy: usize,
-        ox: usize,
+    unsafe fn segment_tiles<const P: usize, const V: usize, const SI: usize, const SO: usize>(
+        pass: &Pass,
+        (padded, out_last, segment, v0): At,
     ) {
-        // SAFETY: only called from `#[target_feature(enable = "avx512f")]` functions, with
-        // buffers of the sizes the geometry implies.
+        let mut i = 0;
+        while i + P <= segment.count {
+            unsafe { tile::<P, V, SI, SO>(pass, padded, out_last, segment, v0, i) };
+            i += P;
+        }
+        while i < segment.count {
+            unsafe { tile::<1, V, SI, SO>(pass, padded, out_last, segment, v0, i) };
+            i += 1;
+        }
+    }
+
+    /// Positions `i..i + P` of `segment` times `V` vectors of channels from vector `v0`,
+    /// summed over the segment's taps in registers.
+    #[inline(always)]
+    unsafe fn tile<const P: usize, const V: usize, const SI: usize, const SO: usize>(
+        pass: &Pass,
+        padded: &[f32],
+        out_last: *mut f32,
+        segment: &Segment,
+        v0: usize,
+        i: usize,
+    ) {
+        // SAFETY: only called from `#[target_feature(enable = "avx512f")]` functions; the
+        // pass's offsets were built for the padded input and output it is given.
         unsafe {
-            let co = g.feature_channels;
-            let wp = g.image_width + 2;
-            let x = padded.as_ptr().add(oy * S * wp + ox * S);
-            let w = packed.as_ptr().add(v0 * LANES);
+            let c = pass.channels;
+            let x = padded.as_ptr().add(segment.input_at + i * SI);
+            let w = pass.weights.as_ptr().add(v0 * LANES);
             let mut acc = [[_mm512_setzero_ps(); V]; P];
             for j in 0..V {
-                let b = _mm512_loadu_ps(bias.as_ptr().add((v0 + j) * LANES));
+                let b = _mm512_loadu_ps(pass.bias.as_ptr().add((v0 + j) * LANES));
                 for acc in acc.iter_mut() {
                     acc[j] = b;
                 }
             }
-            for (k, &offset) in offsets.iter().enumerate() {
+            for &(offset, row) in &pass.taps[segment.taps] {
                 let mut wv = [_mm512_setzero_ps(); V];
                 for (j, wv) in wv.iter_mut().enumerate() {
-                    *wv = _mm512_loadu_ps(w.add(k * co + j * LANES));
+                    *wv = _mm512_loadu_ps(w.add(row + j * LANES));
                 }
                 for (b, acc) in acc.iter_mut().enumerate() {
-                    let xb = _mm512_set1_ps(*x.add(offset + b * S));
+                    let xb = _mm512_set1_ps(*x.add(offset + b * SI));
                     for j in 0..V {
                         acc[j] = _mm512_fmadd_ps(xb, wv[j], acc[j]);
                     }
                 }
             }
             let zero = _mm512_setzero_ps();
-            let p0 = oy * g.feature_width() + ox;
+            let p0 = segment.out_position + i * SO;
             for (b, acc) in acc.iter().enumerate() {
                 for (j, &value) in acc.iter().enumerate() {
-                    let value = if relu {
+                    let value = if pass.relu {
                         _mm512_max_ps(value, zero)
                     } else {
                         value
                     };
-                    let dst = out_last.as_mut_ptr().add((p0 + b) * co + (v0 + j) * LANES);
+                    let dst = out_last.add((p0 + b * SO) * c + (v0 + j) * LANES);
                     _mm512_storeu_ps(dst, value);
                 }
             }

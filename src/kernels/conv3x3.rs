@@ -76,6 +76,16 @@ impl Conv3x3 {
         assert_eq!(weight.len(), self.weight_len(), "weight size");
     }
 
+    /// Panics unless `feature` and `weight` have this geometry's sizes.
+    pub(super) fn check_adjoint(&self, feature: &[f32], weight: &[f32]) {
+        assert_eq!(
+            feature.len(),
+            self.batch * self.feature_len(),
+            "feature size"
+        );
+        assert_eq!(weight.len(), self.weight_len(), "weight size");
+    }
+
     /// Panics unless `image` and `feature_grad` have this geometry's sizes.
     pub(super) fn check_weight_grad(&self, image: &[f32], feature_grad: &[f32]) {
         assert_eq!(image.len(), self.batch * self.image_len(), "image size");
@@ -176,8 +186,7 @@ pub fn forward_im2col(
 /// feature maps. This is a convolution's input gradient and a transposed convolution's output.
 pub fn adjoint(geometry: &Conv3x3, feature: &[f32], weight: &[f32]) -> Vec<f32> {
     let g = *geometry;
-    assert_eq!(feature.len(), g.batch * g.feature_len(), "feature size");
-    assert_eq!(weight.len(), g.weight_len(), "weight size");
+    g.check_adjoint(feature, weight);
     let swapped = Conv3x3 {
         image_channels: g.feature_channels,
         feature_channels: g.image_channels,
@@ -189,6 +198,16 @@ pub fn adjoint(geometry: &Conv3x3, feature: &[f32], weight: &[f32]) -> Vec<f32> 
     if g.stride == 1 && (direct::available(&swapped) || g.image_channels >= 16) {
         return forward(&swapped, feature, &flipped(&g, weight), None, false);
     }
+    if channels_last::adjoint_available(&g) {
+        return channels_last::adjoint(&g, feature, weight);
+    }
+    adjoint_col2im(&g, feature, weight)
+}
+
+/// [`adjoint`] as one matrix product per group of images and col2im: any CPU, any geometry.
+pub fn adjoint_col2im(geometry: &Conv3x3, feature: &[f32], weight: &[f32]) -> Vec<f32> {
+    let g = *geometry;
+    g.check_adjoint(feature, weight);
     let (k, p) = (g.patch_len(), g.positions());
     let per_task = g.images_per_task();
     let mut image = vec![0.0f32; g.batch * g.image_len()];
@@ -549,6 +568,8 @@ mod tests {
                 (3, 16, 2),
                 (17, 32, 3),
                 (9, 64, 2),
+                (16, 8, 2),
+                (32, 16, 1),
             ] {
                 all.push(Conv3x3 {
                     batch,
@@ -576,7 +597,7 @@ mod tests {
             for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
                 let expected = s + f64::from(bias[(i / positions) % g.feature_channels]);
                 assert!(
-                    (f64::from(*f) - expected).abs() < 1e-5,
+                    (f64::from(*f) - expected).abs() < 1e-5 * (1.0 + expected.abs()),
                     "{g:?} at {i}: {f} vs {expected}"
                 );
             }
@@ -592,7 +613,10 @@ mod tests {
             let weight = random(&mut rng, g.weight_len());
             let feature = random(&mut rng, g.batch * g.feature_len());
             let lhs = dot(&forward(&g, &image, &weight, None, false), &feature);
-            let rhs = dot(&image, &adjoint(&g, &feature, &weight));
+            let back = adjoint(&g, &feature, &weight);
+            let worst = worst_difference(&back, &adjoint_col2im(&g, &feature, &weight));
+            assert!(worst < 1e-4, "{g:?} adjoint vs col2im: {worst}");
+            let rhs = dot(&image, &back);
             assert!(
                 (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
                 "{g:?}: {lhs} vs {rhs}"

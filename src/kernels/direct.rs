@@ -10,8 +10,11 @@ use rayon::prelude::*;
 
 use super::conv3x3::{Conv3x3, with_scratch};
 
-/// Output channels per block of the forward kernel (two position vectors each).
+/// Output channels per block of the forward kernel (two position vectors each); layers with
+/// at most [`SMALL_CO_BLOCK`] output channels use blocks of that many (four positions each), so
+/// that a 3-channel output does not compute five unused channels.
 const CO_BLOCK: usize = 8;
+const SMALL_CO_BLOCK: usize = 4;
 
 /// Whether this CPU runs the direct kernels and the geometry suits them.
 pub fn available(g: &Conv3x3) -> bool {
@@ -69,15 +72,20 @@ pub fn forward(
     );
     g.check_forward(image, weight);
     let (ci, co) = (g.image_channels, g.feature_channels);
-    let blocks = co.div_ceil(CO_BLOCK);
-    // packed[((block * ci + c) * 9 + tap) * CO_BLOCK + j] = weight[block * 8 + j, c, tap]
-    let mut packed = vec![0.0f32; blocks * ci * 9 * CO_BLOCK];
-    let mut bias_padded = vec![0.0f32; blocks * CO_BLOCK];
+    let block_len = if co <= SMALL_CO_BLOCK {
+        SMALL_CO_BLOCK
+    } else {
+        CO_BLOCK
+    };
+    let blocks = co.div_ceil(block_len);
+    // packed[((block * ci + c) * 9 + tap) * block_len + j] = weight[block * block_len + j, c, tap]
+    let mut packed = vec![0.0f32; blocks * ci * 9 * block_len];
+    let mut bias_padded = vec![0.0f32; blocks * block_len];
     for o in 0..co {
-        let (block, j) = (o / CO_BLOCK, o % CO_BLOCK);
+        let (block, j) = (o / block_len, o % block_len);
         for c in 0..ci {
             for tap in 0..9 {
-                packed[((block * ci + c) * 9 + tap) * CO_BLOCK + j] =
+                packed[((block * ci + c) * 9 + tap) * block_len + j] =
                     weight[(o * ci + c) * 9 + tap];
             }
         }
@@ -92,7 +100,25 @@ pub fn forward(
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `available` checked AVX-512F; buffers have the sizes the kernel reads.
                 unsafe {
-                    avx512::forward_image(g, padded, &packed, &bias_padded, relu, out)
+                    if block_len == SMALL_CO_BLOCK {
+                        avx512::forward_image::<SMALL_CO_BLOCK, 4>(
+                            g,
+                            padded,
+                            &packed,
+                            &bias_padded,
+                            relu,
+                            out,
+                        )
+                    } else {
+                        avx512::forward_image::<CO_BLOCK, 2>(
+                            g,
+                            padded,
+                            &packed,
+                            &bias_padded,
+                            relu,
+                            out,
+                        )
+                    }
                 };
             });
         });
@@ -136,7 +162,7 @@ pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32>
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{CO_BLOCK, Conv3x3, padded_plane};
+    use super::{Conv3x3, padded_plane};
 
     /// Lanes of the 16-wide chunk starting at column `x0` that lie inside a row of `w`.
     fn mask(w: usize, x0: usize) -> __mmask16 {
@@ -148,9 +174,11 @@ mod avx512 {
         }
     }
 
-    /// One image: `out (co, H, W)` from its padded input `(ci, H + 2, W + 2)`.
+    /// One image: `out (co, H, W)` from its padded input `(ci, H + 2, W + 2)`, with the weight
+    /// packed in blocks of `B` output channels. `NP` 16-column positions share each weight
+    /// broadcast; with few output channels, more positions keep enough sums in flight.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn forward_image(
+    pub unsafe fn forward_image<const B: usize, const NP: usize>(
         g: &Conv3x3,
         padded: &[f32],
         packed: &[f32],
@@ -167,60 +195,55 @@ mod avx512 {
         let (wp, plane) = (w + 2, padded_plane(g));
         let chunks = w.div_ceil(16);
         let positions = h * chunks;
-        let at = |t: usize| (t / chunks, (t % chunks) * 16);
         let src = padded.as_ptr();
         let zero = _mm512_setzero_ps();
-        for block in 0..co.div_ceil(CO_BLOCK) {
-            let weights = packed[block * ci * 9 * CO_BLOCK..].as_ptr();
+        for block in 0..co.div_ceil(B) {
+            let weights = packed[block * ci * 9 * B..].as_ptr();
             let mut t = 0;
             while t < positions {
-                let (y0, x0) = at(t);
-                let m0 = mask(w, x0);
-                // A lone last position repeats the first with an empty mask.
-                let (y1, x1, m1) = if t + 1 < positions {
-                    let (y1, x1) = at(t + 1);
-                    (y1, x1, mask(w, x1))
-                } else {
-                    (y0, x0, 0)
-                };
-                let mut acc0 = [zero; CO_BLOCK];
-                let mut acc1 = [zero; CO_BLOCK];
+                // Positions past the end repeat the last one with an empty mask.
+                let mut at = [(0usize, 0usize, 0 as __mmask16); NP];
+                for (i, at) in at.iter_mut().enumerate() {
+                    let u = (t + i).min(positions - 1);
+                    let (y, x) = (u / chunks, (u % chunks) * 16);
+                    *at = (y, x, if t + i < positions { mask(w, x) } else { 0 });
+                }
+                let mut acc = [[zero; B]; NP];
                 for c in 0..ci {
                     let base = c * plane;
                     for tap in 0..9 {
                         let (ky, kx) = (tap / 3, tap % 3);
-                        let v0 = unsafe {
-                            _mm512_maskz_loadu_ps(m0, src.add(base + (y0 + ky) * wp + x0 + kx))
-                        };
-                        let v1 = unsafe {
-                            _mm512_maskz_loadu_ps(m1, src.add(base + (y1 + ky) * wp + x1 + kx))
-                        };
-                        let wt = unsafe { weights.add((c * 9 + tap) * CO_BLOCK) };
-                        for j in 0..CO_BLOCK {
+                        let mut v = [zero; NP];
+                        for (v, &(y, x, m)) in v.iter_mut().zip(&at) {
+                            *v = unsafe {
+                                _mm512_maskz_loadu_ps(m, src.add(base + (y + ky) * wp + x + kx))
+                            };
+                        }
+                        let wt = unsafe { weights.add((c * 9 + tap) * B) };
+                        for j in 0..B {
                             let wj = _mm512_set1_ps(unsafe { *wt.add(j) });
-                            acc0[j] = _mm512_fmadd_ps(wj, v0, acc0[j]);
-                            acc1[j] = _mm512_fmadd_ps(wj, v1, acc1[j]);
+                            for (acc, v) in acc.iter_mut().zip(&v) {
+                                acc[j] = _mm512_fmadd_ps(wj, *v, acc[j]);
+                            }
                         }
                     }
                 }
-                for j in 0..CO_BLOCK {
-                    let o = block * CO_BLOCK + j;
+                for j in 0..B {
+                    let o = block * B + j;
                     if o >= co {
                         break;
                     }
                     let b = _mm512_set1_ps(bias[o]);
-                    let (mut r0, mut r1) = (_mm512_add_ps(acc0[j], b), _mm512_add_ps(acc1[j], b));
-                    if relu {
-                        r0 = _mm512_max_ps(r0, zero);
-                        r1 = _mm512_max_ps(r1, zero);
-                    }
-                    let dst = out.as_mut_ptr();
-                    unsafe {
-                        _mm512_mask_storeu_ps(dst.add(o * h * w + y0 * w + x0), m0, r0);
-                        _mm512_mask_storeu_ps(dst.add(o * h * w + y1 * w + x1), m1, r1);
+                    for (acc, &(y, x, m)) in acc.iter().zip(&at) {
+                        let mut r = _mm512_add_ps(acc[j], b);
+                        if relu {
+                            r = _mm512_max_ps(r, zero);
+                        }
+                        let dst = out.as_mut_ptr();
+                        unsafe { _mm512_mask_storeu_ps(dst.add(o * h * w + y * w + x), m, r) };
                     }
                 }
-                t += 2;
+                t += NP;
             }
         }
     }

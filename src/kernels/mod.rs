@@ -9,6 +9,7 @@ pub mod channels_last;
 pub mod conv3x3;
 pub mod direct;
 pub mod extension;
+pub mod transpose;
 
 use std::sync::OnceLock;
 
