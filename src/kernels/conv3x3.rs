@@ -347,6 +347,48 @@ pub fn channel_sums(values: &[f32], batch: usize, channels: usize) -> Vec<f32> {
     sums
 }
 
+/// The gradient `grad (batch, channels, positions)` kept where `relu_output` is positive or
+/// NaN and zeroed elsewhere, and its [`channel_sums`], in one parallel pass.
+pub fn relu_backward_and_channel_sums(
+    relu_output: &[f32],
+    grad: &[f32],
+    batch: usize,
+    channels: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    assert_eq!(
+        relu_output.len(),
+        grad.len(),
+        "ReLU output and gradient sizes"
+    );
+    let mut gated = vec![0.0f32; grad.len()];
+    if batch == 0 || channels == 0 || grad.is_empty() {
+        return (gated, vec![0.0; channels]);
+    }
+    let per_item = grad.len() / batch;
+    let positions = per_item / channels;
+    let sums = gated
+        .par_chunks_mut(per_item)
+        .zip(
+            relu_output
+                .par_chunks(per_item)
+                .zip(grad.par_chunks(per_item)),
+        )
+        .map(|(gated, (output, grad))| {
+            for ((g, &o), &d) in gated.iter_mut().zip(output).zip(grad) {
+                *g = if o.is_nan() || o > 0.0 { d } else { 0.0 };
+            }
+            gated.chunks(positions).map(lane_sum).collect::<Vec<f32>>()
+        })
+        .reduce(
+            || vec![0.0; channels],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    (gated, sums)
+}
+
 /// Sum of `values` in 16 interleaved partial sums, which the compiler keeps in one vector
 /// register (a plain `iter().sum()` is sequential: bias gradients took 3% of a step).
 fn lane_sum(values: &[f32]) -> f32 {

@@ -96,6 +96,15 @@ pub trait Conv3x3Backend: Backend {
     fn channel_sum(output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
         burn_channel_sum::<Self>(output_grad)
     }
+
+    /// The gradient through a ReLU whose output was `relu_output` (kept where the output is
+    /// positive or NaN, as Burn's `relu_backward`), and its [`Self::channel_sum`].
+    fn relu_backward_and_channel_sum(
+        relu_output: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        burn_relu_backward_and_channel_sum::<Self>(relu_output, output_grad)
+    }
 }
 
 /// [`Conv3x3Backend::conv3x3`] in Burn's generic operations.
@@ -129,6 +138,16 @@ fn burn_channel_sum<B: Backend>(output_grad: FloatTensor<B>) -> FloatTensor<B> {
     let summed = B::float_sum_dim(summed, 2);
     let summed = B::float_sum_dim(summed, 3);
     B::float_reshape(summed, Shape::new([channels]))
+}
+
+/// [`Conv3x3Backend::relu_backward_and_channel_sum`] in Burn's generic operations.
+fn burn_relu_backward_and_channel_sum<B: Backend>(
+    relu_output: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let grad = B::relu_backward(relu_output, output_grad);
+    let sum = burn_channel_sum::<B>(grad.clone());
+    (grad, sum)
 }
 
 /// The values of an `f32` Flex tensor, contiguous; `None` for other dtypes.
@@ -297,6 +316,23 @@ impl Conv3x3Backend for Flex {
         }
     }
 
+    /// One pass instead of Burn's mask and then the sum.
+    fn relu_backward_and_channel_sum(
+        relu_output: FlexTensor,
+        output_grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        let shape = dims4(&output_grad);
+        match (values(&relu_output), values(&output_grad)) {
+            (Some(out), Some(dy)) if out.len() == dy.len() => {
+                let (grad, sums) =
+                    conv3x3::relu_backward_and_channel_sums(&out, &dy, shape[0], shape[1]);
+                let sums = FlexTensor::from_data(TensorData::new(sums, [shape[1]]));
+                (flex_tensor(grad, shape), sums)
+            }
+            _ => burn_relu_backward_and_channel_sum::<Self>(relu_output, output_grad),
+        }
+    }
+
     fn channel_sum(output_grad: FlexTensor) -> FlexTensor {
         let [batch, channels, ..] = dims4(&output_grad);
         match values(&output_grad) {
@@ -378,14 +414,18 @@ impl<B: Conv3x3Backend> Backward<B, 3> for Layer3x3Step {
         let [node_x, node_weight, node_bias] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         let (x_state, weight_state, layer, stride, relu_output) = ops.state;
-        let grad = match relu_output {
-            Some(output) => B::relu_backward(output, grad),
-            None => grad,
+        let (grad, bias_grad) = match relu_output {
+            Some(output) => {
+                let (grad, sum) = B::relu_backward_and_channel_sum(output, grad);
+                (grad, Some(sum))
+            }
+            None => (grad, None),
         };
         let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
         let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight_state);
         if let Some(node) = node_bias {
-            grads.register::<B>(node.id, B::channel_sum(grad.clone()));
+            let sum = bias_grad.unwrap_or_else(|| B::channel_sum(grad.clone()));
+            grads.register::<B>(node.id, sum);
         }
         if let Some(node) = node_weight {
             let dw = layer.weight_grad::<B>(x.clone(), weight.clone(), grad.clone(), stride);
