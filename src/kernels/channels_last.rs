@@ -11,9 +11,11 @@
 
 use rayon::prelude::*;
 
-use super::conv3x3::{Conv3x3, with_scratch};
+use std::mem::MaybeUninit;
+
+use super::conv3x3::{Conv3x3, with_scratch, written};
 use super::direct::{cpu_has_avx512, pad_images, padded_plane};
-use super::transpose::transpose;
+use super::transpose::{as_uninit, transpose};
 
 /// Feature channels per vector register.
 const LANES: usize = 16;
@@ -104,9 +106,8 @@ pub fn forward(
         output_stride: 1,
         relu,
     };
-    let mut out = vec![0.0f32; g.batch * g.feature_len()];
-    run(&pass, g, image, &mut out);
-    out
+    // SAFETY: `run` writes every position of every channel of every image.
+    unsafe { written(g.batch * g.feature_len(), |out| run(&pass, g, image, out)) }
 }
 
 /// The stride-2 adjoint of [`super::conv3x3::adjoint`] where [`adjoint_available`] holds.
@@ -187,14 +188,17 @@ pub fn adjoint(g: &Conv3x3, feature: &[f32], weight: &[f32]) -> Vec<f32> {
         output_stride: 2,
         relu: false,
     };
-    let mut image = vec![0.0f32; g.batch * g.image_len()];
-    run(&pass, &feature_side, feature, &mut image);
-    image
+    // SAFETY: `run` writes every position of every channel of every image.
+    unsafe {
+        written(g.batch * g.image_len(), |out| {
+            run(&pass, &feature_side, feature, out)
+        })
+    }
 }
 
 /// Runs `pass` on every image of `input` (pads it with `input_geometry`), transposing each
 /// channels-last result into `out`'s `(channels, positions)`.
-fn run(pass: &Pass, input_geometry: &Conv3x3, input: &[f32], out: &mut [f32]) {
+fn run(pass: &Pass, input_geometry: &Conv3x3, input: &[f32], out: &mut [MaybeUninit<f32>]) {
     let g = input_geometry;
     let per_input = g.image_len();
     let per_output = out.len() / g.batch;
@@ -237,7 +241,7 @@ pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32>
                     .zip(grads.chunks(g.feature_len()))
                 {
                     pad_images(g, img, padded);
-                    transpose(grad, co, g.feature_len() / co, grad_last);
+                    transpose(grad, co, g.feature_len() / co, as_uninit(grad_last));
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: `available` checked AVX-512F; buffers have the sizes read.
                     unsafe {

@@ -8,7 +8,9 @@
 
 use rayon::prelude::*;
 
-use super::conv3x3::{Conv3x3, with_scratch};
+use std::mem::MaybeUninit;
+
+use super::conv3x3::{Conv3x3, with_scratch, written};
 
 /// Output channels per block of the forward kernel (two position vectors each); layers with
 /// at most [`SMALL_CO_BLOCK`] output channels use blocks of that many (four positions each), so
@@ -91,7 +93,23 @@ pub fn forward(
         }
         bias_padded[o] = bias.map_or(0.0, |b| b[o]);
     }
-    let mut out = vec![0.0f32; g.batch * g.feature_len()];
+    // SAFETY: the kernel stores every position of every channel of every image.
+    unsafe {
+        written(g.batch * g.feature_len(), |out| {
+            forward_images(g, image, (&packed, &bias_padded, block_len), relu, out)
+        })
+    }
+}
+
+/// Runs the forward kernel on every image of the batch into `out`.
+fn forward_images(
+    g: &Conv3x3,
+    image: &[f32],
+    (packed, bias_padded, block_len): (&[f32], &[f32], usize),
+    relu: bool,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let ci = g.image_channels;
     out.par_chunks_mut(g.feature_len())
         .zip(image.par_chunks(g.image_len()))
         .for_each(|(out, img)| {
@@ -104,8 +122,8 @@ pub fn forward(
                         avx512::forward_image::<SMALL_CO_BLOCK, 4>(
                             g,
                             padded,
-                            &packed,
-                            &bias_padded,
+                            packed,
+                            bias_padded,
                             relu,
                             out,
                         )
@@ -113,8 +131,8 @@ pub fn forward(
                         avx512::forward_image::<CO_BLOCK, 2>(
                             g,
                             padded,
-                            &packed,
-                            &bias_padded,
+                            packed,
+                            bias_padded,
                             relu,
                             out,
                         )
@@ -122,7 +140,6 @@ pub fn forward(
                 };
             });
         });
-    out
 }
 
 /// The weight gradient of [`super::conv3x3::weight_grad`] for geometries where [`available`]
@@ -162,6 +179,8 @@ pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32>
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use std::mem::MaybeUninit;
+
     use super::{Conv3x3, padded_plane};
 
     /// Lanes of the 16-wide chunk starting at column `x0` that lie inside a row of `w`.
@@ -184,7 +203,7 @@ mod avx512 {
         packed: &[f32],
         bias: &[f32],
         relu: bool,
-        out: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
     ) {
         let (h, w, ci, co) = (
             g.image_height,
@@ -239,7 +258,7 @@ mod avx512 {
                         if relu {
                             r = _mm512_max_ps(r, zero);
                         }
-                        let dst = out.as_mut_ptr();
+                        let dst = out.as_mut_ptr().cast::<f32>();
                         unsafe { _mm512_mask_storeu_ps(dst.add(o * h * w + y * w + x), m, r) };
                     }
                 }

@@ -5,10 +5,13 @@
 //! channels-first side is strided by exactly 4 KiB, so every store fell into the same cache
 //! set. Here 16x16 blocks are transposed in AVX-512 registers and written a row at a time.
 
+use std::mem::MaybeUninit;
+
 use super::direct::cpu_has_avx512;
 
-/// `dst[c * rows + r] = src[r * cols + c]` for a row-major `(rows, cols)` matrix `src`.
-pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+/// `dst[c * rows + r] = src[r * cols + c]` for a row-major `(rows, cols)` matrix `src`;
+/// every element of `dst` is written.
+pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [MaybeUninit<f32>]) {
     assert_eq!(src.len(), rows * cols, "transpose source size");
     assert_eq!(dst.len(), rows * cols, "transpose destination size");
     let (full_rows, full_cols) = (rows / 16 * 16, cols / 16 * 16);
@@ -29,16 +32,22 @@ pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     scalar(src, (rows, cols), dst, (full_rows..rows, 0..full_cols));
 }
 
+/// An initialized buffer seen as one to overwrite.
+pub fn as_uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; only initialized `f32` values are ever written through it.
+    unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
 /// The rows and columns given of `src`, one element at a time.
 fn scalar(
     src: &[f32],
     (rows, cols): (usize, usize),
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
     (row_range, col_range): (std::ops::Range<usize>, std::ops::Range<usize>),
 ) {
     for r in row_range {
         for c in col_range.clone() {
-            dst[c * rows + r] = src[r * cols + c];
+            dst[c * rows + r].write(src[r * cols + c]);
         }
     }
 }
@@ -46,6 +55,7 @@ fn scalar(
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     /// The 16x16 block of `src` (row stride `cols`) at `(r, c)` into `dst` (row stride `rows`)
     /// at `(c, r)`: 16 loads, 64 shuffles, 16 stores.
@@ -53,7 +63,7 @@ mod avx512 {
     pub unsafe fn block16(
         src: &[f32],
         cols: usize,
-        dst: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
         rows: usize,
         r: usize,
         c: usize,
@@ -97,7 +107,7 @@ mod avx512 {
                 a[i + 12] = _mm512_shuffle_f32x4::<0xdd>(t[i + 4], t[i + 12]);
             }
             for (j, a) in a.iter().enumerate() {
-                _mm512_storeu_ps(dst.as_mut_ptr().add((c + j) * rows + r), *a);
+                _mm512_storeu_ps(dst.as_mut_ptr().cast::<f32>().add((c + j) * rows + r), *a);
             }
         }
     }
@@ -120,7 +130,7 @@ mod tests {
         ] {
             let src: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
             let mut dst = vec![-1.0f32; rows * cols];
-            transpose(&src, rows, cols, &mut dst);
+            transpose(&src, rows, cols, as_uninit(&mut dst));
             for r in 0..rows {
                 for c in 0..cols {
                     assert_eq!(
