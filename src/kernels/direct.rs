@@ -44,20 +44,37 @@ pub(super) fn padded_plane(g: &Conv3x3) -> usize {
 }
 
 /// Copies `(channels, H, W)` images into `(channels, H + 2, W + 2)` with zero borders. Only
-/// the border is zeroed: the whole-buffer fill cost as much as the copy.
+/// the border is zeroed: the whole-buffer fill cost as much as the copy. With AVX-512 the rows
+/// are copied in masked vectors: a `memcpy` call per row was a tenth of a training step.
 pub(super) fn pad_images(g: &Conv3x3, images: &[f32], padded: &mut [f32]) {
     let (h, w) = (g.image_height, g.image_width);
     let wp = w + 2;
+    assert!(
+        images.len() / (h * w) * padded_plane(g) <= padded.len(),
+        "padded buffer size"
+    );
     for (src, dst) in images.chunks(h * w).zip(padded.chunks_mut(padded_plane(g))) {
         dst[..wp + 1].fill(0.0);
         for (y, row) in src.chunks(w).enumerate() {
             let line = &mut dst[(y + 1) * wp + 1..][..wp];
-            line[..w].copy_from_slice(row);
+            copy_row(row, &mut line[..w]);
             // The right border of this row and the left border of the next.
             line[w..].fill(0.0);
         }
         dst[(h + 1) * wp + 1..].fill(0.0);
     }
+}
+
+/// `dst.copy_from_slice(src)`, inlined for the short rows of a feature map.
+fn copy_row(src: &[f32], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "row lengths");
+    #[cfg(target_arch = "x86_64")]
+    if cpu_has_avx512() {
+        // SAFETY: AVX-512F checked; both slices hold `src.len()` values.
+        unsafe { avx512::copy_row(src, dst) };
+        return;
+    }
+    dst.copy_from_slice(src);
 }
 
 /// The forward pass of [`super::conv3x3::forward`] for geometries where [`available`] holds.
@@ -182,6 +199,19 @@ mod avx512 {
     use std::mem::MaybeUninit;
 
     use super::{Conv3x3, padded_plane};
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn copy_row(src: &[f32], dst: &mut [f32]) {
+        let w = src.len();
+        for x0 in (0..w).step_by(16) {
+            let m = mask(w, x0);
+            // SAFETY: the mask keeps both accesses inside the slices.
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(m, src.as_ptr().add(x0));
+                _mm512_mask_storeu_ps(dst.as_mut_ptr().add(x0), m, v);
+            }
+        }
+    }
 
     /// Lanes of the 16-wide chunk starting at column `x0` that lie inside a row of `w`.
     fn mask(w: usize, x0: usize) -> __mmask16 {
