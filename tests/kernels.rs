@@ -80,16 +80,18 @@ fn cae_kernels_match_burn_forward_and_backward() {
                 (1, 2, 3, 1, 1),
                 (17, 32, 64, 4, 6),
             ] {
-                cases.push(Case {
-                    relu: cases.len() % 2 == 0,
-                    batch,
-                    in_channels,
-                    out_channels,
-                    height,
-                    width,
-                    stride,
-                    transposed,
-                });
+                for relu in [false, true] {
+                    cases.push(Case {
+                        relu,
+                        batch,
+                        in_channels,
+                        out_channels,
+                        height,
+                        width,
+                        stride,
+                        transposed,
+                    });
+                }
             }
         }
     }
@@ -105,9 +107,10 @@ fn cae_kernels_match_burn_forward_and_backward() {
             let diff = max_relative(a, b);
             assert!(
                 diff < 1e-5,
-                "case {i} ({}transposed, stride {}): {name} differs by {diff}",
+                "case {i} ({}transposed, stride {}, relu {}): {name} differs by {diff}",
                 if case.transposed { "" } else { "not " },
-                case.stride
+                case.stride,
+                case.relu
             );
         }
     }

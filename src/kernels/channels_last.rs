@@ -115,7 +115,14 @@ pub fn forward(
 /// Each image position receives the taps whose parity matches its own: 4, 2, 2 or 1 of the
 /// nine, read from the zero-bordered feature map at consecutive columns for every other image
 /// column, so the four parity classes are four small convolutions.
-pub fn adjoint(g: &Conv3x3, feature: &[f32], weight: &[f32]) -> Vec<f32> {
+/// `bias` (per image channel) and ReLU, when given, are applied on the way out.
+pub fn adjoint(
+    g: &Conv3x3,
+    feature: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
     assert!(
         adjoint_available(g),
         "the channels-last adjoint needs AVX-512, stride 2 and image channels in multiples of 16"
@@ -182,11 +189,11 @@ pub fn adjoint(g: &Conv3x3, feature: &[f32], weight: &[f32]) -> Vec<f32> {
         taps,
         segments,
         weights,
-        bias: vec![0.0; ci],
+        bias: bias.map_or_else(|| vec![0.0; ci], <[f32]>::to_vec),
         channels: ci,
         input_stride: 1,
         output_stride: 2,
-        relu: false,
+        relu,
     };
     // SAFETY: `run` writes every position of every channel of every image.
     unsafe {

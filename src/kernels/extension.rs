@@ -261,16 +261,7 @@ impl Conv3x3Backend for Flex {
             geometry(image, dims4(&weight), stride).filter(|g| g.feature_channels == dims4(&x)[1]);
         match (g, values(&x), values(&weight), values(&bias)) {
             (Some(g), Some(x), Some(w), Some(b)) => {
-                let mut out = conv3x3::adjoint(&g, &x, &w);
-                let plane = g.image_height * g.image_width;
-                for (channel, value) in out.chunks_mut(plane).enumerate() {
-                    let shift = b[channel % g.image_channels];
-                    if relu {
-                        value.iter_mut().for_each(|v| *v = (*v + shift).max(0.0));
-                    } else {
-                        value.iter_mut().for_each(|v| *v += shift);
-                    }
-                }
+                let out = conv3x3::transposed(&g, &x, &w, &b, relu);
                 flex_tensor(out, out_shape(&g, false))
             }
             _ => burn_conv_transpose3x3::<Self>(x, weight, bias, stride, relu),
