@@ -20,6 +20,10 @@ use super::transpose::{as_uninit, transpose};
 /// Feature channels per vector register.
 const LANES: usize = 16;
 
+/// Values (padded images and their gradients) of one group of images in the weight gradient:
+/// 512 KiB, a quarter of a core's L2 cache.
+const GROUP_BUDGET: usize = 32 * 1024;
+
 /// Whether this CPU runs these kernels and the feature channels fill whole vectors.
 pub fn available(g: &Conv3x3) -> bool {
     g.feature_channels.is_multiple_of(LANES) && g.feature_channels > 0 && cpu_has_avx512()
@@ -241,18 +245,28 @@ pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32>
         .zip(image.par_chunks(per_task * g.image_len()))
         .map(|(grads, images)| {
             let mut partial = vec![0.0f32; g.weight_len()];
-            let lens = [ci * padded_plane(g), g.feature_len(), 0];
+            // Images in one group stay in L2 and are summed in registers before the partial
+            // sums are touched: on 8x8 maps one image was too little work per tile.
+            let per_image = ci * padded_plane(g) + g.feature_len();
+            let group = (GROUP_BUDGET / per_image).clamp(1, per_task);
+            let lens = [group * ci * padded_plane(g), group * g.feature_len(), 0];
             with_scratch(lens, |padded, grad_last, _| {
-                for (img, grad) in images
-                    .chunks(g.image_len())
-                    .zip(grads.chunks(g.feature_len()))
+                for (imgs, grads) in images
+                    .chunks(group * g.image_len())
+                    .zip(grads.chunks(group * g.feature_len()))
                 {
-                    pad_images(g, img, padded);
-                    transpose(grad, co, g.feature_len() / co, as_uninit(grad_last));
+                    let count = imgs.len() / g.image_len();
+                    pad_images(g, imgs, padded);
+                    for (grad, last) in grads
+                        .chunks(g.feature_len())
+                        .zip(grad_last.chunks_mut(g.feature_len()))
+                    {
+                        transpose(grad, co, g.feature_len() / co, as_uninit(last));
+                    }
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: `available` checked AVX-512F; buffers have the sizes read.
                     unsafe {
-                        avx512::weight_grad_image(g, padded, grad_last, &mut partial)
+                        avx512::weight_grad_images(g, count, padded, grad_last, &mut partial)
                     };
                 }
             });
@@ -387,11 +401,13 @@ mod avx512 {
         }
     }
 
-    /// Adds one image's weight gradient to `partial (ci, 3, 3, co)`, from its padded input
-    /// `(ci, H + 2, W + 2)` and its channels-last output gradient `(positions, co)`.
+    /// Adds the weight gradient of `count` images to `partial (ci, 3, 3, co)`, from their
+    /// padded inputs `(count, ci, H + 2, W + 2)` and channels-last output gradients
+    /// `(count, positions, co)`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn weight_grad_image(
+    pub unsafe fn weight_grad_images(
         g: &Conv3x3,
+        count: usize,
         padded: &[f32],
         grad_last: &[f32],
         partial: &mut [f32],
@@ -402,7 +418,7 @@ mod avx512 {
             if vectors - v >= 2 {
                 // 2 vectors x 9 taps = 18 accumulators, one image channel at a time.
                 for c in 0..ci {
-                    unsafe { weight_grad_tile::<1, 2>(g, padded, grad_last, partial, c, v) };
+                    unsafe { weight_grad_tile::<1, 2>(g, count, padded, grad_last, partial, c, v) };
                 }
                 v += 2;
             } else {
@@ -411,13 +427,13 @@ mod avx512 {
                 while c < ci {
                     match ci - c {
                         1 => unsafe {
-                            weight_grad_tile::<1, 1>(g, padded, grad_last, partial, c, v)
+                            weight_grad_tile::<1, 1>(g, count, padded, grad_last, partial, c, v)
                         },
                         2 => unsafe {
-                            weight_grad_tile::<2, 1>(g, padded, grad_last, partial, c, v)
+                            weight_grad_tile::<2, 1>(g, count, padded, grad_last, partial, c, v)
                         },
                         _ => unsafe {
-                            weight_grad_tile::<3, 1>(g, padded, grad_last, partial, c, v)
+                            weight_grad_tile::<3, 1>(g, count, padded, grad_last, partial, c, v)
                         },
                     }
                     c += 3;
@@ -428,10 +444,11 @@ mod avx512 {
     }
 
     /// Accumulates the 9 taps of `C` image channels from `c0` times `V` vectors of feature
-    /// channels from vector `v0`, over every output position, in registers.
+    /// channels from vector `v0`, over every output position of `count` images, in registers.
     #[inline(always)]
     unsafe fn weight_grad_tile<const C: usize, const V: usize>(
         g: &Conv3x3,
+        count: usize,
         padded: &[f32],
         grad_last: &[f32],
         partial: &mut [f32],
@@ -444,24 +461,26 @@ mod avx512 {
             let (co, s) = (g.feature_channels, g.stride);
             let (fh, fw) = (g.feature_height(), g.feature_width());
             let (wp, plane) = (g.image_width + 2, padded_plane(g));
-            let x = padded.as_ptr().add(c0 * plane);
-            let dy = grad_last.as_ptr().add(v0 * LANES);
             let zero = _mm512_setzero_ps();
             let mut acc = [[[zero; V]; 9]; C];
-            for oy in 0..fh {
-                for ox in 0..fw {
-                    let at = oy * s * wp + ox * s;
-                    let row = dy.add((oy * fw + ox) * co);
-                    let mut d = [zero; V];
-                    for (j, d) in d.iter_mut().enumerate() {
-                        *d = _mm512_loadu_ps(row.add(j * LANES));
-                    }
-                    for (c, acc) in acc.iter_mut().enumerate() {
-                        for (tap, acc) in acc.iter_mut().enumerate() {
-                            let value = *x.add(c * plane + tap / 3 * wp + tap % 3 + at);
-                            let xb = _mm512_set1_ps(value);
-                            for j in 0..V {
-                                acc[j] = _mm512_fmadd_ps(xb, d[j], acc[j]);
+            for n in 0..count {
+                let x = padded.as_ptr().add((n * g.image_channels + c0) * plane);
+                let dy = grad_last.as_ptr().add(n * fh * fw * co + v0 * LANES);
+                for oy in 0..fh {
+                    for ox in 0..fw {
+                        let at = oy * s * wp + ox * s;
+                        let row = dy.add((oy * fw + ox) * co);
+                        let mut d = [zero; V];
+                        for (j, d) in d.iter_mut().enumerate() {
+                            *d = _mm512_loadu_ps(row.add(j * LANES));
+                        }
+                        for (c, acc) in acc.iter_mut().enumerate() {
+                            for (tap, acc) in acc.iter_mut().enumerate() {
+                                let value = *x.add(c * plane + tap / 3 * wp + tap % 3 + at);
+                                let xb = _mm512_set1_ps(value);
+                                for j in 0..V {
+                                    acc[j] = _mm512_fmadd_ps(xb, d[j], acc[j]);
+                                }
                             }
                         }
                     }
