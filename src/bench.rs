@@ -135,13 +135,13 @@ pub struct LayerTiming {
     pub weight_grad_ms: f64,
     /// Multiply-adds of one of the three passes, times two, over the median forward time.
     pub forward_gflops: f64,
-    /// Whether the direct (AVX-512, no im2col) kernel runs the convolution-shaped passes.
-    pub direct: bool,
+    /// The kernel of each pass: forward, input gradient, weight gradient.
+    pub kernels: [&'static str; 3],
 }
 
 /// Times every convolution and transposed convolution of the seed model with cae's kernels.
 pub fn layers(config: &BenchConfig) -> Vec<LayerTiming> {
-    use crate::kernels::{conv3x3, direct};
+    use crate::kernels::conv3x3;
     let model_config = ModelConfig {
         latent: config.latent,
         ..ModelConfig::default()
@@ -211,7 +211,16 @@ pub fn layers(config: &BenchConfig) -> Vec<LayerTiming> {
                 input_grad_ms,
                 weight_grad_ms,
                 forward_gflops: 2.0 * macs as f64 / (forward_ms * 1e6),
-                direct: direct::available(&g),
+                kernels: {
+                    let (conv, adjoint) = (conv3x3::forward_path(&g), conv3x3::adjoint_path(&g));
+                    let (forward, input_grad) = if transposed {
+                        (adjoint, conv)
+                    } else {
+                        (conv, adjoint)
+                    };
+                    let weight_grad = conv3x3::weight_grad_path(&g);
+                    [forward.name(), input_grad.name(), weight_grad.name()]
+                },
             }
         })
         .collect()

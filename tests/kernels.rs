@@ -79,6 +79,7 @@ fn cae_kernels_match_burn_forward_and_backward() {
                 (5, 16, 8, 8, 8),
                 (1, 2, 3, 1, 1),
                 (17, 32, 64, 4, 6),
+                (2, 16, 16, 32, 32),
             ] {
                 for relu in [false, true] {
                     cases.push(Case {
@@ -114,6 +115,27 @@ fn cae_kernels_match_burn_forward_and_backward() {
             );
         }
     }
+}
+
+/// The same comparison on the portable path, as on a CPU without AVX-512: this test binary
+/// runs that test again with `CAE_NO_AVX512=1` (read once per process).
+#[test]
+fn portable_path_matches_burn_too() {
+    if std::env::var_os("CAE_NO_AVX512").is_some() {
+        return; // this is the portable run already
+    }
+    let test = "cae_kernels_match_burn_forward_and_backward";
+    let run = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", test, "--test-threads", "1"])
+        .env("CAE_NO_AVX512", "1")
+        .output()
+        .expect("rerun the test binary");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success() && stdout.contains(&format!("test {test} ... ok")),
+        "portable run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
 }
 
 #[test]

@@ -81,7 +81,7 @@ fn print_layers(config: &BenchConfig, json: bool) -> Result<()> {
     }
     let title = format!("layer (batch {})", config.batch_size);
     println!(
-        "{title:<38} {:>10} {:>10} {:>11} {:>8}  kernel",
+        "{title:<38} {:>10} {:>10} {:>11} {:>8}  kernels (forward, input grad, weight grad)",
         "forward", "input grad", "weight grad", "GFLOP/s"
     );
     let mut totals = [0.0; 3];
@@ -93,7 +93,7 @@ fn print_layers(config: &BenchConfig, json: bool) -> Result<()> {
             t.input_grad_ms,
             t.weight_grad_ms,
             t.forward_gflops,
-            if t.direct { "direct" } else { "im2col" }
+            t.kernels.join(", ")
         );
         totals[0] += t.forward_ms;
         totals[1] += t.input_grad_ms;

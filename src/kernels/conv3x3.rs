@@ -142,12 +142,84 @@ pub fn forward(
     bias: Option<&[f32]>,
     relu: bool,
 ) -> Vec<f32> {
-    if direct::available(geometry) {
-        direct::forward(geometry, image, weight, bias, relu)
-    } else if channels_last::forward_available(geometry) {
-        channels_last::forward(geometry, image, weight, bias, relu)
+    match forward_path(geometry) {
+        Path::Direct => direct::forward(geometry, image, weight, bias, relu),
+        Path::ChannelsLast => channels_last::forward(geometry, image, weight, bias, relu),
+        _ => forward_im2col(geometry, image, weight, bias, relu),
+    }
+}
+
+/// Which kernel runs a pass: what the dispatching functions choose, and what
+/// `cae bench --layers` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// [`direct`]: AVX-512, vectorized over 16 output columns.
+    Direct,
+    /// [`channels_last`]: AVX-512, vectorized over 16 channels.
+    ChannelsLast,
+    /// im2col and a matrix product (portable).
+    Im2col,
+    /// A matrix product and col2im (portable).
+    Col2im,
+}
+
+impl Path {
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::ChannelsLast => "channels-last",
+            Path::Im2col => "im2col",
+            Path::Col2im => "col2im",
+        }
+    }
+}
+
+/// The kernel [`forward`] runs for this geometry.
+pub fn forward_path(g: &Conv3x3) -> Path {
+    if direct::available(g) {
+        Path::Direct
+    } else if channels_last::forward_available(g) {
+        Path::ChannelsLast
     } else {
-        forward_im2col(geometry, image, weight, bias, relu)
+        Path::Im2col
+    }
+}
+
+/// The kernel [`adjoint`] runs for this geometry. With stride 1 the adjoint is the convolution
+/// with the kernel flipped and its two channel axes swapped, run by [`forward`]: the direct
+/// kernel, or one im2col instead of the slower col2im (measured faster unless the product then
+/// has too few rows).
+pub fn adjoint_path(g: &Conv3x3) -> Path {
+    let swapped = swapped(g);
+    if g.stride == 1 && (direct::available(&swapped) || g.image_channels >= 16) {
+        forward_path(&swapped)
+    } else if channels_last::adjoint_available(g) {
+        Path::ChannelsLast
+    } else {
+        Path::Col2im
+    }
+}
+
+/// The kernel [`weight_grad`] runs for this geometry. Measured with `cae bench --layers`: the
+/// channels-last kernel is fastest wherever the feature channels fill vectors (twice the direct
+/// kernel's rate on the 3-channel layers); otherwise the direct kernel wins on 32-wide maps and
+/// loses to im2col on 16-wide ones.
+pub fn weight_grad_path(g: &Conv3x3) -> Path {
+    if channels_last::available(g) {
+        Path::ChannelsLast
+    } else if direct::available(g) && g.image_width >= 32 {
+        Path::Direct
+    } else {
+        Path::Im2col
+    }
+}
+
+/// The geometry of the stride-1 adjoint as a convolution: image and feature channels swapped.
+fn swapped(g: &Conv3x3) -> Conv3x3 {
+    Conv3x3 {
+        image_channels: g.feature_channels,
+        feature_channels: g.image_channels,
+        ..*g
     }
 }
 
@@ -224,19 +296,12 @@ fn adjoint_then(
 ) -> Vec<f32> {
     let g = *geometry;
     g.check_adjoint(feature, weight);
-    let swapped = Conv3x3 {
-        image_channels: g.feature_channels,
-        feature_channels: g.image_channels,
-        ..g
-    };
-    // With stride 1 the adjoint is the convolution with the kernel flipped and its two channel
-    // axes swapped: the direct kernel, or one im2col instead of the slower col2im (measured
-    // faster unless the product then has too few rows).
-    if g.stride == 1 && (direct::available(&swapped) || g.image_channels >= 16) {
-        return forward(&swapped, feature, &flipped(&g, weight), bias, relu);
-    }
-    if channels_last::adjoint_available(&g) {
-        return channels_last::adjoint(&g, feature, weight, bias, relu);
+    match adjoint_path(&g) {
+        Path::ChannelsLast if g.stride == 2 => {
+            return channels_last::adjoint(&g, feature, weight, bias, relu);
+        }
+        Path::Col2im => {}
+        _ => return forward(&swapped(&g), feature, &flipped(&g, weight), bias, relu),
     }
     let mut out = adjoint_col2im(&g, feature, weight);
     if bias.is_some() || relu {
@@ -289,15 +354,10 @@ pub fn adjoint_col2im(geometry: &Conv3x3, feature: &[f32], weight: &[f32]) -> Ve
 /// Gradient of the weight `(feature_channels, image_channels, 3, 3)` given the images and the
 /// gradient of the feature maps, summed over the batch.
 pub fn weight_grad(geometry: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32> {
-    // Measured with `cae bench --layers`: the channels-last kernel is fastest wherever the
-    // feature channels fill vectors (twice the direct kernel's rate on the 3-channel layers);
-    // otherwise the direct kernel wins on 32-wide maps and loses to im2col on 16-wide ones.
-    if channels_last::available(geometry) {
-        channels_last::weight_grad(geometry, image, feature_grad)
-    } else if direct::available(geometry) && geometry.image_width >= 32 {
-        direct::weight_grad(geometry, image, feature_grad)
-    } else {
-        weight_grad_im2col(geometry, image, feature_grad)
+    match weight_grad_path(geometry) {
+        Path::ChannelsLast => channels_last::weight_grad(geometry, image, feature_grad),
+        Path::Direct => direct::weight_grad(geometry, image, feature_grad),
+        _ => weight_grad_im2col(geometry, image, feature_grad),
     }
 }
 
@@ -785,6 +845,32 @@ mod tests {
             channels_last::weight_grad as WeightGrad,
         );
         agrees_with_im2col(4, takes, fast);
+    }
+
+    /// The definition and transpose tests on the portable path, as on a CPU without AVX-512:
+    /// the test binary runs them again with `CAE_NO_AVX512=1` (read once per process).
+    #[test]
+    fn portable_path_passes_the_same_tests() {
+        if std::env::var_os("CAE_NO_AVX512").is_some() {
+            return; // this is the portable run already
+        }
+        let tests = [
+            "kernels::conv3x3::tests::forward_matches_the_definition",
+            "kernels::conv3x3::tests::adjoint_and_weight_grad_are_the_transposes",
+        ];
+        let run = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", tests[0], tests[1], "--test-threads", "1"])
+            .env("CAE_NO_AVX512", "1")
+            .output()
+            .expect("rerun the test binary");
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(run.status.success(), "portable run failed:\n{stdout}");
+        for test in tests {
+            assert!(
+                stdout.contains(&format!("test {test} ... ok")),
+                "{test} did not run:\n{stdout}"
+            );
+        }
     }
 
     #[test]
