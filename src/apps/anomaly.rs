@@ -365,7 +365,7 @@ mod tests {
         let mse = calibration.scores[&Score::Mse];
         assert_eq!(mse.mean, 2.5);
         assert!((mse.std - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
-        assert_eq!(mse.threshold, 3.0, "one of four normal images above");
+        assert_eq!(mse.threshold, 3.5, "one of four normal images above");
         let combined = normal.score(Score::Combined, Some(&calibration)).unwrap();
         let z = |v: f64, m: f64, s: f64| (v - m) / s;
         let (sm, ss) = (0.2, (0.04f64 / 3.0).sqrt());

@@ -44,12 +44,15 @@ pub fn roc_auc(normal: &[f64], anomalous: &[f64]) -> Result<f64> {
     Ok(u / (n_a * n_n))
 }
 
-/// The smallest score threshold that flags (score > threshold) at most a fraction `fpr` of the
-/// `normal` scores.
+/// A score threshold that flags (score > threshold) at most a fraction `fpr` of the `normal`
+/// scores: halfway between the highest score it keeps and the lowest it flags, so that an image
+/// whose score is recomputed (in another batch, its float sums in another order) does not cross
+/// it. With nothing to flag it is the highest normal score.
 ///
 /// ```
 /// let normal: Vec<f64> = (1..=100).map(f64::from).collect();
-/// assert_eq!(cae::apps::roc::threshold_at_fpr(&normal, 0.05).unwrap(), 95.0);
+/// assert_eq!(cae::apps::roc::threshold_at_fpr(&normal, 0.05).unwrap(), 95.5);
+/// assert_eq!(cae::apps::roc::threshold_at_fpr(&normal, 0.0).unwrap(), 100.0);
 /// ```
 pub fn threshold_at_fpr(normal: &[f64], fpr: f64) -> Result<f64> {
     ensure!(!normal.is_empty(), "a threshold needs normal scores");
@@ -61,7 +64,11 @@ pub fn threshold_at_fpr(normal: &[f64], fpr: f64) -> Result<f64> {
     let mut sorted = normal.to_vec();
     sorted.sort_by(f64::total_cmp);
     let allowed = ((fpr * sorted.len() as f64).floor() as usize).min(sorted.len() - 1);
-    Ok(sorted[sorted.len() - 1 - allowed])
+    let kept = sorted[sorted.len() - 1 - allowed];
+    Ok(match allowed {
+        0 => kept,
+        _ => kept + (sorted[sorted.len() - allowed] - kept) / 2.0,
+    })
 }
 
 #[cfg(test)]
@@ -125,7 +132,7 @@ mod tests {
                 "fpr {fpr}: {flagged}"
             );
         }
-        assert_eq!(threshold_at_fpr(&[1.0, 2.0], 1.0).unwrap(), 1.0);
+        assert_eq!(threshold_at_fpr(&[1.0, 2.0], 1.0).unwrap(), 1.5);
         assert!(threshold_at_fpr(&[1.0], 1.5).is_err());
     }
 }

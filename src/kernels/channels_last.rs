@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
 
-use super::conv3x3::{Conv3x3, with_scratch, written};
+use super::conv3x3::{Conv3x3, sum_in_order, with_scratch, written};
 use super::direct::{cpu_has_avx512, pad_images, padded_plane};
 use super::transpose::{as_uninit, transpose};
 
@@ -240,7 +240,7 @@ pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32>
     let (ci, co) = (g.image_channels, g.feature_channels);
     let per_task = g.batch.div_ceil(rayon::current_num_threads()).max(1);
     // Summed per task as (ci, 3, 3, co), the layout the kernel accumulates in.
-    let by_tap = feature_grad
+    let partials: Vec<Vec<f32>> = feature_grad
         .par_chunks(per_task * g.feature_len())
         .zip(image.par_chunks(per_task * g.image_len()))
         .map(|(grads, images)| {
@@ -272,11 +272,8 @@ pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32>
             });
             partial
         })
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        })
-        .unwrap_or_else(|| vec![0.0; g.weight_len()]);
+        .collect();
+    let by_tap = sum_in_order(&partials, g.weight_len());
     let mut out = vec![0.0f32; g.weight_len()];
     for (k, row) in by_tap.chunks(co).enumerate() {
         for (o, &v) in row.iter().enumerate() {

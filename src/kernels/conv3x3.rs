@@ -367,7 +367,7 @@ pub fn weight_grad_im2col(geometry: &Conv3x3, image: &[f32], feature_grad: &[f32
     g.check_weight_grad(image, feature_grad);
     let (k, p) = (g.patch_len(), g.positions());
     let per_task = g.images_per_task();
-    feature_grad
+    let partials: Vec<Vec<f32>> = feature_grad
         .par_chunks(per_task * g.feature_len())
         .zip(image.par_chunks(per_task * g.image_len()))
         .map(|(features, images)| {
@@ -392,11 +392,8 @@ pub fn weight_grad_im2col(geometry: &Conv3x3, image: &[f32], feature_grad: &[f32
             );
             partial
         })
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        })
-        .unwrap_or_else(|| vec![0.0; g.weight_len()])
+        .collect();
+    sum_in_order(&partials, g.weight_len())
 }
 
 /// The weight of the stride-1 adjoint: `(image, feature, 3, 3)`, taps reversed.
@@ -470,33 +467,55 @@ pub fn relu_backward_and_channel_sums(
         grad.len(),
         "ReLU output and gradient sizes"
     );
-    let mut gated = vec![0.0f32; grad.len()];
     if batch == 0 || channels == 0 || grad.is_empty() {
-        return (gated, vec![0.0; channels]);
+        return (vec![0.0; grad.len()], vec![0.0; channels]);
     }
     let per_item = grad.len() / batch;
     let positions = per_item / channels;
-    let sums = gated
-        .par_chunks_mut(per_item)
-        .zip(
-            relu_output
-                .par_chunks(per_item)
-                .zip(grad.par_chunks(per_item)),
-        )
-        .map(|(gated, (output, grad))| {
-            for ((g, &o), &d) in gated.iter_mut().zip(output).zip(grad) {
-                *g = if o.is_nan() || o > 0.0 { d } else { 0.0 };
-            }
-            gated.chunks(positions).map(lane_sum).collect::<Vec<f32>>()
+    let mut per_image = Vec::new();
+    // SAFETY: the chunks cover the buffer and every element of each is written.
+    let gated = unsafe {
+        written(grad.len(), |gated| {
+            per_image = gated
+                .par_chunks_mut(per_item)
+                .zip(
+                    relu_output
+                        .par_chunks(per_item)
+                        .zip(grad.par_chunks(per_item)),
+                )
+                .map(|(gated, (output, grad))| {
+                    let rows = gated.chunks_mut(positions);
+                    rows.zip(output.chunks(positions).zip(grad.chunks(positions)))
+                        .map(|(gated, (output, grad))| relu_gate_row(output, grad, gated))
+                        .collect::<Vec<f32>>()
+                })
+                .collect();
         })
-        .reduce(
-            || vec![0.0; channels],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
-    (gated, sums)
+    };
+    (gated, sum_in_order(&per_image, channels))
+}
+
+/// Writes `grad` where `output` is positive or NaN and 0 elsewhere into `gated`; returns the
+/// sum of what it wrote (in 16 interleaved partial sums, as [`lane_sum`]).
+fn relu_gate_row(output: &[f32], grad: &[f32], gated: &mut [MaybeUninit<f32>]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    for (i, ((g, &o), &d)) in gated.iter_mut().zip(output).zip(grad).enumerate() {
+        let kept = if o.is_nan() || o > 0.0 { d } else { 0.0 };
+        g.write(kept);
+        lanes[i % 16] += kept;
+    }
+    lanes.iter().sum()
+}
+
+/// The element-wise sum of `partials` (each `len` long), added in their order: rayon's own
+/// reductions combine in an order that depends on work stealing, which made training runs
+/// differ in the last bits and broke `--resume`'s exact reproduction.
+pub(super) fn sum_in_order(partials: &[Vec<f32>], len: usize) -> Vec<f32> {
+    let mut sum = vec![0.0f32; len];
+    for partial in partials {
+        sum.iter_mut().zip(partial).for_each(|(s, p)| *s += p);
+    }
+    sum
 }
 
 /// Sum of `values` in 16 interleaved partial sums, which the compiler keeps in one vector
@@ -870,6 +889,34 @@ mod tests {
                 stdout.contains(&format!("test {test} ... ok")),
                 "{test} did not run:\n{stdout}"
             );
+        }
+    }
+
+    /// Sums over the batch come out bit for bit the same on every call, whatever the threads'
+    /// timing (`--resume` reproduces a run exactly only then).
+    #[test]
+    fn batch_sums_do_not_depend_on_thread_timing() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+        let g = Conv3x3 {
+            batch: 64,
+            image_channels: 16,
+            image_height: 8,
+            image_width: 8,
+            feature_channels: 16,
+            stride: 1,
+        };
+        let image = random(&mut rng, g.batch * g.image_len());
+        let feature = random(&mut rng, g.batch * g.feature_len());
+        let first = (
+            weight_grad(&g, &image, &feature),
+            weight_grad_im2col(&g, &image, &feature),
+            relu_backward_and_channel_sums(&image, &feature, g.batch, 16),
+        );
+        for _ in 0..30 {
+            assert_eq!(weight_grad(&g, &image, &feature), first.0);
+            assert_eq!(weight_grad_im2col(&g, &image, &feature), first.1);
+            let again = relu_backward_and_channel_sums(&image, &feature, g.batch, 16);
+            assert_eq!(again, first.2);
         }
     }
 

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
 
-use super::conv3x3::{Conv3x3, with_scratch, written};
+use super::conv3x3::{Conv3x3, sum_in_order, with_scratch, written};
 
 /// Output channels per block of the forward kernel (two position vectors each); layers with
 /// at most [`SMALL_CO_BLOCK`] output channels use blocks of that many (four positions each), so
@@ -168,7 +168,7 @@ pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32>
     );
     g.check_weight_grad(image, feature_grad);
     let per_task = g.batch.div_ceil(2 * rayon::current_num_threads()).max(1);
-    feature_grad
+    let partials: Vec<Vec<f32>> = feature_grad
         .par_chunks(per_task * g.feature_len())
         .zip(image.par_chunks(per_task * g.image_len()))
         .map(|(grads, images)| {
@@ -185,11 +185,8 @@ pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32>
             });
             partial
         })
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        })
-        .unwrap_or_else(|| vec![0.0; g.weight_len()])
+        .collect();
+    sum_in_order(&partials, g.weight_len())
 }
 
 #[cfg(target_arch = "x86_64")]
