@@ -498,13 +498,30 @@ pub fn relu_backward_and_channel_sums(
 /// Writes `grad` where `output` is positive or NaN and 0 elsewhere into `gated`; returns the
 /// sum of what it wrote (in 16 interleaved partial sums, as [`lane_sum`]).
 fn relu_gate_row(output: &[f32], grad: &[f32], gated: &mut [MaybeUninit<f32>]) -> f32 {
+    // Fixed 16-wide chunks, so that the compiler vectorizes the gate and the sums (a running
+    // lane index did not, and this pass took 8% of a training step).
+    let gate = |o: f32, d: f32| if o.is_nan() || o > 0.0 { d } else { 0.0 };
     let mut lanes = [0.0f32; 16];
-    for (i, ((g, &o), &d)) in gated.iter_mut().zip(output).zip(grad).enumerate() {
-        let kept = if o.is_nan() || o > 0.0 { d } else { 0.0 };
-        g.write(kept);
-        lanes[i % 16] += kept;
+    let (mut g, mut o, mut d) = (
+        gated.chunks_exact_mut(16),
+        output.chunks_exact(16),
+        grad.chunks_exact(16),
+    );
+    for ((g, o), d) in (&mut g).zip(&mut o).zip(&mut d) {
+        for j in 0..16 {
+            let kept = gate(o[j], d[j]);
+            g[j].write(kept);
+            lanes[j] += kept;
+        }
     }
-    lanes.iter().sum()
+    let mut tail = 0.0;
+    let rest = g.into_remainder().iter_mut().zip(o.remainder()).zip(d.remainder());
+    for ((g, &o), &d) in rest {
+        let kept = gate(o, d);
+        g.write(kept);
+        tail += kept;
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// The element-wise sum of `partials` (each `len` long), added in their order: rayon's own
