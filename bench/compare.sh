@@ -2,20 +2,32 @@
 # Runs `cae bench` and the PyTorch benchmark (../shared/bench/torch_bench.py) one after the other
 # on this machine and prints cae's throughput as a ratio of PyTorch's.
 #
-#   bench/compare.sh [--compile] [--install-torch]
+#   bench/compare.sh [--compile] [--install-torch] [--rounds N]
+#
+# --rounds N (default 1) alternates the two sides N times and ends with the median of each
+# ratio: on a shared machine single runs drift by 15% or more.
 #
 # --install-torch creates .venv-torch with torch from PyPI (several GB) when it is missing;
 # TORCH_PYTHON=/path/to/python uses an existing interpreter that has torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${CAE_SHARED:-$(pwd)/../shared}
-compile="" install=""
-for arg in "$@"; do
-  case $arg in
+compile="" install="" rounds=1
+while [ $# -gt 0 ]; do
+  case $1 in
     --compile) compile="--compile" ;;
     --install-torch) install=1 ;;
-    *) echo "unknown option $arg" >&2; exit 2 ;;
+    --rounds)
+      rounds=${2:-}
+      shift
+      if ! [[ $rounds =~ ^[1-9][0-9]*$ ]]; then
+        echo "--rounds needs a positive whole number" >&2
+        exit 2
+      fi
+      ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
   esac
+  shift
 done
 python=${TORCH_PYTHON:-.venv-torch/bin/python}
 if ! "$python" -c "import torch" 2>/dev/null; then
@@ -29,6 +41,10 @@ if ! "$python" -c "import torch" 2>/dev/null; then
 fi
 
 cargo build --release -q
+ratios=$(mktemp)
+trap 'rm -f "$ratios"' EXIT
+for round in $(seq "$rounds"); do
+[ "$rounds" -gt 1 ] && echo "== round $round of $rounds"
 cae_out=$(./target/release/cae bench --json)
 echo "cae:     $cae_out"
 # The PyTorch benchmark runs as a child so that its peak resident memory can be read too.
@@ -44,7 +60,7 @@ PY
 )
 echo "$torch_out"
 
-python3 - "$cae_out" "$torch_out" <<'PY'
+python3 - "$cae_out" "$torch_out" "$ratios" <<'PY'
 import json, re, sys
 cae = json.loads(sys.argv[1])
 rates = {}
@@ -60,9 +76,30 @@ for tag in ("eager", "compiled"):
     if (tag, "train") in rates:
         t, i = rates[(tag, "train")], rates[(tag, "inference")]
         print(f"| PyTorch {tag} | {t:.0f} | {i:.0f} |")
-        print(f"| cae / PyTorch {tag} | {cae['train']['images_per_second'] / t:.2f}x | {cae['inference']['images_per_second'] / i:.2f}x |")
+        rt, ri = cae['train']['images_per_second'] / t, cae['inference']['images_per_second'] / i
+        print(f"| cae / PyTorch {tag} | {rt:.2f}x | {ri:.2f}x |")
+        with open(sys.argv[3], "a") as out:
+            out.write(f"{tag} {rt} {ri}\n")
 torch_peak = re.search(r"\[torch\] peak resident memory (\d+) MiB", sys.argv[2])
 if cae.get("peak_rss_mib"):
     print(f"\npeak resident memory: cae {cae['peak_rss_mib']:.0f} MiB", end="")
     print(f", PyTorch {torch_peak.group(1)} MiB" if torch_peak else "")
 PY
+done
+
+if [ "$rounds" -gt 1 ]; then
+  python3 - "$ratios" <<'PY'
+import statistics, sys
+by_tag = {}
+for line in open(sys.argv[1]):
+    tag, train, infer = line.split()
+    by_tag.setdefault(tag, []).append((float(train), float(infer)))
+print()
+print("| median over rounds | train | inference |")
+print("| --- | --- | --- |")
+for tag, pairs in by_tag.items():
+    train = statistics.median(p[0] for p in pairs)
+    infer = statistics.median(p[1] for p in pairs)
+    print(f"| cae / PyTorch {tag} ({len(pairs)} rounds) | {train:.2f}x | {infer:.2f}x |")
+PY
+fi
