@@ -34,3 +34,40 @@ fn bench_reports_json_figures() {
     assert_eq!(report["config"]["batch_size"], 8);
     assert!(report["peak_rss_mib"].as_f64().unwrap() > 1.0);
 }
+
+#[test]
+fn bench_layers_names_every_layer_and_its_kernels() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cae"))
+        .args([
+            "bench",
+            "--layers",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--batch-size",
+            "4",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let layers: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(layers.len(), 12, "six convolutions and six transposed");
+    let known = ["direct", "channels-last", "im2col", "col2im"];
+    for layer in &layers {
+        for field in ["forward_ms", "input_grad_ms", "weight_grad_ms"] {
+            assert!(layer[field].as_f64().unwrap() > 0.0, "{layer}");
+        }
+        let kernels = layer["kernels"].as_array().unwrap();
+        assert_eq!(kernels.len(), 3, "{layer}");
+        assert!(
+            kernels.iter().all(|k| known.contains(&k.as_str().unwrap())),
+            "{layer}"
+        );
+    }
+}

@@ -515,7 +515,11 @@ fn relu_gate_row(output: &[f32], grad: &[f32], gated: &mut [MaybeUninit<f32>]) -
         }
     }
     let mut tail = 0.0;
-    let rest = g.into_remainder().iter_mut().zip(o.remainder()).zip(d.remainder());
+    let rest = g
+        .into_remainder()
+        .iter_mut()
+        .zip(o.remainder())
+        .zip(d.remainder());
     for ((g, &o), &d) in rest {
         let kept = gate(o, d);
         g.write(kept);
