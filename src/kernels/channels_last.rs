@@ -5,9 +5,9 @@
 //! 16 wide; the stride-2 and 8x8 layers and every weight gradient then fell back to im2col and
 //! ran at a third to a half of the stride-1 layers' rate (`cae bench --layers`). Here the
 //! weight gradient is a sum of outer products over output positions, `dW[tap, 16 co] +=
-//! x[tap at p] * dY[p, 16 co]`, with up to 27 taps in registers, and the forward pass keeps a
-//! block of positions times up to 64 channels in registers. Both read the feature side in a
-//! channels-last copy `(positions, channels)` made per image.
+//! x[tap at p] * dY[p, 16 co]`, with up to 27 taps in registers; the forward pass and the
+//! stride-2 adjoint keep a block of positions times up to 64 channels in registers and write a
+//! channels-last `(positions, channels)` result, transposed back per image.
 
 use rayon::prelude::*;
 

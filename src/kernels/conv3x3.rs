@@ -1,5 +1,7 @@
 //! 3x3, padding-1 convolutions on NCHW `f32` slices: the forward pass, its adjoint (which is
-//! also the transposed convolution) and the weight gradient, as im2col/col2im around `gemm`.
+//! also the transposed convolution) and the weight gradient. Each dispatches (see [`Path`]) to
+//! the AVX-512 kernels of [`super::direct`] or [`super::channels_last`], or runs the portable
+//! im2col/col2im path around `gemm` defined here.
 //!
 //! Written for cae's twelve layers because Burn Flex's convolution and transposed-convolution
 //! backward passes spend most of a training step outside matrix products (scalar scatter

@@ -1,6 +1,8 @@
 //! Direct (no im2col) AVX-512 kernels for the stride-1 3x3 convolutions on maps at least 16
 //! wide, where im2col's nine-fold copy cost more than a fifth of a training step: the forward
-//! pass (which also serves the stride-1 adjoint, with flipped weights) and the weight gradient.
+//! pass (which also serves the stride-1 adjoint, with flipped weights) and a weight gradient
+//! for feature channels that do not fill vectors (elsewhere [`super::channels_last`]'s is
+//! faster).
 //!
 //! Each image is copied once into a zero-bordered buffer; the kernels then read shifted rows of
 //! it directly, 16 output columns to a vector register. Callers fall back to the im2col path
