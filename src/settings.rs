@@ -14,7 +14,7 @@ use crate::device::Backend;
 pub enum DatasetKind {
     /// CIFAR-10 in its official binary layout (downloaded when missing).
     Cifar10,
-    /// ROOT/train/<class>/* and ROOT/test/<class>/* image files.
+    /// `ROOT/train/<class>/*` and `ROOT/test/<class>/*` image files.
     Folder,
     /// MNIST digits in IDX format (`train-images-idx3-ubyte[.gz]`, ...).
     Mnist,

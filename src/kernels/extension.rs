@@ -1,5 +1,5 @@
 //! cae's 3x3 convolutions as a Burn backend extension: Flex runs the kernels of
-//! [`super::conv3x3`], autodiff gets a handwritten backward pass built from the same kernels,
+//! [`mod@super::conv3x3`], autodiff gets a handwritten backward pass built from the same kernels,
 //! and every other backend falls back to Burn's own convolution operations.
 
 use burn::backend::TensorMetadata;
