@@ -1,9 +1,10 @@
 //! Fast CPU kernels for cae's layers, plugged into Burn as a backend extension.
 //!
-//! On the Flex backend the model's 3x3 convolutions and transposed convolutions run
-//! [`mod@conv3x3`], [`mod@direct`] and [`mod@channels_last`]'s kernels, forward and backward; on any other backend (or with
-//! `CAE_KERNELS=burn` in the environment) they run Burn's own operations. Both paths are
-//! tested against each other and against the PyTorch reference.
+//! On the Flex backend the model's 3x3 convolutions and transposed convolutions run cae's
+//! kernels ([`mod@conv3x3`] dispatching to [`mod@direct`] and [`mod@channels_last`]), forward
+//! and backward; on any other backend (or with `CAE_KERNELS=burn` in the environment) they run
+//! Burn's own operations. Both paths are tested against each other and against the PyTorch
+//! reference.
 
 pub mod channels_last;
 pub mod conv3x3;
