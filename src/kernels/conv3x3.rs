@@ -298,6 +298,7 @@ fn adjoint_then(
 ) -> Vec<f32> {
     let g = *geometry;
     g.check_adjoint(feature, weight);
+    // Stride 1: `adjoint_path` named the kernel `forward` picks for the flipped convolution.
     match adjoint_path(&g) {
         Path::ChannelsLast if g.stride == 2 => {
             return channels_last::adjoint(&g, feature, weight, bias, relu);
