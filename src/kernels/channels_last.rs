@@ -53,9 +53,12 @@ struct Segment {
     taps: usize,
 }
 
-/// What one image's pass needs besides its padded input: for every tap list, pairs of (offset
+/// A layer prepared for the kernel, ready to run image by image: the geometry its input is
+/// padded with, the values one image's output holds, and for every tap list pairs of (offset
 /// into the padded input, offset of a packed weight row of `channels` values).
-struct Pass {
+pub struct Pass {
+    input: Conv3x3,
+    output_len: usize,
     taps: Vec<Vec<(usize, usize)>>,
     segments: Vec<Segment>,
     weights: Vec<f32>,
@@ -74,44 +77,54 @@ pub fn forward(
     bias: Option<&[f32]>,
     relu: bool,
 ) -> Vec<f32> {
-    assert!(
-        forward_available(g),
-        "channels-last kernels need AVX-512, stride 1 or 2 and feature channels in multiples of 16"
-    );
     g.check_forward(image, weight);
-    let (ci, co) = (g.image_channels, g.feature_channels);
-    // weights[(c * 9 + tap) * co + o] = weight[o, c, tap]
-    let mut weights = vec![0.0f32; g.weight_len()];
-    for (o, taps) in weight.chunks(ci * 9).enumerate() {
-        for (k, &v) in taps.iter().enumerate() {
-            weights[k * co + o] = v;
+    let pass = Pass::forward(g, weight, bias, relu);
+    // SAFETY: `run` writes every position of every channel of every image.
+    unsafe { written(g.batch * g.feature_len(), |out| pass.run(image, out)) }
+}
+
+impl Pass {
+    /// The forward pass of `g` where [`forward_available`] holds.
+    pub fn forward(g: &Conv3x3, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Self {
+        assert!(
+            forward_available(g),
+            "channels-last kernels need AVX-512, stride 1 or 2 and feature channels in multiples of 16"
+        );
+        assert_eq!(weight.len(), g.weight_len(), "weight size");
+        let (ci, co) = (g.image_channels, g.feature_channels);
+        // weights[(c * 9 + tap) * co + o] = weight[o, c, tap]
+        let mut weights = vec![0.0f32; g.weight_len()];
+        for (o, taps) in weight.chunks(ci * 9).enumerate() {
+            for (k, &v) in taps.iter().enumerate() {
+                weights[k * co + o] = v;
+            }
+        }
+        let (wp, s) = (g.image_width + 2, g.stride);
+        let taps = (0..ci * 9)
+            .map(|k| (k / 9 * padded_plane(g) + k % 9 / 3 * wp + k % 3, k * co))
+            .collect();
+        let fw = g.feature_width();
+        let segments = (0..g.feature_height())
+            .map(|oy| Segment {
+                input_at: oy * s * wp,
+                out_position: oy * fw,
+                count: fw,
+                taps: 0,
+            })
+            .collect();
+        Pass {
+            input: *g,
+            output_len: g.feature_len(),
+            taps: vec![taps],
+            segments,
+            weights,
+            bias: bias.map_or_else(|| vec![0.0; co], <[f32]>::to_vec),
+            channels: co,
+            input_stride: s,
+            output_stride: 1,
+            relu,
         }
     }
-    let (wp, s) = (g.image_width + 2, g.stride);
-    let taps = (0..ci * 9)
-        .map(|k| (k / 9 * padded_plane(g) + k % 9 / 3 * wp + k % 3, k * co))
-        .collect();
-    let fw = g.feature_width();
-    let segments = (0..g.feature_height())
-        .map(|oy| Segment {
-            input_at: oy * s * wp,
-            out_position: oy * fw,
-            count: fw,
-            taps: 0,
-        })
-        .collect();
-    let pass = Pass {
-        taps: vec![taps],
-        segments,
-        weights,
-        bias: bias.map_or_else(|| vec![0.0; co], <[f32]>::to_vec),
-        channels: co,
-        input_stride: s,
-        output_stride: 1,
-        relu,
-    };
-    // SAFETY: `run` writes every position of every channel of every image.
-    unsafe { written(g.batch * g.feature_len(), |out| run(&pass, g, image, out)) }
 }
 
 /// The stride-2 adjoint of [`super::conv3x3::adjoint`] where [`adjoint_available`] holds.
@@ -127,153 +140,183 @@ pub fn adjoint(
     bias: Option<&[f32]>,
     relu: bool,
 ) -> Vec<f32> {
-    assert!(
-        adjoint_available(g),
-        "the channels-last adjoint needs AVX-512, stride 2 and image channels in multiples of 16"
-    );
     g.check_adjoint(feature, weight);
-    let (ci, co) = (g.image_channels, g.feature_channels);
-    let (fh, fw) = (g.feature_height(), g.feature_width());
-    let feature_side = Conv3x3 {
-        image_channels: co,
-        image_height: fh,
-        image_width: fw,
-        ..*g
-    };
-    let (fwp, fplane) = (fw + 2, padded_plane(&feature_side));
-    // weights[(o * 9 + tap) * ci + c] = weight[o, c, tap]
-    let mut weights = vec![0.0f32; g.weight_len()];
-    for (o, per_channel) in weight.chunks(ci * 9).enumerate() {
-        for (c, taps) in per_channel.chunks(9).enumerate() {
-            for (tap, &v) in taps.iter().enumerate() {
-                weights[(o * 9 + tap) * ci + c] = v;
-            }
-        }
-    }
-    // Class (cy, cx) holds the image positions with (y + 1, x + 1) of that parity; tap
-    // (ky, kx) reaches them when ky = cy and kx = cx (mod 2), from feature position
-    // ((y + 1 - ky) / 2, (x + 1 - kx) / 2): `input_at` is the class's position with the
-    // largest shift, and each tap adds back what it shifts less.
-    let class_taps = |cy: usize, cx: usize| -> Vec<(usize, usize)> {
-        let mut list = Vec::new();
-        for o in 0..co {
-            for ky in (cy..3).step_by(2) {
-                for kx in (cx..3).step_by(2) {
-                    let shift = (1 - (ky - cy) / 2) * fwp + (1 - (kx - cx) / 2);
-                    list.push((o * fplane + shift, (o * 9 + ky * 3 + kx) * ci));
+    let pass = Pass::adjoint(g, weight, bias, relu);
+    // SAFETY: `run` writes every position of every channel of every image.
+    unsafe { written(g.batch * g.image_len(), |out| pass.run(feature, out)) }
+}
+
+impl Pass {
+    /// The stride-2 adjoint of `g` (see [`adjoint`]) where [`adjoint_available`] holds.
+    pub fn adjoint(g: &Conv3x3, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Self {
+        assert!(
+            adjoint_available(g),
+            "the channels-last adjoint needs AVX-512, stride 2 and image channels in multiples of 16"
+        );
+        assert_eq!(weight.len(), g.weight_len(), "weight size");
+        let (ci, co) = (g.image_channels, g.feature_channels);
+        let (fh, fw) = (g.feature_height(), g.feature_width());
+        let feature_side = Conv3x3 {
+            image_channels: co,
+            image_height: fh,
+            image_width: fw,
+            ..*g
+        };
+        let (fwp, fplane) = (fw + 2, padded_plane(&feature_side));
+        // weights[(o * 9 + tap) * ci + c] = weight[o, c, tap]
+        let mut weights = vec![0.0f32; g.weight_len()];
+        for (o, per_channel) in weight.chunks(ci * 9).enumerate() {
+            for (c, taps) in per_channel.chunks(9).enumerate() {
+                for (tap, &v) in taps.iter().enumerate() {
+                    weights[(o * 9 + tap) * ci + c] = v;
                 }
             }
         }
-        list
-    };
-    let taps = vec![
-        class_taps(0, 0),
-        class_taps(0, 1),
-        class_taps(1, 0),
-        class_taps(1, 1),
-    ];
-    let (h, w) = (g.image_height, g.image_width);
-    let mut segments = Vec::new();
-    for y in 0..h {
-        let cy = (y + 1) % 2;
-        for cx in 0..2 {
-            let x0 = 1 - cx;
-            if x0 >= w {
-                continue;
+        // Class (cy, cx) holds the image positions with (y + 1, x + 1) of that parity; tap
+        // (ky, kx) reaches them when ky = cy and kx = cx (mod 2), from feature position
+        // ((y + 1 - ky) / 2, (x + 1 - kx) / 2): `input_at` is the class's position with the
+        // largest shift, and each tap adds back what it shifts less.
+        let class_taps = |cy: usize, cx: usize| -> Vec<(usize, usize)> {
+            let mut list = Vec::new();
+            for o in 0..co {
+                for ky in (cy..3).step_by(2) {
+                    for kx in (cx..3).step_by(2) {
+                        let shift = (1 - (ky - cy) / 2) * fwp + (1 - (kx - cx) / 2);
+                        list.push((o * fplane + shift, (o * 9 + ky * 3 + kx) * ci));
+                    }
+                }
             }
-            segments.push(Segment {
-                input_at: (y + 1 - cy) / 2 * fwp + (x0 + 1 - cx) / 2,
-                out_position: y * w + x0,
-                count: (w - x0).div_ceil(2),
-                taps: cy * 2 + cx,
-            });
+            list
+        };
+        let taps = vec![
+            class_taps(0, 0),
+            class_taps(0, 1),
+            class_taps(1, 0),
+            class_taps(1, 1),
+        ];
+        let (h, w) = (g.image_height, g.image_width);
+        let mut segments = Vec::new();
+        for y in 0..h {
+            let cy = (y + 1) % 2;
+            for cx in 0..2 {
+                let x0 = 1 - cx;
+                if x0 >= w {
+                    continue;
+                }
+                segments.push(Segment {
+                    input_at: (y + 1 - cy) / 2 * fwp + (x0 + 1 - cx) / 2,
+                    out_position: y * w + x0,
+                    count: (w - x0).div_ceil(2),
+                    taps: cy * 2 + cx,
+                });
+            }
         }
-    }
-    let pass = Pass {
-        taps,
-        segments,
-        weights,
-        bias: bias.map_or_else(|| vec![0.0; ci], <[f32]>::to_vec),
-        channels: ci,
-        input_stride: 1,
-        output_stride: 2,
-        relu,
-    };
-    // SAFETY: `run` writes every position of every channel of every image.
-    unsafe {
-        written(g.batch * g.image_len(), |out| {
-            run(&pass, &feature_side, feature, out)
-        })
+        Pass {
+            input: feature_side,
+            output_len: g.image_len(),
+            taps,
+            segments,
+            weights,
+            bias: bias.map_or_else(|| vec![0.0; ci], <[f32]>::to_vec),
+            channels: ci,
+            input_stride: 1,
+            output_stride: 2,
+            relu,
+        }
     }
 }
 
-/// Runs `pass` on every image of `input` (pads it with `input_geometry`), transposing each
-/// channels-last result into `out`'s `(channels, positions)`.
-fn run(pass: &Pass, input_geometry: &Conv3x3, input: &[f32], out: &mut [MaybeUninit<f32>]) {
-    let g = input_geometry;
-    let per_input = g.image_len();
-    let per_output = out.len() / g.batch;
-    let padded_len = g.image_channels * padded_plane(g);
-    out.par_chunks_mut(per_output)
-        .zip(input.par_chunks(per_input))
-        .for_each(|(out, input)| {
-            with_scratch([padded_len, per_output, 0], |padded, out_last, _| {
-                pad_images(g, input, padded);
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: callers checked AVX-512F; every tap offset stays inside the padded
-                // input and every segment inside `out_last`.
-                unsafe {
-                    avx512::run_image(pass, padded, out_last)
-                };
-                transpose(out_last, per_output / pass.channels, pass.channels, out);
-            });
+impl Pass {
+    /// Runs the pass on every image of `input`, in parallel.
+    fn run(&self, input: &[f32], out: &mut [MaybeUninit<f32>]) {
+        out.par_chunks_mut(self.output_len)
+            .zip(input.par_chunks(self.input.image_len()))
+            .for_each(|(out, input)| self.run_one(input, out));
+    }
+
+    /// One image: pads `input`, runs the kernel channels-last and transposes the result into
+    /// `out`'s `(channels, positions)`, every value of which it writes.
+    pub fn run_one(&self, input: &[f32], out: &mut [MaybeUninit<f32>]) {
+        let g = &self.input;
+        assert_eq!(input.len(), g.image_len(), "input size");
+        assert_eq!(out.len(), self.output_len, "output size");
+        let padded_len = g.image_channels * padded_plane(g);
+        with_scratch([padded_len, self.output_len, 0], |padded, out_last, _| {
+            pad_images(g, input, padded);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the constructors checked AVX-512F; every tap offset stays inside the
+            // padded input and every segment inside `out_last`.
+            unsafe {
+                avx512::run_image(self, padded, out_last)
+            };
+            transpose(
+                out_last,
+                self.output_len / self.channels,
+                self.channels,
+                out,
+            );
         });
+    }
 }
 
 /// The weight gradient of [`super::conv3x3::weight_grad`] where [`available`] holds.
 pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32> {
-    assert!(
-        available(g),
-        "channels-last kernels need AVX-512 and feature channels in multiples of 16"
-    );
     g.check_weight_grad(image, feature_grad);
-    let (ci, co) = (g.image_channels, g.feature_channels);
     let per_task = g.batch.div_ceil(rayon::current_num_threads()).max(1);
-    // Summed per task as (ci, 3, 3, co), the layout the kernel accumulates in.
     let partials: Vec<Vec<f32>> = feature_grad
         .par_chunks(per_task * g.feature_len())
         .zip(image.par_chunks(per_task * g.image_len()))
         .map(|(grads, images)| {
             let mut partial = vec![0.0f32; g.weight_len()];
-            // Images in one group stay in L2 and are summed in registers before the partial
-            // sums are touched: on 8x8 maps one image was too little work per tile.
-            let per_image = ci * padded_plane(g) + g.feature_len();
-            let group = (GROUP_BUDGET / per_image).clamp(1, per_task);
-            let lens = [group * ci * padded_plane(g), group * g.feature_len(), 0];
-            with_scratch(lens, |padded, grad_last, _| {
-                for (imgs, grads) in images
-                    .chunks(group * g.image_len())
-                    .zip(grads.chunks(group * g.feature_len()))
-                {
-                    let count = imgs.len() / g.image_len();
-                    pad_images(g, imgs, padded);
-                    for (grad, last) in grads
-                        .chunks(g.feature_len())
-                        .zip(grad_last.chunks_mut(g.feature_len()))
-                    {
-                        transpose(grad, co, g.feature_len() / co, as_uninit(last));
-                    }
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `available` checked AVX-512F; buffers have the sizes read.
-                    unsafe {
-                        avx512::weight_grad_images(g, count, padded, grad_last, &mut partial)
-                    };
-                }
-            });
+            accumulate_weight_grad(g, images, grads, &mut partial);
             partial
         })
         .collect();
-    let by_tap = sum_in_order(&partials, g.weight_len());
+    weight_from_taps(g, &sum_in_order(&partials, g.weight_len()))
+}
+
+/// Adds the weight gradient of some images and their feature gradients to `by_tap`, laid out
+/// `(ci, 3, 3, co)` as the kernel accumulates it ([`weight_from_taps`] turns it around).
+pub fn accumulate_weight_grad(g: &Conv3x3, images: &[f32], grads: &[f32], by_tap: &mut [f32]) {
+    assert!(
+        available(g),
+        "channels-last kernels need AVX-512 and feature channels in multiples of 16"
+    );
+    let (ci, co) = (g.image_channels, g.feature_channels);
+    let count = images.len() / g.image_len();
+    assert_eq!(images.len(), count * g.image_len(), "image size");
+    assert_eq!(grads.len(), count * g.feature_len(), "feature size");
+    assert_eq!(by_tap.len(), g.weight_len(), "weight size");
+    // Images in one group stay in L2 and are summed in registers before the partial sums are
+    // touched: on 8x8 maps one image was too little work per tile.
+    let per_image = ci * padded_plane(g) + g.feature_len();
+    let group = (GROUP_BUDGET / per_image).clamp(1, count.max(1));
+    let lens = [group * ci * padded_plane(g), group * g.feature_len(), 0];
+    with_scratch(lens, |padded, grad_last, _| {
+        for (imgs, grads) in images
+            .chunks(group * g.image_len())
+            .zip(grads.chunks(group * g.feature_len()))
+        {
+            let count = imgs.len() / g.image_len();
+            pad_images(g, imgs, padded);
+            for (grad, last) in grads
+                .chunks(g.feature_len())
+                .zip(grad_last.chunks_mut(g.feature_len()))
+            {
+                transpose(grad, co, g.feature_len() / co, as_uninit(last));
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `available` checked AVX-512F; buffers have the sizes read.
+            unsafe {
+                avx512::weight_grad_images(g, count, padded, grad_last, by_tap)
+            };
+        }
+    });
+}
+
+/// `(ci, 3, 3, co)` to the weight's `(co, ci, 3, 3)`.
+pub fn weight_from_taps(g: &Conv3x3, by_tap: &[f32]) -> Vec<f32> {
+    let (ci, co) = (g.image_channels, g.feature_channels);
     let mut out = vec![0.0f32; g.weight_len()];
     for (k, row) in by_tap.chunks(co).enumerate() {
         for (o, &v) in row.iter().enumerate() {

@@ -399,6 +399,11 @@ pub fn weight_grad_im2col(geometry: &Conv3x3, image: &[f32], feature_grad: &[f32
     sum_in_order(&partials, g.weight_len())
 }
 
+/// The stride-1 adjoint as a convolution: its geometry and weight.
+pub(super) fn flipped_convolution(g: &Conv3x3, weight: &[f32]) -> (Conv3x3, Vec<f32>) {
+    (swapped(g), flipped(g, weight))
+}
+
 /// The weight of the stride-1 adjoint: `(image, feature, 3, 3)`, taps reversed.
 fn flipped(g: &Conv3x3, weight: &[f32]) -> Vec<f32> {
     let mut out = vec![0.0f32; weight.len()];
@@ -474,7 +479,6 @@ pub fn relu_backward_and_channel_sums(
         return (vec![0.0; grad.len()], vec![0.0; channels]);
     }
     let per_item = grad.len() / batch;
-    let positions = per_item / channels;
     let mut per_image = Vec::new();
     // SAFETY: the chunks cover the buffer and every element of each is written.
     let gated = unsafe {
@@ -486,16 +490,28 @@ pub fn relu_backward_and_channel_sums(
                         .par_chunks(per_item)
                         .zip(grad.par_chunks(per_item)),
                 )
-                .map(|(gated, (output, grad))| {
-                    let rows = gated.chunks_mut(positions);
-                    rows.zip(output.chunks(positions).zip(grad.chunks(positions)))
-                        .map(|(gated, (output, grad))| relu_gate_row(output, grad, gated))
-                        .collect::<Vec<f32>>()
-                })
+                .map(|(gated, (output, grad))| relu_gate_image(output, grad, channels, gated))
                 .collect();
         })
     };
     (gated, sum_in_order(&per_image, channels))
+}
+
+/// [`relu_backward_and_channel_sums`] of one image `(channels, positions)`: writes every value
+/// of `gated` and returns the per-channel sums.
+pub(super) fn relu_gate_image(
+    output: &[f32],
+    grad: &[f32],
+    channels: usize,
+    gated: &mut [MaybeUninit<f32>],
+) -> Vec<f32> {
+    assert_eq!(output.len(), grad.len(), "ReLU output and gradient sizes");
+    assert_eq!(gated.len(), grad.len(), "gated gradient size");
+    let positions = grad.len() / channels;
+    let rows = gated.chunks_mut(positions);
+    rows.zip(output.chunks(positions).zip(grad.chunks(positions)))
+        .map(|(gated, (output, grad))| relu_gate_row(output, grad, gated))
+        .collect()
 }
 
 /// Writes `grad` where `output` is positive or NaN and 0 elsewhere into `gated`; returns the

@@ -87,78 +87,87 @@ pub fn forward(
     bias: Option<&[f32]>,
     relu: bool,
 ) -> Vec<f32> {
-    assert!(
-        available(g),
-        "direct kernels need AVX-512 and stride 1 on maps >= 16 wide"
-    );
     g.check_forward(image, weight);
-    let (ci, co) = (g.image_channels, g.feature_channels);
-    let block_len = if co <= SMALL_CO_BLOCK {
-        SMALL_CO_BLOCK
-    } else {
-        CO_BLOCK
-    };
-    let blocks = co.div_ceil(block_len);
-    // packed[((block * ci + c) * 9 + tap) * block_len + j] = weight[block * block_len + j, c, tap]
-    let mut packed = vec![0.0f32; blocks * ci * 9 * block_len];
-    let mut bias_padded = vec![0.0f32; blocks * block_len];
-    for o in 0..co {
-        let (block, j) = (o / block_len, o % block_len);
-        for c in 0..ci {
-            for tap in 0..9 {
-                packed[((block * ci + c) * 9 + tap) * block_len + j] =
-                    weight[(o * ci + c) * 9 + tap];
-            }
-        }
-        bias_padded[o] = bias.map_or(0.0, |b| b[o]);
-    }
+    let packed = Packed::new(g, weight, bias, relu);
     // SAFETY: the kernel stores every position of every channel of every image.
     unsafe {
         written(g.batch * g.feature_len(), |out| {
-            forward_images(g, image, (&packed, &bias_padded, block_len), relu, out)
+            out.par_chunks_mut(g.feature_len())
+                .zip(image.par_chunks(g.image_len()))
+                .for_each(|(out, img)| packed.forward_one(img, out));
         })
     }
 }
 
-/// Runs the forward kernel on every image of the batch into `out`.
-fn forward_images(
-    g: &Conv3x3,
-    image: &[f32],
-    (packed, bias_padded, block_len): (&[f32], &[f32], usize),
+/// A layer's weight and bias packed for the forward kernel, ready to run image by image.
+pub struct Packed {
+    geometry: Conv3x3,
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+    block_len: usize,
     relu: bool,
-    out: &mut [MaybeUninit<f32>],
-) {
-    let ci = g.image_channels;
-    out.par_chunks_mut(g.feature_len())
-        .zip(image.par_chunks(g.image_len()))
-        .for_each(|(out, img)| {
-            with_scratch([0, 0, ci * padded_plane(g)], |_, _, padded| {
+}
+
+impl Packed {
+    pub fn new(g: &Conv3x3, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Self {
+        assert!(
+            available(g),
+            "direct kernels need AVX-512 and stride 1 on maps >= 16 wide"
+        );
+        assert_eq!(weight.len(), g.weight_len(), "weight size");
+        let (ci, co) = (g.image_channels, g.feature_channels);
+        let block_len = if co <= SMALL_CO_BLOCK {
+            SMALL_CO_BLOCK
+        } else {
+            CO_BLOCK
+        };
+        let blocks = co.div_ceil(block_len);
+        // weights[((block * ci + c) * 9 + tap) * block_len + j] = weight[block * block_len + j, c, tap]
+        let mut weights = vec![0.0f32; blocks * ci * 9 * block_len];
+        let mut bias_padded = vec![0.0f32; blocks * block_len];
+        for o in 0..co {
+            let (block, j) = (o / block_len, o % block_len);
+            for c in 0..ci {
+                for tap in 0..9 {
+                    weights[((block * ci + c) * 9 + tap) * block_len + j] =
+                        weight[(o * ci + c) * 9 + tap];
+                }
+            }
+            bias_padded[o] = bias.map_or(0.0, |b| b[o]);
+        }
+        Packed {
+            geometry: *g,
+            weights,
+            bias: bias_padded,
+            block_len,
+            relu,
+        }
+    }
+
+    /// One image `(ci, H, W)` into `out (co, H, W)`, every value of which it writes.
+    pub fn forward_one(&self, img: &[f32], out: &mut [MaybeUninit<f32>]) {
+        let g = &self.geometry;
+        assert_eq!(img.len(), g.image_len(), "image size");
+        assert_eq!(out.len(), g.feature_len(), "output size");
+        with_scratch(
+            [0, 0, g.image_channels * padded_plane(g)],
+            |_, _, padded| {
                 pad_images(g, img, padded);
+                let (weights, bias, relu) = (&self.weights, &self.bias, self.relu);
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: `available` checked AVX-512F; buffers have the sizes the kernel reads.
+                // SAFETY: `new` checked AVX-512F; buffers have the sizes the kernel reads.
                 unsafe {
-                    if block_len == SMALL_CO_BLOCK {
+                    if self.block_len == SMALL_CO_BLOCK {
                         avx512::forward_image::<SMALL_CO_BLOCK, 4>(
-                            g,
-                            padded,
-                            packed,
-                            bias_padded,
-                            relu,
-                            out,
+                            g, padded, weights, bias, relu, out,
                         )
                     } else {
-                        avx512::forward_image::<CO_BLOCK, 2>(
-                            g,
-                            padded,
-                            packed,
-                            bias_padded,
-                            relu,
-                            out,
-                        )
+                        avx512::forward_image::<CO_BLOCK, 2>(g, padded, weights, bias, relu, out)
                     }
                 };
-            });
-        });
+            },
+        );
+    }
 }
 
 /// The weight gradient of [`super::conv3x3::weight_grad`] for geometries where [`available`]

@@ -15,6 +15,7 @@ use burn::backend::{Autodiff, Backend, Flex, backend_extension};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{DType, Shape, TensorData};
 
+use super::backward;
 use super::conv3x3::{self, Conv3x3};
 
 pub fn conv_options(stride: usize) -> ConvOptions<2> {
@@ -105,6 +106,100 @@ pub trait Conv3x3Backend: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         burn_relu_backward_and_channel_sum::<Self>(relu_output, output_grad)
     }
+
+    /// A layer's input, weight and bias gradients in one call (`transposed`: a transposed
+    /// convolution). `output` is the layer's output: with `relu` set, its zeros gate
+    /// `output_grad` first; otherwise it is not read. The default runs the operations above
+    /// one after the other.
+    #[allow(clippy::too_many_arguments)]
+    fn layer3x3_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        stride: usize,
+        relu: bool,
+        transposed: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let step = StepInputs::new(x, weight, output, output_grad, stride, relu, transposed);
+        let (dx, dw, db) = separate_backward::<Self>(step, true);
+        (dx.expect("asked for the input gradient"), dw, db)
+    }
+
+    /// [`Self::layer3x3_backward`] without the input gradient (an untracked input).
+    #[allow(clippy::too_many_arguments)]
+    fn layer3x3_param_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        stride: usize,
+        relu: bool,
+        transposed: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let step = StepInputs::new(x, weight, output, output_grad, stride, relu, transposed);
+        let (_, dw, db) = separate_backward::<Self>(step, false);
+        (dw, db)
+    }
+}
+
+/// The inputs of a layer's backward pass.
+struct StepInputs<B: Backend> {
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    relu_output: Option<FloatTensor<B>>,
+    grad: FloatTensor<B>,
+    stride: usize,
+    layer: Layer,
+}
+
+impl<B: Backend> StepInputs<B> {
+    fn new(
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        output: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        stride: usize,
+        relu: bool,
+        transposed: bool,
+    ) -> Self {
+        StepInputs {
+            x,
+            weight,
+            relu_output: relu.then_some(output),
+            grad,
+            stride,
+            layer: if transposed {
+                Layer::Transposed
+            } else {
+                Layer::Conv
+            },
+        }
+    }
+}
+
+/// A layer's gradients (input when `want_input`, weight, bias) from the separate operations.
+type Grads<B> = (Option<FloatTensor<B>>, FloatTensor<B>, FloatTensor<B>);
+
+fn separate_backward<B: Conv3x3Backend>(step: StepInputs<B>, want_input: bool) -> Grads<B> {
+    let StepInputs {
+        x,
+        weight,
+        relu_output,
+        grad,
+        stride,
+        layer,
+    } = step;
+    let (grad, bias) = match relu_output {
+        Some(output) => B::relu_backward_and_channel_sum(output, grad),
+        None => {
+            let sum = B::channel_sum(grad.clone());
+            (grad, sum)
+        }
+    };
+    let dw = layer.weight_grad::<B>(x.clone(), weight.clone(), grad.clone(), stride);
+    let dx = want_input.then(|| layer.x_grad::<B>(x, weight, grad, stride));
+    (dx, dw, bias)
 }
 
 /// [`Conv3x3Backend::conv3x3`] in Burn's generic operations.
@@ -307,6 +402,34 @@ impl Conv3x3Backend for Flex {
         }
     }
 
+    fn layer3x3_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output: FlexTensor,
+        output_grad: FlexTensor,
+        stride: usize,
+        relu: bool,
+        transposed: bool,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let step = StepInputs::new(x, weight, output, output_grad, stride, relu, transposed);
+        let (dx, dw, db) = flex_backward(step, true);
+        (dx.expect("asked for the input gradient"), dw, db)
+    }
+
+    fn layer3x3_param_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output: FlexTensor,
+        output_grad: FlexTensor,
+        stride: usize,
+        relu: bool,
+        transposed: bool,
+    ) -> (FlexTensor, FlexTensor) {
+        let step = StepInputs::new(x, weight, output, output_grad, stride, relu, transposed);
+        let (_, dw, db) = flex_backward(step, false);
+        (dw, db)
+    }
+
     /// One pass instead of Burn's mask and then the sum.
     fn relu_backward_and_channel_sum(
         relu_output: FlexTensor,
@@ -334,6 +457,41 @@ impl Conv3x3Backend for Flex {
             None => burn_channel_sum::<Self>(output_grad),
         }
     }
+}
+
+/// A layer's backward pass on Flex: one grouped pass ([`backward::layer_backward`]) where the
+/// AVX-512 kernels cover the layer, the separate operations elsewhere.
+fn flex_backward(step: StepInputs<Flex>, want_input: bool) -> Grads<Flex> {
+    let transposed = step.layer == Layer::Transposed;
+    let [batch, channels, height, width] = dims4(&step.x);
+    let geometry = if transposed {
+        geometry(dims4(&step.grad), dims4(&step.weight), step.stride)
+            .filter(|g| g.feature_channels == channels && g.batch == batch)
+    } else {
+        geometry(
+            [batch, channels, height, width],
+            dims4(&step.weight),
+            step.stride,
+        )
+    };
+    let relu_output = step.relu_output.as_ref().map(values);
+    let inputs = (values(&step.x), values(&step.weight), values(&step.grad));
+    if let (Some(g), (Some(x), Some(w), Some(dy)), None | Some(Some(_))) =
+        (geometry, inputs, &relu_output)
+    {
+        let relu_output = relu_output.as_ref().and_then(|o| o.as_deref());
+        if let Some(grads) =
+            backward::layer_backward(&g, transposed, &x, &w, &dy, relu_output, want_input)
+        {
+            let bias_len = grads.bias.len();
+            return (
+                grads.input.map(|dx| flex_tensor(dx, dims4(&step.x))),
+                flex_tensor(grads.weight, dims4(&step.weight)),
+                FlexTensor::from_data(TensorData::new(grads.bias, [bias_len])),
+            );
+        }
+    }
+    separate_backward::<Flex>(step, want_input)
 }
 
 /// Which of the two layers an autodiff node holds.
@@ -405,25 +563,30 @@ impl<B: Conv3x3Backend> Backward<B, 3> for Layer3x3Step {
         let [node_x, node_weight, node_bias] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         let (x_state, weight_state, layer, stride, relu_output) = ops.state;
-        let (grad, bias_grad) = match relu_output {
-            Some(output) => {
-                let (grad, sum) = B::relu_backward_and_channel_sum(output, grad);
-                (grad, Some(sum))
-            }
-            None => (grad, None),
-        };
         let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
         let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight_state);
-        if let Some(node) = node_bias {
-            let sum = bias_grad.unwrap_or_else(|| B::channel_sum(grad.clone()));
-            grads.register::<B>(node.id, sum);
-        }
-        if let Some(node) = node_weight {
-            let dw = layer.weight_grad::<B>(x.clone(), weight.clone(), grad.clone(), stride);
-            grads.register::<B>(node.id, dw);
-        }
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, layer.x_grad::<B>(x, weight, grad, stride));
+        // Without ReLU the output is not read: the gradient stands in for it.
+        let (output, relu) = match relu_output {
+            Some(output) => (output, true),
+            None => (grad.clone(), false),
+        };
+        let transposed = layer == Layer::Transposed;
+        let (dx, dw, db) = match node_x {
+            Some(_) => {
+                let (dx, dw, db) =
+                    B::layer3x3_backward(x, weight, output, grad, stride, relu, transposed);
+                (Some(dx), dw, db)
+            }
+            None => {
+                let (dw, db) =
+                    B::layer3x3_param_backward(x, weight, output, grad, stride, relu, transposed);
+                (None, dw, db)
+            }
+        };
+        for (node, value) in [(node_x, dx), (node_weight, Some(dw)), (node_bias, Some(db))] {
+            if let (Some(node), Some(value)) = (node, value) {
+                grads.register::<B>(node.id, value);
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 //! Burn's own operations. Both paths are tested against each other and against the PyTorch
 //! reference.
 
+pub mod backward;
 pub mod channels_last;
 pub mod conv3x3;
 pub mod direct;
