@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
 
-use super::conv3x3::{Conv3x3, sum_in_order, with_scratch, written};
+use super::conv3x3::{Conv3x3, per_image, sum_in_order, with_scratch};
 use super::direct::{cpu_has_avx512, pad_images, padded_plane};
 use super::transpose::{as_uninit, transpose};
 
@@ -79,8 +79,7 @@ pub fn forward(
 ) -> Vec<f32> {
     g.check_forward(image, weight);
     let pass = Pass::forward(g, weight, bias, relu);
-    // SAFETY: `run` writes every position of every channel of every image.
-    unsafe { written(g.batch * g.feature_len(), |out| pass.run(image, out)) }
+    pass.run(image)
 }
 
 impl Pass {
@@ -142,8 +141,7 @@ pub fn adjoint(
 ) -> Vec<f32> {
     g.check_adjoint(feature, weight);
     let pass = Pass::adjoint(g, weight, bias, relu);
-    // SAFETY: `run` writes every position of every channel of every image.
-    unsafe { written(g.batch * g.image_len(), |out| pass.run(feature, out)) }
+    pass.run(feature)
 }
 
 impl Pass {
@@ -228,10 +226,10 @@ impl Pass {
 
 impl Pass {
     /// Runs the pass on every image of `input`, in parallel.
-    fn run(&self, input: &[f32], out: &mut [MaybeUninit<f32>]) {
-        out.par_chunks_mut(self.output_len)
-            .zip(input.par_chunks(self.input.image_len()))
-            .for_each(|(out, input)| self.run_one(input, out));
+    fn run(&self, input: &[f32]) -> Vec<f32> {
+        let input_len = self.input.image_len();
+        // SAFETY: `run_one` writes every value of each image's output.
+        unsafe { per_image(input, input_len, self.output_len, |i, o| self.run_one(i, o)) }
     }
 
     /// One image: pads `input`, runs the kernel channels-last and transposes the result into

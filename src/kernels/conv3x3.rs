@@ -56,6 +56,28 @@ pub(super) unsafe fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32
     out
 }
 
+/// Runs `one` on every image of `input` (`input_len` values each) in parallel, into a new
+/// vector of `output_len` values per image.
+///
+/// # Safety
+/// `one` must write every element of the output slice it is given.
+pub(super) unsafe fn per_image(
+    input: &[f32],
+    input_len: usize,
+    output_len: usize,
+    one: impl Fn(&[f32], &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let images = input.len() / input_len;
+    // SAFETY: the chunks cover the output and the caller's `one` writes each of them.
+    unsafe {
+        written(images * output_len, |out| {
+            out.par_chunks_mut(output_len)
+                .zip(input.par_chunks(input_len))
+                .for_each(|(out, image)| one(image, out));
+        })
+    }
+}
+
 /// Shapes of a 3x3 convolution with padding 1 between an image and a feature map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conv3x3 {

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
 
-use super::conv3x3::{Conv3x3, sum_in_order, with_scratch, written};
+use super::conv3x3::{Conv3x3, per_image, sum_in_order, with_scratch};
 
 /// Output channels per block of the forward kernel (two position vectors each); layers with
 /// at most [`SMALL_CO_BLOCK`] output channels use blocks of that many (four positions each), so
@@ -89,12 +89,10 @@ pub fn forward(
 ) -> Vec<f32> {
     g.check_forward(image, weight);
     let packed = Packed::new(g, weight, bias, relu);
-    // SAFETY: the kernel stores every position of every channel of every image.
+    // SAFETY: the kernel stores every position of every channel of an image.
     unsafe {
-        written(g.batch * g.feature_len(), |out| {
-            out.par_chunks_mut(g.feature_len())
-                .zip(image.par_chunks(g.image_len()))
-                .for_each(|(out, img)| packed.forward_one(img, out));
+        per_image(image, g.image_len(), g.feature_len(), |img, out| {
+            packed.forward_one(img, out)
         })
     }
 }
