@@ -261,7 +261,14 @@ fn anomaly_eval_fit_and_score_on_one_class() {
     let (header, rows) = csv_rows(&out.join("auroc.csv"));
     assert_eq!(
         header[5..],
-        ["mse", "ssim", "latent-mahalanobis", "combined"].map(String::from)
+        [
+            "mse",
+            "relative-mse",
+            "ssim",
+            "latent-mahalanobis",
+            "combined"
+        ]
+        .map(String::from)
     );
     assert_eq!(rows.len(), 1);
     assert_eq!(
@@ -282,6 +289,12 @@ fn anomaly_eval_fit_and_score_on_one_class() {
     let mse_auc = pairwise_auc(&scores, 3);
     let reported: f64 = rows[0][5].parse().unwrap();
     assert!((mse_auc - reported).abs() < 1e-9, "{mse_auc} vs {reported}");
+    let combined_auc = pairwise_auc(&scores, 7);
+    let reported: f64 = rows[0][9].parse().unwrap();
+    assert!(
+        (combined_auc - reported).abs() < 1e-9,
+        "{combined_auc} vs {reported}"
+    );
 
     // Running again reuses the finished run and reproduces the figures.
     let before = std::fs::read_to_string(out.join("auroc.csv")).unwrap();
@@ -356,42 +369,51 @@ fn anomaly_eval_fit_and_score_on_one_class() {
         "{flagged_normal} of 10 normal images flagged"
     );
 
-    // Image files, with a latent score.
+    // Image files, with the scores that need the fitted statistics.
     let files = [
         data.join("test/cat/0000.jpg"),
         data.join("test/airplane/0003.jpg"),
     ];
-    cae(&[
-        "anomaly",
-        "score",
-        "--model",
-        s(&model),
-        s(&files[0]),
-        s(&files[1]),
-        "--score",
-        "latent-mahalanobis",
-        "--out",
-        s(&csv),
-    ]);
-    let (_, rows) = csv_rows(&csv);
-    assert_eq!(rows.len(), 2);
-    assert!(rows.iter().all(|r| r[2].parse::<f64>().unwrap() > 0.0));
+    for score in ["latent-mahalanobis", "relative-mse"] {
+        cae(&[
+            "anomaly",
+            "score",
+            "--model",
+            s(&model),
+            s(&files[0]),
+            s(&files[1]),
+            "--score",
+            score,
+            "--out",
+            s(&csv),
+        ]);
+        let (header, rows) = csv_rows(&csv);
+        assert_eq!(header[2], score);
+        assert_eq!(rows.len(), 2);
+        let values: Vec<f64> = rows.iter().map(|r| r[2].parse().unwrap()).collect();
+        assert!(values.iter().all(|v| v.is_finite()), "{values:?}");
+        if score == "latent-mahalanobis" {
+            assert!(values.iter().all(|&v| v > 0.0), "{values:?}");
+        }
+    }
 
     // Without the fitted statistics the latent scores are refused with advice.
     let bare = dir.path().join("bare.safetensors");
     std::fs::copy(&model, &bare).unwrap();
-    let err = cae_error(&[
-        "anomaly",
-        "score",
-        "--model",
-        s(&bare),
-        s(&files[0]),
-        "--score",
-        "latent-mahalanobis",
-        "--out",
-        s(&csv),
-    ]);
-    assert!(err.contains("anomaly fit"), "{err}");
+    for score in ["latent-mahalanobis", "relative-mse"] {
+        let err = cae_error(&[
+            "anomaly",
+            "score",
+            "--model",
+            s(&bare),
+            s(&files[0]),
+            "--score",
+            score,
+            "--out",
+            s(&csv),
+        ]);
+        assert!(err.contains("anomaly fit"), "{score}: {err}");
+    }
 }
 
 /// The AUROC of column `col` by counting pairs: P(anomalous > normal) + P(tie) / 2.

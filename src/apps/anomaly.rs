@@ -2,10 +2,12 @@
 //! calibration on normal images that turns them into decisions.
 //!
 //! - `mse`: mean squared reconstruction error, in the model's normalized [-1, 1] space;
+//! - `relative-mse`: the log MSE relative to what normal images with as much fine detail have
+//!   (see [`super::detail`]);
 //! - `ssim`: 1 - SSIM between the image and its reconstruction, on [0, 1] pixels;
 //! - `latent-mahalanobis`: Mahalanobis distance of the code under the fitted latent Gaussian;
-//! - `combined`: the mean of the three, each standardised by its mean and standard deviation on
-//!   normal images (so that no one score dominates by its units).
+//! - `combined`: the mean of relative-mse, ssim and latent-mahalanobis, each standardised by its
+//!   mean and standard deviation on normal images (so that no one score dominates by its units).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
+use super::detail::{DetailFit, fine_detail};
 use super::latent_gaussian::{LatentGaussian, beside, file_sha256};
 use super::roc::threshold_at_fpr;
 use crate::data::ImageSet;
@@ -41,14 +44,16 @@ const CHUNK: usize = 4 * EVAL_BATCH;
 #[serde(rename_all = "kebab-case")]
 pub enum Score {
     Mse,
+    RelativeMse,
     Ssim,
     LatentMahalanobis,
     Combined,
 }
 
 impl Score {
-    pub const ALL: [Score; 4] = [
+    pub const ALL: [Score; 5] = [
         Score::Mse,
+        Score::RelativeMse,
         Score::Ssim,
         Score::LatentMahalanobis,
         Score::Combined,
@@ -57,6 +62,7 @@ impl Score {
     pub fn name(self) -> &'static str {
         match self {
             Score::Mse => "mse",
+            Score::RelativeMse => "relative-mse",
             Score::Ssim => "ssim",
             Score::LatentMahalanobis => "latent-mahalanobis",
             Score::Combined => "combined",
@@ -73,6 +79,8 @@ impl Score {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RawScores {
     pub mse: Vec<f64>,
+    /// The fine detail of each image ([`fine_detail`]), for `relative-mse`.
+    pub detail: Vec<f64>,
     /// 1 - SSIM.
     pub ssim: Vec<f64>,
     /// The latent codes, one after another.
@@ -92,6 +100,7 @@ impl RawScores {
 
     fn extend(&mut self, other: RawScores) {
         self.mse.extend(other.mse);
+        self.detail.extend(other.detail);
         self.ssim.extend(other.ssim);
         self.codes.extend(other.codes);
     }
@@ -112,24 +121,33 @@ impl RawScores {
         Ok(())
     }
 
-    /// One score per image; `combined` needs `calibration`, the latent scores a Gaussian.
+    /// One score per image; `relative-mse` and `combined` need `calibration`, the latent scores
+    /// a Gaussian.
     pub fn score(&self, kind: Score, calibration: Option<&Calibration>) -> Result<Vec<f64>> {
         let mahalanobis = || {
             self.mahalanobis.clone().context(
                 "this score needs the latent Gaussian: run `cae anomaly fit` (or `cae fit-latent`) first",
             )
         };
+        let calibration = || {
+            calibration.with_context(|| {
+                format!(
+                    "the {} score needs statistics of normal images: run `cae anomaly fit` first",
+                    kind.name()
+                )
+            })
+        };
         Ok(match kind {
             Score::Mse => self.mse.clone(),
+            Score::RelativeMse => self.relative_mse(calibration()?)?,
             Score::Ssim => self.ssim.clone(),
             Score::LatentMahalanobis => mahalanobis()?,
             Score::Combined => {
-                let calibration = calibration.context(
-                    "the combined score standardises with statistics of normal images: run `cae anomaly fit` first",
-                )?;
+                let calibration = calibration()?;
                 let latent = mahalanobis()?;
                 let parts = [
-                    calibration.standardised(Score::Mse, &self.mse)?,
+                    calibration
+                        .standardised(Score::RelativeMse, &self.relative_mse(calibration)?)?,
                     calibration.standardised(Score::Ssim, &self.ssim)?,
                     calibration.standardised(Score::LatentMahalanobis, &latent)?,
                 ];
@@ -138,6 +156,18 @@ impl RawScores {
                     .collect()
             }
         })
+    }
+
+    fn relative_mse(&self, calibration: &Calibration) -> Result<Vec<f64>> {
+        let fit = calibration.detail_fit.context(
+            "this calibration predates the relative-mse score: run `cae anomaly fit` again",
+        )?;
+        Ok(self
+            .mse
+            .iter()
+            .zip(&self.detail)
+            .map(|(&mse, &detail)| fit.relative(mse, detail))
+            .collect())
     }
 }
 
@@ -200,14 +230,17 @@ fn score_chunk(
     let codes = inference::encode(model, config, images, device);
     let recons = inference::decode(model, config, &codes, device);
     let mut mse = Vec::new();
+    let mut detail = Vec::new();
     let mut ssim = Vec::new();
     for (image, recon) in images.chunks(image_len).zip(recons.chunks(image_len)) {
         mse.push(inference::mse(image, recon));
+        detail.push(fine_detail(image, c, h, w));
         let unit = |v: &[f32]| v.iter().map(|&x| denormalize(x)).collect::<Vec<f32>>();
         ssim.push(1.0 - metrics::ssim(&unit(image), &unit(recon), c, h, w)?);
     }
     Ok(RawScores {
         mse,
+        detail,
         ssim,
         codes,
         mahalanobis: None,
@@ -250,6 +283,9 @@ pub struct Calibration {
     /// Which images they were, for people.
     pub source: String,
     pub scores: BTreeMap<Score, ScoreStats>,
+    /// The line `relative-mse` measures from; absent in calibrations made before that score.
+    #[serde(default)]
+    pub detail_fit: Option<DetailFit>,
     /// SHA-256 of the model file the scores came from (set when saved beside it).
     #[serde(default)]
     pub model_sha256: String,
@@ -268,9 +304,10 @@ impl Calibration {
             n: normal.len(),
             source: source.to_string(),
             scores: BTreeMap::new(),
+            detail_fit: Some(DetailFit::fit(&normal.mse, &normal.detail)?),
             model_sha256: String::new(),
         };
-        // `combined` depends on the other three's statistics, so it comes last.
+        // `combined` depends on the others' statistics, so it comes last.
         for kind in Score::ALL {
             let values = normal.score(kind, Some(&calibration))?;
             let (mean, std) = mean_std(&values);
@@ -286,10 +323,12 @@ impl Calibration {
 
     /// `(value - mean) / std` for each value of score `kind`.
     fn standardised(&self, kind: Score, values: &[f64]) -> Result<Vec<f64>> {
-        let stats = self
-            .scores
-            .get(&kind)
-            .with_context(|| format!("the calibration has no statistics of {}", kind.name()))?;
+        let stats = self.scores.get(&kind).with_context(|| {
+            format!(
+                "the calibration has no statistics of {}: run `cae anomaly fit` again",
+                kind.name()
+            )
+        })?;
         // A constant score carries no information; it then adds nothing.
         let std = if stats.std > 0.0 {
             stats.std
@@ -352,6 +391,7 @@ mod tests {
     fn raw() -> RawScores {
         RawScores {
             mse: vec![1.0, 2.0, 3.0, 4.0],
+            detail: vec![0.5, 4.0, 1.0, 2.0],
             ssim: vec![0.1, 0.1, 0.3, 0.3],
             codes: Vec::new(),
             mahalanobis: Some(vec![10.0, 30.0, 20.0, 40.0]),
@@ -367,10 +407,22 @@ mod tests {
         assert!((mse.std - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
         assert_eq!(mse.threshold, 3.5, "one of four normal images above");
         let combined = normal.score(Score::Combined, Some(&calibration)).unwrap();
+        let fit = calibration.detail_fit.unwrap();
+        let relative: Vec<f64> = (0..4)
+            .map(|i| fit.relative(normal.mse[i], normal.detail[i]))
+            .collect();
+        assert_eq!(
+            normal
+                .score(Score::RelativeMse, Some(&calibration))
+                .unwrap(),
+            relative
+        );
+        let rel = calibration.scores[&Score::RelativeMse];
+        assert!(rel.mean.abs() < 1e-12, "least-squares residuals average 0");
         let z = |v: f64, m: f64, s: f64| (v - m) / s;
         let (sm, ss) = (0.2, (0.04f64 / 3.0).sqrt());
         let (mm, ms) = (25.0, (500.0f64 / 3.0).sqrt());
-        let expected = (z(4.0, 2.5, mse.std) + z(0.3, sm, ss) + z(40.0, mm, ms)) / 3.0;
+        let expected = (z(relative[3], rel.mean, rel.std) + z(0.3, sm, ss) + z(40.0, mm, ms)) / 3.0;
         assert!(
             (combined[3] - expected).abs() < 1e-9,
             "{} vs {expected}",
@@ -390,6 +442,7 @@ mod tests {
         assert!(no_latent.score(Score::Mse, None).is_ok());
         assert!(no_latent.score(Score::LatentMahalanobis, None).is_err());
         assert!(raw().score(Score::Combined, None).is_err());
+        assert!(raw().score(Score::RelativeMse, None).is_err());
         assert!(Calibration::fit(&no_latent, 0.05, "x").is_err());
     }
 
@@ -408,6 +461,14 @@ mod tests {
         );
         let json = std::fs::read_to_string(&path).unwrap();
         assert!(json.contains("\"latent-mahalanobis\""), "{json}");
+        assert!(json.contains("\"detail_fit\""), "{json}");
+        // A calibration saved before relative-mse existed still loads; that score asks for a
+        // new fit.
+        let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+        old.as_object_mut().unwrap().remove("detail_fit");
+        let old: Calibration = serde_json::from_value(old).unwrap();
+        let err = raw().score(Score::RelativeMse, Some(&old)).unwrap_err();
+        assert!(format!("{err:#}").contains("anomaly fit"), "{err:#}");
         std::fs::write(&model, b"weights v2").unwrap();
         let err = Calibration::load_for_model(&model).unwrap_err();
         assert!(format!("{err:#}").contains("anomaly fit"), "{err:#}");

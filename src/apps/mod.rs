@@ -6,6 +6,7 @@
 
 pub mod anomaly;
 pub mod denoise;
+pub mod detail;
 pub mod generate;
 pub mod latent_gaussian;
 pub mod linalg;

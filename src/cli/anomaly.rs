@@ -135,7 +135,8 @@ struct ScoreArgs {
     model: PathBuf,
     #[command(flatten)]
     inputs: ImageInputs,
-    /// mse and ssim need only the model; latent-mahalanobis and combined need `cae anomaly fit`.
+    /// mse and ssim need only the model; relative-mse, latent-mahalanobis and combined need
+    /// `cae anomaly fit`.
     #[arg(long, value_enum, default_value = "mse")]
     score: Score,
     /// CSV file: source,label,<score>,anomalous (anomalous is empty without a calibration).
@@ -208,7 +209,7 @@ struct EvalArgs {
     /// Run every class in turn and print the table with the mean.
     #[arg(long)]
     all_classes: bool,
-    /// Show only this score (all four are computed and written to auroc.csv).
+    /// Show only this score (all are computed and written to auroc.csv).
     #[arg(long, value_enum)]
     score: Option<Score>,
     /// Score only the first N test images of each class (default: all test images).
