@@ -128,6 +128,18 @@ fn denoiser_trains_on_noisy_inputs_and_reports_psnr_and_ssim() {
     assert_eq!(json, again);
     let other = cae(&[&report_args[..], &["--json", "--seed", "1"]].concat());
     assert_ne!(json, other);
+    assert!(report["self_ensembled"].is_null());
+
+    // The self-ensemble adds a row; the single pass stays as it was.
+    let ensembled = cae(&[&report_args[..], &["--json", "--self-ensemble"]].concat());
+    let ensembled: serde_json::Value = serde_json::from_str(ensembled.trim()).unwrap();
+    for row in ["noisy", "denoised", "reconstructed"] {
+        assert_eq!(ensembled[row], report[row], "{row}");
+    }
+    let psnr = ensembled["self_ensembled"]["psnr"].as_f64().unwrap();
+    assert!(psnr > 10.0 && psnr != report["denoised"]["psnr"].as_f64().unwrap());
+    let text = cae(&[&report_args[..], &["--self-ensemble"]].concat());
+    assert!(text.contains("denoised, self-ensemble"), "{text}");
 
     // Image files: corrupted, denoised, written beside a grid.
     let files = dir.path().join("files");
