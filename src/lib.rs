@@ -21,6 +21,7 @@ pub mod model;
 pub mod npy;
 pub mod optim;
 pub mod report;
+pub mod schedule;
 pub mod settings;
 pub mod sweep;
 pub mod torch_pt;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::apps::noise::NoiseSpec;
 use crate::device::Backend;
+use crate::schedule::LrDrop;
 
 /// Where the images come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -40,6 +41,9 @@ pub struct TrainSettings {
     /// Corrupt the training inputs this way (the loss still targets the clean images).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noise: Option<NoiseSpec>,
+    /// Lower the learning rate at these epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_drop: Option<LrDrop>,
 }
 
 impl TrainSettings {
@@ -53,16 +57,24 @@ impl TrainSettings {
         Ok(())
     }
 
+    /// The learning rate of epoch `epoch` (1-based).
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        self.lr_drop
+            .as_ref()
+            .map_or(self.lr, |drop| drop.lr_at(self.lr, epoch))
+    }
+
     /// Why a checkpoint written with `saved` cannot be continued with these settings, if it cannot.
-    /// Only the number of epochs, the data location, the device and the learning rate may change
-    /// on resume; the learning rate so that a diverged run can go on from its last good
-    /// checkpoint with a lower one.
+    /// Only the number of epochs, the data location, the device and the learning rate (and its
+    /// drops) may change on resume; the learning rate so that a diverged run can go on from its
+    /// last good checkpoint with a lower one.
     pub fn resume_conflict(&self, saved: &TrainSettings) -> Option<String> {
         let normalized = TrainSettings {
             epochs: self.epochs,
             data_dir: self.data_dir.clone(),
             device: self.device,
             lr: self.lr,
+            lr_drop: self.lr_drop.clone(),
             ..saved.clone()
         };
         (normalized != *self).then(|| {

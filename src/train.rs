@@ -97,14 +97,13 @@ pub fn train(
                 config
             );
         }
-        let (mut adam, mut state) = (restored.adam, restored.state);
-        if adam.config.lr != settings.lr {
+        let (adam, mut state) = (restored.adam, restored.state);
+        // The epoch loop sets the rate itself, and says so when it changes.
+        if settings.lr != state.settings.lr {
             println!(
                 "resuming with --lr {} (the run so far used {})",
-                settings.lr, adam.config.lr
+                settings.lr, state.settings.lr
             );
-            adam.config.lr = settings.lr;
-            state.adam.lr = settings.lr;
         }
         state.settings = settings.clone();
         (restored.model, adam, state)
@@ -135,6 +134,12 @@ pub fn train(
     let test_set = Arc::new(splits.test);
 
     for epoch in state.epochs_done + 1..=settings.epochs {
+        let lr = settings.lr_at(epoch);
+        if adam.config.lr != lr {
+            println!("epoch {epoch}: learning rate {lr} (was {})", adam.config.lr);
+            adam.config.lr = lr;
+            state.adam.lr = lr;
+        }
         let started = Instant::now();
         let order = epoch_order(train_set.len(), settings, epoch);
         let (next_model, batch_losses) = train_epoch(

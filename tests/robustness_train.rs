@@ -283,6 +283,42 @@ fn a_diverging_later_epoch_keeps_the_last_good_checkpoint_and_resumes_with_a_low
     assert!(fs::read(run.join(MODEL_FILE)).unwrap() != model);
 }
 
+#[test]
+fn an_lr_drop_trains_as_resuming_by_hand_with_the_lower_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scheduled = tmp.path().join("scheduled");
+    let stdout = train(&scheduled, &["--lr-drop", "2:0.5"]);
+    assert!(
+        stdout.contains("epoch 2: learning rate 0.0005 (was 0.001)"),
+        "{stdout}"
+    );
+    let config = fs::read_to_string(scheduled.join("config.json")).unwrap();
+    assert!(config.contains("\"lr_drop\": \"2:0.5\""), "{config}");
+
+    let by_hand = tmp.path().join("by-hand");
+    train(&by_hand, &["--epochs", "1"]);
+    train(&by_hand, &["--resume", "--epochs", "2", "--lr", "0.0005"]);
+    let model = fs::read(scheduled.join(MODEL_FILE)).unwrap();
+    assert!(fs::read(by_hand.join(MODEL_FILE)).unwrap() == model);
+
+    // Stopped before the drop and resumed after it, the run drops on time.
+    let resumed = tmp.path().join("resumed");
+    train(&resumed, &["--epochs", "1", "--lr-drop", "2:0.5"]);
+    let stdout = train(&resumed, &["--resume", "--lr-drop", "2:0.5"]);
+    assert!(stdout.contains("epoch 2: learning rate 0.0005"), "{stdout}");
+    assert!(fs::read(resumed.join(MODEL_FILE)).unwrap() == model);
+    // A schedule added on resume applies from the next epoch.
+    let stdout = train(&by_hand, &["--resume", "--epochs", "3", "--lr-drop", "3"]);
+    assert!(
+        stdout.contains("resuming with --lr 0.001 (the run so far used 0.0005)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("epoch 3: learning rate 0.0001 (was 0.0005)"),
+        "{stdout}"
+    );
+}
+
 /// A tmpfs mounted for the life of the value.
 struct Tmpfs(PathBuf);
 

@@ -19,6 +19,7 @@ fn base() -> TrainSettings {
         init: None,
         device: Default::default(),
         noise: None,
+        lr_drop: None,
     }
 }
 

@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use cae::apps::noise::NoiseSpec;
 use cae::data::ImageSet;
 use cae::model::ModelConfig;
+use cae::schedule::LrDrop;
 use cae::settings::{DatasetKind, TrainSettings};
 
 use super::DataArgs;
@@ -143,6 +144,10 @@ pub struct TrainingFlags {
     /// [0,1] pixels, clipped) while the loss targets the clean images.
     #[arg(long)]
     pub noise: Option<NoiseSpec>,
+    /// Multiply the learning rate by FACTOR (default 0.1) at the start of each listed epoch:
+    /// EPOCH[,EPOCH...][:FACTOR], e.g. 30 or 20,30:0.5 (as PyTorch's MultiStepLR).
+    #[arg(long)]
+    pub lr_drop: Option<LrDrop>,
 }
 
 impl TrainingFlags {
@@ -167,6 +172,7 @@ impl TrainingFlags {
             init,
             device: data.device,
             noise: self.noise,
+            lr_drop: self.lr_drop.clone(),
         }
     }
 }
