@@ -350,6 +350,10 @@ fn anomaly_eval_fit_and_score_on_one_class() {
         stdout.contains("40 training images of class 0 (airplane)"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("relative-mse measures from ln(mse) = "),
+        "{stdout}"
+    );
     assert!(run.join("model.latent.safetensors").is_file());
     assert!(run.join("model.anomaly.json").is_file());
     let csv = dir.path().join("scores.csv");

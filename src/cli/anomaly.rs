@@ -125,6 +125,12 @@ fn fit(args: FitArgs) -> Result<()> {
             stats.threshold
         );
     }
+    if let Some(line) = calibration.detail_fit {
+        println!(
+            "relative-mse measures from ln(mse) = {:.4} + {:.4} ln(detail) on these images",
+            line.intercept, line.slope
+        );
+    }
     Ok(())
 }
 
