@@ -1,30 +1,24 @@
 //! `cae bench` runs and reports well-formed figures (speed itself is judged by bench/compare.sh).
 
-use std::process::Command;
+mod common;
+
+use common::cae;
 
 #[test]
 fn bench_reports_json_figures() {
-    let output = Command::new(env!("CARGO_BIN_EXE_cae"))
-        .args([
-            "bench",
-            "--steps",
-            "2",
-            "--warmup",
-            "1",
-            "--batch-size",
-            "8",
-            "--infer-batch",
-            "16",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let stdout = cae(&[
+        "bench",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--batch-size",
+        "8",
+        "--infer-batch",
+        "16",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     for phase in ["train", "inference"] {
         let rate = report[phase]["images_per_second"].as_f64().unwrap();
         let median = report[phase]["median_ms"].as_f64().unwrap();
@@ -37,26 +31,18 @@ fn bench_reports_json_figures() {
 
 #[test]
 fn bench_layers_names_every_layer_and_its_kernels() {
-    let output = Command::new(env!("CARGO_BIN_EXE_cae"))
-        .args([
-            "bench",
-            "--layers",
-            "--steps",
-            "1",
-            "--warmup",
-            "0",
-            "--batch-size",
-            "4",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let layers: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let stdout = cae(&[
+        "bench",
+        "--layers",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--batch-size",
+        "4",
+        "--json",
+    ]);
+    let layers: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
     assert_eq!(layers.len(), 12, "six convolutions and six transposed");
     let known = ["direct", "channels-last", "im2col", "col2im"];
     for layer in &layers {

@@ -41,9 +41,14 @@ pub struct DenoiseReport {
 }
 
 impl DenoiseReport {
-    /// PSNR gained by denoising (self-ensembled, when measured), in dB.
+    /// The denoised quality: self-ensembled when measured, else one pass.
+    pub fn best(&self) -> Quality {
+        self.self_ensembled.unwrap_or(self.denoised)
+    }
+
+    /// PSNR gained by denoising ([`DenoiseReport::best`]), in dB.
     pub fn psnr_gain(&self) -> f64 {
-        self.self_ensembled.unwrap_or(self.denoised).psnr - self.noisy.psnr
+        self.best().psnr - self.noisy.psnr
     }
 }
 
@@ -87,13 +92,14 @@ pub fn report(
         let noisy = noise.corrupt_images(&clean, image_len, seed, 0, indices[0] as u64);
         let denoised = denoise_images(model, config, &noisy, false, device);
         let reconstructed = inference::reconstruct(model, config, &clean, device);
-        let mut outputs = vec![noisy.as_slice(), &denoised, &reconstructed];
-        let ensembled;
-        if self_ensembled {
-            ensembled = denoise_images(model, config, &noisy, true, device);
-            outputs.push(&ensembled);
-        }
-        for (sum, images) in sums.iter_mut().zip(outputs) {
+        let ensembled = self_ensembled.then(|| denoise_images(model, config, &noisy, true, device));
+        let outputs = [
+            Some(&noisy),
+            Some(&denoised),
+            Some(&reconstructed),
+            ensembled.as_ref(),
+        ];
+        for (sum, images) in sums.iter_mut().zip(outputs.into_iter().flatten()) {
             let q = total_quality(&clean, images, config)?;
             sum.psnr += q.psnr;
             sum.ssim += q.ssim;

@@ -122,11 +122,10 @@ fn print_report(r: &DenoiseReport) {
     for (name, q) in rows {
         println!("{name:<24} {:>10.2} {:>8.4}", q.psnr, q.ssim);
     }
-    let best = r.self_ensembled.unwrap_or(r.denoised);
     println!(
         "PSNR gain {:+.2} dB, SSIM gain {:+.4}{}",
         r.psnr_gain(),
-        best.ssim - r.noisy.ssim,
+        r.best().ssim - r.noisy.ssim,
         if r.self_ensembled.is_some() {
             " (self-ensemble)"
         } else {
