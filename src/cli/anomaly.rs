@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
+use super::choice::choice;
 use cae::apps::anomaly::{Calibration, Score, score_images, score_set};
 use cae::apps::latent_gaussian::{LatentGaussian, path_for_model};
 use cae::apps::one_class::{self, ClassResult, csv_field};
 use cae::data::ImageSet;
-use cae::device::Backend;
 use cae::weights;
 
 use super::DataArgs;
@@ -143,13 +143,13 @@ struct ScoreArgs {
     inputs: ImageInputs,
     /// mse and ssim need only the model; relative-mse, latent-mahalanobis and combined need
     /// `cae anomaly fit`.
-    #[arg(long, value_enum, default_value = "mse")]
+    #[arg(long, default_value = "mse", value_parser = choice::<Score>())]
     score: Score,
     /// CSV file: source,label,<score>,anomalous (anomalous is empty without a calibration).
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, default_value = "flex")]
-    device: Backend,
+    #[command(flatten)]
+    device: super::DeviceArg,
 }
 
 fn score(args: ScoreArgs) -> Result<()> {
@@ -216,7 +216,7 @@ struct EvalArgs {
     #[arg(long)]
     all_classes: bool,
     /// Show only this score (all are computed and written to auroc.csv).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Score>())]
     score: Option<Score>,
     /// Score only the first N test images of each class (default: all test images).
     #[arg(long)]
@@ -259,14 +259,14 @@ fn eval(args: EvalArgs) -> Result<()> {
         Some(kind) => vec![kind],
         None => Score::ALL.to_vec(),
     };
-    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut terminal = super::progress::Terminal::new();
     let mut results = Vec::new();
     for class in classes {
         let name = &splits.train.class_names[class];
         let run_dir = out.join(format!("class-{class}-{}", sanitize(name)));
         let started = std::time::Instant::now();
         let result =
-            one_class::evaluate_class(&settings, &splits, class, &test, &run_dir, progress)?;
+            one_class::evaluate_class(&settings, &splits, class, &test, &run_dir, &mut terminal)?;
         println!(
             "class {class} ({name}): trained on {} images; {} normal, {} anomalous test images; AUROC {}  [{:.0} s]",
             result.train_images,

@@ -2,7 +2,6 @@ use anyhow::Result;
 use clap::Args;
 
 use cae::bench::{BenchConfig, run};
-use cae::device::Backend;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -19,8 +18,8 @@ pub struct BenchArgs {
     /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 30)]
     steps: usize,
-    #[arg(long, default_value = "flex")]
-    device: Backend,
+    #[command(flatten)]
+    device: super::DeviceArg,
     /// One JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -53,7 +52,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
     println!(
         "cae {} on {} ({} threads), latent {}",
         env!("CARGO_PKG_VERSION"),
-        args.device,
+        args.device.backend,
         report.threads,
         config.latent
     );

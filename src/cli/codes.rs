@@ -7,7 +7,6 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
 use cae::data::batcher::normalized_batch;
-use cae::device::Backend;
 use cae::{imageio, inference, npy, weights};
 
 use super::inputs::{ImageInputs, Inputs};
@@ -32,8 +31,8 @@ pub struct EncodeArgs {
     out: PathBuf,
     #[arg(long, value_enum, default_value = "npy")]
     format: CodeFormat,
-    #[arg(long, default_value = "flex")]
-    device: Backend,
+    #[command(flatten)]
+    device: super::DeviceArg,
 }
 
 pub fn encode(args: EncodeArgs) -> Result<()> {
@@ -108,8 +107,8 @@ pub struct DecodeArgs {
     /// Folder for one PNG per code (000000.png, ...) and grid.png.
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, default_value = "flex")]
-    device: Backend,
+    #[command(flatten)]
+    device: super::DeviceArg,
 }
 
 pub fn decode(args: DecodeArgs) -> Result<()> {

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use super::choice::choice;
 use cae::apps::denoise::{self, DenoiseReport, psnr};
-use cae::apps::noise::NoiseSpec;
+use cae::data::DatasetKind;
+use cae::data::augment::NoiseSpec;
 use cae::data::batcher::{denormalize, normalized_batch};
-use cae::device::Backend;
 use cae::model::ModelConfig;
-use cae::settings::DatasetKind;
 use cae::{imageio, weights};
 
 #[derive(Args)]
@@ -29,7 +29,7 @@ pub struct DenoiseArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Measure on this dataset's validation images instead (with --noise and --report).
-    #[arg(long, requires_all = ["noise", "report"])]
+    #[arg(long, requires_all = ["noise", "report"], value_parser = choice::<DatasetKind>())]
     dataset: Option<DatasetKind>,
     /// Folder that holds the dataset; default `$CAE_DATA`, else ~/.cache/cae.
     #[arg(long)]
@@ -55,8 +55,8 @@ pub struct DenoiseArgs {
     /// Refuse images whose size differs from the model's instead of resizing them (bilinear).
     #[arg(long)]
     no_resize: bool,
-    #[arg(long, default_value = "flex")]
-    device: Backend,
+    #[command(flatten)]
+    device: super::DeviceArg,
 }
 
 pub fn run(args: DenoiseArgs) -> Result<()> {

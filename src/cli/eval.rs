@@ -31,7 +31,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let device = args.data.device.device()?;
     let (model, config) = cae::weights::load_model(&args.model, &device)?;
     // Image folders are read at the model's input size.
-    let image_size = (args.data.dataset == cae::settings::DatasetKind::Folder)
+    let image_size = (args.data.dataset == cae::data::DatasetKind::Folder)
         .then_some((config.width as u32, config.height as u32));
     let options = cae::data::LoadOptions {
         skip_bad: args.skip_bad,

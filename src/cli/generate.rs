@@ -10,7 +10,6 @@ use rand::rngs::Xoshiro256PlusPlus;
 use cae::apps::generate::{grid_rows, line_codes, sample_codes};
 use cae::apps::latent_gaussian::{LatentGaussian, path_for_model};
 use cae::apps::one_class;
-use cae::device::Backend;
 use cae::{imageio, inference, weights};
 
 use super::DataArgs;
@@ -88,8 +87,8 @@ pub struct GenerateArgs {
     /// The grid PNG.
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, default_value = "flex")]
-    device: Backend,
+    #[command(flatten)]
+    device: super::DeviceArg,
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
@@ -153,8 +152,8 @@ pub struct InterpolateArgs {
     /// Refuse images whose size differs from the model's instead of resizing them (bilinear).
     #[arg(long)]
     no_resize: bool,
-    #[arg(long, default_value = "flex")]
-    device: Backend,
+    #[command(flatten)]
+    device: super::DeviceArg,
 }
 
 pub fn interpolate(args: InterpolateArgs) -> Result<()> {

@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 
-use cae::apps::noise::NoiseSpec;
+use super::choice::choice;
+use cae::data::DatasetKind;
 use cae::data::ImageSet;
+use cae::data::augment::NoiseSpec;
 use cae::model::ModelConfig;
 use cae::schedule::LrDrop;
-use cae::settings::{DatasetKind, TrainSettings};
+use cae::settings::TrainSettings;
 
 use super::DataArgs;
 
@@ -26,7 +28,7 @@ pub struct ImageInputs {
     /// Image files (instead of a dataset).
     pub images: Vec<PathBuf>,
     /// Read this dataset instead of image files.
-    #[arg(long, conflicts_with = "images")]
+    #[arg(long, conflicts_with = "images", value_parser = choice::<DatasetKind>())]
     pub dataset: Option<DatasetKind>,
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -170,7 +172,7 @@ impl TrainingFlags {
             train_limit: self.train_limit,
             val_limit: self.val_limit,
             init,
-            device: data.device,
+            device: data.device.backend,
             noise: self.noise,
             lr_drop: self.lr_drop.clone(),
         }

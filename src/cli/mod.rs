@@ -2,12 +2,14 @@
 
 mod anomaly;
 mod bench;
+mod choice;
 mod codes;
 mod convert;
 mod denoise;
 mod eval;
 mod generate;
 mod inputs;
+mod progress;
 mod reconstruct;
 mod report;
 mod sweep;
@@ -18,8 +20,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
+use cae::data::DatasetKind;
 use cae::device::Backend;
-use cae::settings::DatasetKind;
+use choice::choice;
 
 #[derive(Parser)]
 #[command(
@@ -71,14 +74,13 @@ enum Command {
 #[derive(Args, Clone)]
 pub struct DataArgs {
     /// cifar10 (official binary layout, downloaded when missing) or folder (ROOT/train/<class>/*, ROOT/test/<class>/*).
-    #[arg(long, value_enum, default_value = "cifar10")]
+    #[arg(long, default_value = "cifar10", value_parser = choice::<DatasetKind>())]
     pub dataset: DatasetKind,
     /// Folder that holds `cifar-10-batches-bin/` (or the image folder's ROOT); default `$CAE_DATA`, else ~/.cache/cae.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Backend: flex (CPU), or cuda / wgpu when built with that feature.
-    #[arg(long, default_value = "flex")]
-    pub device: Backend,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 impl DataArgs {
@@ -133,5 +135,19 @@ pub fn run() -> Result<()> {
         Command::FitLatent(args) => generate::fit_latent(args),
         Command::Generate(args) => generate::generate(args),
         Command::Interpolate(args) => generate::interpolate(args),
+    }
+}
+
+/// `--device`, shared by every command that runs a model.
+#[derive(Args, Clone, Copy)]
+pub struct DeviceArg {
+    /// Backend: flex (CPU), or cuda / wgpu when built with that feature.
+    #[arg(long = "device", default_value = "flex")]
+    pub backend: Backend,
+}
+
+impl DeviceArg {
+    pub fn device(&self) -> Result<burn::tensor::Device> {
+        self.backend.device()
     }
 }

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use cae::device::Backend;
 use cae::eval::psnr_from_normalized_mse;
 use cae::{imageio, inference, weights};
 
@@ -22,8 +21,8 @@ pub struct ReconstructArgs {
     /// Refuse images whose size differs from the model's instead of resizing them (bilinear).
     #[arg(long)]
     no_resize: bool,
-    #[arg(long, default_value = "flex")]
-    device: Backend,
+    #[command(flatten)]
+    device: super::DeviceArg,
 }
 
 pub fn run(args: ReconstructArgs) -> Result<()> {

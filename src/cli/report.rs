@@ -3,7 +3,8 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 
-use cae::report::{REPORT_FILE, write_report};
+use cae::report::write_report;
+use cae::run_folder::REPORT_FILE;
 
 #[derive(Args)]
 pub struct ReportArgs {

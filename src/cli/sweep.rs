@@ -1,11 +1,11 @@
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
 
-use cae::report::{REPORT_FILE, write_report};
+use cae::report::write_report;
+use cae::run_folder::REPORT_FILE;
 use cae::sweep::{SummaryRow, SweepGrid, SweepOptions};
 
 use super::DataArgs;
@@ -67,10 +67,9 @@ pub fn run(args: SweepArgs) -> Result<()> {
         },
         out: out.clone(),
         resume: args.resume,
-        show_progress: std::io::stderr().is_terminal(),
     };
     let started = Instant::now();
-    let rows = cae::sweep::run(&options)?;
+    let rows = cae::sweep::run(&options, &mut super::progress::Terminal::new())?;
     print_summary(&rows);
     if !args.no_report {
         let report = out.join(REPORT_FILE);

@@ -1,4 +1,3 @@
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -75,12 +74,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         source.display(),
         started.elapsed().as_secs_f64()
     );
-    let outcome = cae::train::train(
+    let outcome = cae::training::train(
         &settings,
         splits,
         &run_dir,
         args.resume,
-        std::io::stderr().is_terminal(),
+        &mut super::progress::Terminal::new(),
     )?;
     println!(
         "done in {:.1} s: final val MSE {:.6}, PSNR {:.2} dB; run folder {}",
@@ -90,7 +89,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         outcome.run_dir.display()
     );
     if !args.no_report {
-        let report = outcome.run_dir.join(cae::report::REPORT_FILE);
+        let report = outcome.run_dir.join(cae::run_folder::REPORT_FILE);
         cae::report::write_report(std::slice::from_ref(&outcome.run_dir), &report)?;
         println!("report: {}", report.display());
     }

@@ -1,0 +1,227 @@
+//! Throughput of the seed model: training steps and inference batches on random inputs, timed
+//! the way `../shared/bench/torch_bench.py` times PyTorch, so the two can be compared.
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+use serde::Serialize;
+
+use crate::model::ModelConfig;
+use crate::optim::{Adam, AdamConfig};
+use crate::{init, training, weights};
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BenchConfig {
+    pub latent: usize,
+    pub batch_size: usize,
+    pub infer_batch: usize,
+    pub warmup: usize,
+    pub steps: usize,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self {
+            latent: 200,
+            batch_size: 64,
+            infer_batch: 256,
+            warmup: 5,
+            steps: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub mean_ms: f64,
+    pub images_per_second: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub config: BenchConfig,
+    pub train: Timing,
+    pub inference: Timing,
+    /// Peak resident memory of this process (VmHWM), when the OS reports it.
+    pub peak_rss_mib: Option<f64>,
+    pub threads: usize,
+}
+
+/// Runs the benchmark on `device` (a plain device; autodiff is added for training).
+pub fn run(config: &BenchConfig, device: &Device) -> BenchReport {
+    let model_config = ModelConfig {
+        latent: config.latent,
+        ..ModelConfig::default()
+    };
+    let dict = init::seed_state_dict(&model_config, 0);
+    let train_device = device.clone().autodiff();
+    let mut model = weights::build_model(&model_config, &dict, &train_device).expect("seed model");
+    let mut adam = Adam::new(AdamConfig::default());
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(0);
+    let x = random_batch(&mut rng, config.batch_size, &train_device);
+    let train_times = timed(config, || {
+        let (next, _) = training::train_step(model.clone(), &mut adam, x.clone());
+        model = next;
+    });
+    let valid = model.valid();
+    let xi = random_batch(&mut rng, config.infer_batch, device);
+    let infer_times = timed(config, || {
+        let _: f32 = valid.reconstruct(xi.clone()).sum().into_scalar();
+    });
+    BenchReport {
+        config: *config,
+        train: summarize(&train_times, config.batch_size),
+        inference: summarize(&infer_times, config.infer_batch),
+        peak_rss_mib: peak_rss_mib(),
+        threads: std::thread::available_parallelism().map_or(1, usize::from),
+    }
+}
+
+fn random_batch(rng: &mut Xoshiro256PlusPlus, n: usize, device: &Device) -> Tensor<4> {
+    let data: Vec<f32> = (0..n * 3 * 32 * 32)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    Tensor::from_data(TensorData::new(data, [n, 3, 32, 32]), device)
+}
+
+fn timed(config: &BenchConfig, mut step: impl FnMut()) -> Vec<f64> {
+    for _ in 0..config.warmup {
+        step();
+    }
+    (0..config.steps)
+        .map(|_| {
+            let started = Instant::now();
+            step();
+            started.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+fn summarize(seconds: &[f64], batch: usize) -> Timing {
+    let mut sorted = seconds.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let median = if sorted.len() % 2 == 1 {
+        sorted[sorted.len() / 2]
+    } else {
+        (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
+    };
+    Timing {
+        median_ms: median * 1e3,
+        min_ms: sorted[0] * 1e3,
+        mean_ms: seconds.iter().sum::<f64>() / seconds.len() as f64 * 1e3,
+        images_per_second: batch as f64 / median,
+    }
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Median times of cae's convolution kernels for one layer of the seed model, at the training
+/// batch size: the layer's own pass, its input gradient and its weight gradient.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerTiming {
+    pub layer: String,
+    pub forward_ms: f64,
+    pub input_grad_ms: f64,
+    pub weight_grad_ms: f64,
+    /// Multiply-adds of one of the three passes, times two, over the median forward time.
+    pub forward_gflops: f64,
+    /// The kernel of each pass: forward, input gradient, weight gradient.
+    pub kernels: [&'static str; 3],
+}
+
+/// Times every convolution and transposed convolution of the seed model with cae's kernels.
+pub fn layers(config: &BenchConfig) -> Vec<LayerTiming> {
+    use cae_kernels::{Conv3x3, dispatch};
+    let model_config = ModelConfig {
+        latent: config.latent,
+        ..ModelConfig::default()
+    };
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(0);
+    let mut random =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+    let (mut h, mut w) = (model_config.height, model_config.width);
+    let mut layers = Vec::new();
+    for (i, &(cin, cout, stride)) in model_config.encoder_convs().iter().enumerate() {
+        let g = Conv3x3 {
+            batch: config.batch_size,
+            image_channels: cin,
+            image_height: h,
+            image_width: w,
+            feature_channels: cout,
+            stride,
+        };
+        layers.push((
+            format!("encoder conv {i}: {cin}->{cout} s{stride} {h}x{w}"),
+            g,
+            false,
+        ));
+        (h, w) = (g.feature_height(), g.feature_width());
+    }
+    for (i, &(cin, cout, stride)) in model_config.decoder_convs().iter().enumerate() {
+        // A transposed convolution is the adjoint of the convolution from its output.
+        let g = Conv3x3 {
+            batch: config.batch_size,
+            image_channels: cout,
+            image_height: h * stride,
+            image_width: w * stride,
+            feature_channels: cin,
+            stride,
+        };
+        layers.push((
+            format!("decoder convT {i}: {cin}->{cout} s{stride} {h}x{w}"),
+            g,
+            true,
+        ));
+        (h, w) = (h * stride, w * stride);
+    }
+    layers
+        .into_iter()
+        .map(|(layer, g, transposed)| {
+            let image = random(g.batch * g.image_len());
+            let feature = random(g.batch * g.feature_len());
+            let weight = random(g.weight_len());
+            let bias = random(g.feature_channels);
+            let conv = || dispatch::forward(&g, &image, &weight, Some(&bias), true);
+            let adjoint = || dispatch::adjoint(&g, &feature, &weight);
+            let median = |times: Vec<f64>| summarize(&times, 1).median_ms;
+            let conv_ms = median(timed(config, || drop(conv())));
+            let adjoint_ms = median(timed(config, || drop(adjoint())));
+            let weight_grad_ms = median(timed(config, || {
+                drop(dispatch::weight_grad(&g, &image, &feature))
+            }));
+            let (forward_ms, input_grad_ms) = if transposed {
+                (adjoint_ms, conv_ms)
+            } else {
+                (conv_ms, adjoint_ms)
+            };
+            let macs = g.weight_len() * g.feature_height() * g.feature_width() * g.batch;
+            LayerTiming {
+                layer,
+                forward_ms,
+                input_grad_ms,
+                weight_grad_ms,
+                forward_gflops: 2.0 * macs as f64 / (forward_ms * 1e6),
+                kernels: {
+                    let (conv, adjoint) = (dispatch::forward_path(&g), dispatch::adjoint_path(&g));
+                    let (forward, input_grad) = if transposed {
+                        (adjoint, conv)
+                    } else {
+                        (conv, adjoint)
+                    };
+                    let weight_grad = dispatch::weight_grad_path(&g);
+                    [forward.name(), input_grad.name(), weight_grad.name()]
+                },
+            }
+        })
+        .collect()
+}

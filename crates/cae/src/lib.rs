@@ -1,0 +1,61 @@
+//! cae: a convolutional autoencoder toolkit on Burn, faithful to the PyTorch tutorial.
+//!
+//! The API is re-exported here: the model ([`Autoencoder`], [`ModelConfig`]), its files
+//! ([`load_model`], [`save_model`]), datasets ([`load_dataset`], [`DatasetKind`]), training
+//! ([`Trainer`], [`TrainSettings`], reporting [`Event`]s to an [`Observer`]), inference
+//! ([`encode`], [`decode`], [`reconstruct`], [`read_model_input`], [`write_npy`]) and
+//! anomaly scores ([`score_images`]).
+//!
+//! ```no_run
+//! use cae::{DatasetKind, TrainSettings, Trainer};
+//!
+//! let settings = TrainSettings::tutorial(DatasetKind::Folder, "data/cifar10-jpg".into());
+//! let splits = cae::load_dataset(settings.dataset, &settings.data_dir, settings.seed)?;
+//! let outcome = Trainer::start(&settings, splits, "runs/first".as_ref(), false, &mut ())?
+//!     .run(&mut ())?;
+//! println!("validation PSNR {:.2} dB", outcome.last.val_psnr);
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+//!
+//! The modules follow the Burn book's layout: [`model`] holds the network, [`data`] the
+//! datasets and their augmentation, [`training`] the training loop, [`run_folder`] what a run
+//! writes, [`eval`] and [`inference`] the use of a trained model, [`weights`] its files, and
+//! [`apps`] the applications (denoising, anomaly detection, generation). The modules not
+//! re-exported above serve the `cae` command and the tests; they may change between versions.
+//! The convolution kernels are the `cae-kernels` crate.
+
+pub mod apps;
+pub mod atomic;
+pub mod bench;
+pub mod checkpoint;
+pub mod data;
+pub mod device;
+pub mod eval;
+pub mod history;
+pub mod imageio;
+pub mod inference;
+pub mod init;
+pub mod metrics;
+pub mod model;
+pub mod npy;
+pub mod optim;
+pub mod report;
+pub mod run_folder;
+pub mod sampling;
+pub mod schedule;
+pub mod settings;
+pub mod sweep;
+pub mod torch_pt;
+pub mod training;
+pub mod viz;
+pub mod weights;
+
+pub use apps::anomaly::{RawScores, Score, score_images};
+pub use data::{DatasetKind, ImageSet, Splits, load as load_dataset};
+pub use imageio::read_model_input;
+pub use inference::{decode, encode, reconstruct};
+pub use model::{Autoencoder, ModelConfig};
+pub use npy::write_f32 as write_npy;
+pub use settings::TrainSettings;
+pub use training::{Event, Observer, Phase, TrainOutcome, Trainer};
+pub use weights::{load_model, save_model};

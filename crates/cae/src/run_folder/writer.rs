@@ -1,0 +1,174 @@
+//! Writing a run folder: opening it (locked), `config.json`, the files of every epoch and the
+//! final model.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use super::{
+    CHECKPOINT_FILE, CONFIG_JSON, EPOCHS_CSV, LOSS_PLOT, METRICS_CSV, MODEL_FILE, RunLock,
+};
+use crate::checkpoint::{self, RunState};
+use crate::history::History;
+use crate::model::{Autoencoder, ModelConfig};
+use crate::optim::{Adam, AdamConfig};
+use crate::settings::{BURN_VERSION, TrainSettings};
+use crate::training::{Event, Observer};
+use crate::{atomic, viz, weights};
+
+/// A run folder open for writing: it exists, and this process holds its lock until dropped
+/// (a second process on the folder fails instead of mixing files).
+#[derive(Debug)]
+pub struct RunWriter {
+    dir: PathBuf,
+    _lock: RunLock,
+}
+
+impl RunWriter {
+    /// Creates `dir` if needed, locks it, and removes temporary files a killed run left.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create run folder {}", dir.display()))?;
+        let lock = RunLock::acquire(dir)?;
+        atomic::remove_stale_temps(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.dir.join(CHECKPOINT_FILE)
+    }
+
+    /// Whether `--resume` has a checkpoint to go on from. A run killed before its first epoch
+    /// ended has none, and then starts from scratch (saying so): nothing of it was kept.
+    pub fn has_checkpoint(&self, observer: &mut dyn Observer) -> bool {
+        if self.checkpoint_path().exists() {
+            return true;
+        }
+        observer.on_event(&Event::NoCheckpointYet { run_dir: &self.dir });
+        false
+    }
+
+    /// Fails when the folder already holds a run that a new start would overwrite.
+    pub fn refuse_existing_run(&self) -> Result<()> {
+        if self.checkpoint_path().exists() {
+            bail!(
+                "{} already holds a run; continue it with --resume or choose another --out",
+                self.dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// `config.json`: every setting, the model shape and size, Adam, normalization, versions.
+    pub fn write_config_json(&self, settings: &TrainSettings, config: &ModelConfig) -> Result<()> {
+        let json = ConfigJson {
+            settings,
+            model: config,
+            params: config.num_params(),
+            adam: AdamConfig {
+                lr: settings.lr,
+                ..AdamConfig::default()
+            },
+            normalization: Normalization {
+                mean: crate::data::batcher::MEAN,
+                std: crate::data::batcher::STD,
+            },
+            versions: Versions {
+                cae: env!("CARGO_PKG_VERSION"),
+                burn: BURN_VERSION,
+            },
+        };
+        atomic::write_bytes(
+            &self.dir.join(CONFIG_JSON),
+            serde_json::to_string_pretty(&json)?.as_bytes(),
+        )
+    }
+
+    /// Writes the files of a finished epoch, the checkpoint last: until it is replaced, the run
+    /// resumes from the epoch before, and the other files are rewritten then.
+    pub fn save_epoch(
+        &self,
+        model: &Autoencoder,
+        config: &ModelConfig,
+        adam: &Adam,
+        state: &RunState,
+    ) -> Result<()> {
+        let history = &state.history;
+        write_metrics_csv(&self.dir.join(METRICS_CSV), history)?;
+        write_epochs_csv(&self.dir.join(EPOCHS_CSV), history)?;
+        viz::loss_plot::save_loss_plot(&self.dir.join(LOSS_PLOT), &history.loss_history())?;
+        checkpoint::save(&self.checkpoint_path(), model, config, adam, state)
+    }
+
+    /// `model.safetensors`: the final weights.
+    pub fn save_model(&self, model: &Autoencoder, config: &ModelConfig) -> Result<()> {
+        weights::save_model(&self.dir.join(MODEL_FILE), model, config)
+    }
+}
+
+#[derive(Serialize)]
+struct ConfigJson<'a> {
+    settings: &'a TrainSettings,
+    model: &'a ModelConfig,
+    params: usize,
+    adam: AdamConfig,
+    normalization: Normalization,
+    versions: Versions,
+}
+
+#[derive(Serialize)]
+struct Normalization {
+    mean: f32,
+    std: f32,
+}
+
+#[derive(Serialize)]
+struct Versions {
+    cae: &'static str,
+    burn: &'static str,
+}
+
+/// `metrics.csv`: epoch, batch, split, loss for every batch.
+pub fn write_metrics_csv(path: &Path, history: &History) -> Result<()> {
+    atomic::write_with(path, |w| {
+        writeln!(w, "epoch,batch,split,loss")?;
+        for (split, runs) in [
+            ("train", &history.train_batches),
+            ("val", &history.val_batches),
+        ] {
+            for (e, losses) in runs.iter().enumerate() {
+                for (b, loss) in losses.iter().enumerate() {
+                    writeln!(w, "{},{},{split},{loss}", e + 1, b + 1)?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `epochs.csv`: one row per finished epoch.
+pub fn write_epochs_csv(path: &Path, history: &History) -> Result<()> {
+    atomic::write_with(path, |w| {
+        writeln!(
+            w,
+            "epoch,train_loss,val_loss,val_psnr,seconds,images_per_second"
+        )?;
+        for r in &history.epochs {
+            writeln!(
+                w,
+                "{},{},{},{:.4},{:.2},{:.1}",
+                r.epoch, r.train_loss, r.val_loss, r.val_psnr, r.seconds, r.images_per_second
+            )?;
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,11 @@
+//! Training: the [`Trainer`] that owns a run (model, Adam, run state, run folder) and goes
+//! through it in steps, the [`Event`]s it reports to an [`Observer`], and one Adam step on MSE.
+
+mod divergence;
+mod events;
+mod step;
+mod trainer;
+
+pub use events::{Event, Observer, Phase};
+pub use step::{train_step, train_step_pair};
+pub use trainer::{TrainOutcome, Trainer, model_config, train};

@@ -1,0 +1,43 @@
+//! One training step (forward, MSE, backward, Adam) and the order an epoch visits the images.
+
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use rand::SeedableRng;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::seq::SliceRandom;
+
+use crate::model::Autoencoder;
+use crate::optim::Adam;
+use crate::settings::TrainSettings;
+
+/// One training step: forward, MSE, backward, Adam. Returns the updated model and the loss.
+pub fn train_step(model: Autoencoder, adam: &mut Adam, batch: Tensor<4>) -> (Autoencoder, f64) {
+    train_step_pair(model, adam, batch.clone(), batch)
+}
+
+/// [`train_step`] from `input` towards `target`: a denoiser gets noisy inputs and clean targets.
+pub fn train_step_pair(
+    model: Autoencoder,
+    adam: &mut Adam,
+    input: Tensor<4>,
+    target: Tensor<4>,
+) -> (Autoencoder, f64) {
+    let output = model.reconstruct(input);
+    let loss = (output - target).square().mean();
+    let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    (adam.step(model, grads), loss_value)
+}
+
+/// Training order of an epoch: the dataset order, or with `--shuffle` a permutation that depends
+/// only on the seed and the epoch (so a resumed run sees the same order).
+pub(crate) fn epoch_order(n: usize, settings: &TrainSettings, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    if settings.shuffle {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(
+            settings.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        order.shuffle(&mut rng);
+    }
+    order
+}

@@ -1,0 +1,118 @@
+//! [`Conv3x3Backend`] on Burn's autodiff backend: each layer is one tracked node whose
+//! backward pass is handwritten from the same kernels (input, weight and bias gradients at once).
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+
+use crate::backend::{Conv3x3Backend, Layer};
+
+/// The backward step of either layer: input, weight and bias gradients.
+#[derive(Debug)]
+struct Layer3x3Step;
+
+/// What the backward step keeps: the input and weight nodes, the layer, its stride, and the
+/// ReLU output when the layer applied ReLU (its mask gates the incoming gradient).
+type StepState<B> = (NodeId, NodeId, Layer, usize, Option<FloatTensor<B>>);
+
+impl<B: Conv3x3Backend> Backward<B, 3> for Layer3x3Step {
+    type State = StepState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_weight, node_bias] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_state, weight_state, layer, stride, relu_output) = ops.state;
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
+        let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight_state);
+        // Without ReLU the output is not read: the gradient stands in for it.
+        let (output, relu) = match relu_output {
+            Some(output) => (output, true),
+            None => (grad.clone(), false),
+        };
+        let transposed = layer == Layer::Transposed;
+        let (dx, dw, db) = match node_x {
+            Some(_) => {
+                let (dx, dw, db) =
+                    B::layer3x3_backward(x, weight, output, grad, stride, relu, transposed);
+                (Some(dx), dw, db)
+            }
+            None => {
+                let (dw, db) =
+                    B::layer3x3_param_backward(x, weight, output, grad, stride, relu, transposed);
+                (None, dw, db)
+            }
+        };
+        for (node, value) in [(node_x, dx), (node_weight, Some(dw)), (node_bias, Some(db))] {
+            if let (Some(node), Some(value)) = (node, value) {
+                grads.register::<B>(node.id, value);
+            }
+        }
+    }
+}
+
+/// Runs `layer` on the inner backend and records its backward step when any input is tracked.
+fn tracked<B: Conv3x3Backend, C: CheckpointStrategy>(
+    layer: Layer,
+    x: FloatTensor<Autodiff<B, C>>,
+    weight: FloatTensor<Autodiff<B, C>>,
+    bias: FloatTensor<Autodiff<B, C>>,
+    stride: usize,
+    relu: bool,
+) -> FloatTensor<Autodiff<B, C>> {
+    match Layer3x3Step
+        .prepare::<C>([x.node(), weight.node(), bias.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let (x_state, weight_state) = (prep.checkpoint(&x), prep.checkpoint(&weight));
+            let out = layer.forward::<B>(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                stride,
+                relu,
+            );
+            let relu_output = relu.then(|| out.clone());
+            prep.finish((x_state, weight_state, layer, stride, relu_output), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(layer.forward::<B>(
+            x.into_primitive(),
+            weight.into_primitive(),
+            bias.into_primitive(),
+            stride,
+            relu,
+        )),
+    }
+}
+
+impl<B: Conv3x3Backend, C: CheckpointStrategy> Conv3x3Backend for Autodiff<B, C> {
+    fn conv3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        tracked::<B, C>(Layer::Conv, x, weight, bias, stride, relu)
+    }
+
+    fn conv_transpose3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        tracked::<B, C>(Layer::Transposed, x, weight, bias, stride, relu)
+    }
+}

@@ -1,0 +1,289 @@
+//! cae's 3x3 convolutions as a Burn backend extension: the trait, whose default bodies are
+//! Burn's own operations (every backend but Flex runs those), and the pieces of a layer's
+//! backward pass that the Flex implementation ([`crate::flex`]) and the autodiff node
+//! ([`crate::autodiff`]) share.
+
+use burn::backend::TensorMetadata;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, backend_extension};
+use burn::tensor::Shape;
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+
+pub fn conv_options(stride: usize) -> ConvOptions<2> {
+    ConvOptions::new([stride; 2], [1, 1], [1, 1], 1)
+}
+
+/// Padding 1, and output padding `stride - 1` so that the output is `stride` times the input.
+pub fn conv_transpose_options(stride: usize) -> ConvTransposeOptions<2> {
+    ConvTransposeOptions::new([stride; 2], [1, 1], [stride - 1; 2], [1, 1], 1)
+}
+
+/// 3x3 convolutions with padding 1 (stride 1 or 2) and their transposes, weights and layouts
+/// as in PyTorch. The default bodies are Burn's generic operations.
+#[backend_extension(Flex, Autodiff)]
+pub trait Conv3x3Backend: Backend {
+    /// The convolution, followed by ReLU when `relu` is set.
+    fn conv3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        burn_conv3x3::<Self>(x, weight, bias, stride, relu)
+    }
+
+    fn conv3x3_x_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        Self::conv2d_x_backward(x, weight, output_grad, conv_options(stride))
+    }
+
+    fn conv3x3_weight_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        Self::conv2d_weight_backward(x, weight, output_grad, conv_options(stride))
+    }
+
+    /// The transposed convolution, followed by ReLU when `relu` is set.
+    fn conv_transpose3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        burn_conv_transpose3x3::<Self>(x, weight, bias, stride, relu)
+    }
+
+    fn conv_transpose3x3_x_backward(
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        Self::conv_transpose2d_x_backward(weight, output_grad, conv_transpose_options(stride))
+    }
+
+    fn conv_transpose3x3_weight_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        Self::conv_transpose2d_weight_backward(
+            x,
+            weight,
+            output_grad,
+            conv_transpose_options(stride),
+        )
+    }
+
+    /// The bias gradient of either layer: `output_grad` summed over batch, height and width.
+    fn channel_sum(output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        burn_channel_sum::<Self>(output_grad)
+    }
+
+    /// The gradient through a ReLU whose output was `relu_output` (kept where the output is
+    /// positive or NaN, as Burn's `relu_backward`), and its [`Self::channel_sum`].
+    fn relu_backward_and_channel_sum(
+        relu_output: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        burn_relu_backward_and_channel_sum::<Self>(relu_output, output_grad)
+    }
+
+    /// A layer's input, weight and bias gradients in one call (`transposed`: a transposed
+    /// convolution). `output` is the layer's output: with `relu` set, its zeros gate
+    /// `output_grad` first; otherwise it is not read. The default runs the operations above
+    /// one after the other.
+    #[allow(clippy::too_many_arguments)]
+    fn layer3x3_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        stride: usize,
+        relu: bool,
+        transposed: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let step = StepInputs::new(x, weight, output, output_grad, stride, relu, transposed);
+        let (dx, dw, db) = separate_backward::<Self>(step, true);
+        (dx.expect("asked for the input gradient"), dw, db)
+    }
+
+    /// [`Self::layer3x3_backward`] without the input gradient (an untracked input).
+    #[allow(clippy::too_many_arguments)]
+    fn layer3x3_param_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        stride: usize,
+        relu: bool,
+        transposed: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let step = StepInputs::new(x, weight, output, output_grad, stride, relu, transposed);
+        let (_, dw, db) = separate_backward::<Self>(step, false);
+        (dw, db)
+    }
+}
+
+/// The inputs of a layer's backward pass.
+pub(crate) struct StepInputs<B: Backend> {
+    pub(crate) x: FloatTensor<B>,
+    pub(crate) weight: FloatTensor<B>,
+    pub(crate) relu_output: Option<FloatTensor<B>>,
+    pub(crate) grad: FloatTensor<B>,
+    pub(crate) stride: usize,
+    pub(crate) layer: Layer,
+}
+
+impl<B: Backend> StepInputs<B> {
+    pub(crate) fn new(
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        output: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        stride: usize,
+        relu: bool,
+        transposed: bool,
+    ) -> Self {
+        StepInputs {
+            x,
+            weight,
+            relu_output: relu.then_some(output),
+            grad,
+            stride,
+            layer: if transposed {
+                Layer::Transposed
+            } else {
+                Layer::Conv
+            },
+        }
+    }
+}
+
+/// A layer's gradients (input when `want_input`, weight, bias) from the separate operations.
+pub(crate) type Grads<B> = (Option<FloatTensor<B>>, FloatTensor<B>, FloatTensor<B>);
+
+pub(crate) fn separate_backward<B: Conv3x3Backend>(
+    step: StepInputs<B>,
+    want_input: bool,
+) -> Grads<B> {
+    let StepInputs {
+        x,
+        weight,
+        relu_output,
+        grad,
+        stride,
+        layer,
+    } = step;
+    let (grad, bias) = match relu_output {
+        Some(output) => B::relu_backward_and_channel_sum(output, grad),
+        None => {
+            let sum = B::channel_sum(grad.clone());
+            (grad, sum)
+        }
+    };
+    let dw = layer.weight_grad::<B>(x.clone(), weight.clone(), grad.clone(), stride);
+    let dx = want_input.then(|| layer.x_grad::<B>(x, weight, grad, stride));
+    (dx, dw, bias)
+}
+
+/// [`Conv3x3Backend::conv3x3`] in Burn's generic operations.
+pub(crate) fn burn_conv3x3<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+    stride: usize,
+    relu: bool,
+) -> FloatTensor<B> {
+    let out = B::conv2d(x, weight, Some(bias), conv_options(stride));
+    if relu { B::relu(out) } else { out }
+}
+
+/// [`Conv3x3Backend::conv_transpose3x3`] in Burn's generic operations.
+pub(crate) fn burn_conv_transpose3x3<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+    stride: usize,
+    relu: bool,
+) -> FloatTensor<B> {
+    let out = B::conv_transpose2d(x, weight, Some(bias), conv_transpose_options(stride));
+    if relu { B::relu(out) } else { out }
+}
+
+/// [`Conv3x3Backend::channel_sum`] in Burn's generic operations.
+pub(crate) fn burn_channel_sum<B: Backend>(output_grad: FloatTensor<B>) -> FloatTensor<B> {
+    let channels = output_grad.shape()[1];
+    let summed = B::float_sum_dim(output_grad, 0);
+    let summed = B::float_sum_dim(summed, 2);
+    let summed = B::float_sum_dim(summed, 3);
+    B::float_reshape(summed, Shape::new([channels]))
+}
+
+/// [`Conv3x3Backend::relu_backward_and_channel_sum`] in Burn's generic operations.
+pub(crate) fn burn_relu_backward_and_channel_sum<B: Backend>(
+    relu_output: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let grad = B::relu_backward(relu_output, output_grad);
+    let sum = burn_channel_sum::<B>(grad.clone());
+    (grad, sum)
+}
+
+/// Which of the two layers an autodiff node holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    Conv,
+    Transposed,
+}
+
+impl Layer {
+    pub(crate) fn forward<B: Conv3x3Backend>(
+        self,
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        bias: FloatTensor<B>,
+        stride: usize,
+        relu: bool,
+    ) -> FloatTensor<B> {
+        match self {
+            Layer::Conv => B::conv3x3(x, weight, bias, stride, relu),
+            Layer::Transposed => B::conv_transpose3x3(x, weight, bias, stride, relu),
+        }
+    }
+
+    pub(crate) fn x_grad<B: Conv3x3Backend>(
+        self,
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        stride: usize,
+    ) -> FloatTensor<B> {
+        match self {
+            Layer::Conv => B::conv3x3_x_backward(x, weight, grad, stride),
+            Layer::Transposed => B::conv_transpose3x3_x_backward(weight, grad, stride),
+        }
+    }
+
+    pub(crate) fn weight_grad<B: Conv3x3Backend>(
+        self,
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        stride: usize,
+    ) -> FloatTensor<B> {
+        match self {
+            Layer::Conv => B::conv3x3_weight_backward(x, weight, grad, stride),
+            Layer::Transposed => B::conv_transpose3x3_weight_backward(x, weight, grad, stride),
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! cae's convolution kernels against Burn's own operations on the Flex backend: outputs and
+//! every gradient (input, weight, bias), for both layer kinds, both strides and odd shapes.
+//! The fidelity test checks the whole model against PyTorch; this one checks the kernels
+//! where PyTorch has no fixture, and keeps Burn's path (used on every other backend) honest.
+
+use crate::{self as kernels, Kernels, Layer};
+use burn::tensor::{Device, Distribution, Tensor};
+
+struct Case {
+    batch: usize,
+    in_channels: usize,
+    out_channels: usize,
+    height: usize,
+    width: usize,
+    stride: usize,
+    transposed: bool,
+    relu: bool,
+}
+
+fn max_relative(a: Tensor<1>, b: Tensor<1>) -> f32 {
+    let scale: f32 = b.clone().abs().max().into_scalar::<f32>().max(1e-6);
+    (a - b).abs().max().into_scalar::<f32>() / scale
+}
+
+fn flat<const D: usize>(t: Tensor<D>) -> Tensor<1> {
+    let n = t.shape().num_elements();
+    t.reshape([n])
+}
+
+/// Output and gradients of `sum(output * probe)` with the chosen kernels.
+fn run(case: &Case, kernels: Kernels, seed: u64) -> Vec<Tensor<1>> {
+    let device = Device::flex().autodiff();
+    device.seed(seed);
+    let uniform = Distribution::Uniform(-1.0, 1.0);
+    let x = Tensor::<4>::random(
+        [case.batch, case.in_channels, case.height, case.width],
+        uniform,
+        &device,
+    )
+    .require_grad();
+    let weight_shape = if case.transposed {
+        [case.in_channels, case.out_channels, 3, 3]
+    } else {
+        [case.out_channels, case.in_channels, 3, 3]
+    };
+    let weight = Tensor::<4>::random(weight_shape, uniform, &device).require_grad();
+    let bias = Tensor::<1>::random([case.out_channels], uniform, &device).require_grad();
+    let layer = if case.transposed {
+        Layer::Transposed
+    } else {
+        Layer::Conv
+    };
+    let out = kernels::layer3x3(
+        layer,
+        kernels,
+        x.clone(),
+        weight.clone(),
+        bias.clone(),
+        case.stride,
+        case.relu,
+    );
+    let probe = Tensor::<4>::random(out.dims(), uniform, &device);
+    let grads = (out.clone() * probe).sum().backward();
+    vec![
+        flat(out.inner()),
+        flat(x.grad(&grads).expect("x grad")),
+        flat(weight.grad(&grads).expect("weight grad")),
+        flat(bias.grad(&grads).expect("bias grad")),
+    ]
+}
+
+#[test]
+fn cae_kernels_match_burn_forward_and_backward() {
+    let mut cases = Vec::new();
+    for transposed in [false, true] {
+        for stride in [1, 2] {
+            for (batch, in_channels, out_channels, height, width) in [
+                (3, 3, 16, 9, 7),
+                (5, 16, 8, 8, 8),
+                (1, 2, 3, 1, 1),
+                (17, 32, 64, 4, 6),
+                (2, 16, 16, 32, 32),
+            ] {
+                for relu in [false, true] {
+                    cases.push(Case {
+                        relu,
+                        batch,
+                        in_channels,
+                        out_channels,
+                        height,
+                        width,
+                        stride,
+                        transposed,
+                    });
+                }
+            }
+        }
+    }
+    for (i, case) in cases.iter().enumerate() {
+        // Burn's conv_transpose2d output for odd inputs is `stride * size`, as in the model.
+        let ours = run(case, Kernels::Cae, i as u64);
+        let burns = run(case, Kernels::Burn, i as u64);
+        for (name, (a, b)) in ["output", "x grad", "weight grad", "bias grad"]
+            .iter()
+            .zip(ours.into_iter().zip(burns))
+        {
+            assert_eq!(a.dims(), b.dims(), "case {i} {name} shape");
+            let diff = max_relative(a, b);
+            assert!(
+                diff < 1e-5,
+                "case {i} ({}transposed, stride {}, relu {}): {name} differs by {diff}",
+                if case.transposed { "" } else { "not " },
+                case.stride,
+                case.relu
+            );
+        }
+    }
+}
+
+/// The same comparison on the portable path, as on a CPU without AVX-512: this test binary
+/// runs that test again with `CAE_NO_AVX512=1` (read once per process).
+#[test]
+fn portable_path_matches_burn_too() {
+    if std::env::var_os("CAE_NO_AVX512").is_some() {
+        return; // this is the portable run already
+    }
+    let test = "burn_parity::cae_kernels_match_burn_forward_and_backward";
+    let run = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", test, "--test-threads", "1"])
+        .env("CAE_NO_AVX512", "1")
+        .output()
+        .expect("rerun the test binary");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success() && stdout.contains(&format!("test {test} ... ok")),
+        "portable run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+#[test]
+fn flex_devices_get_cae_kernels_unless_asked_for_burn() {
+    let expected = match std::env::var("CAE_KERNELS").as_deref() {
+        Ok("burn") => Kernels::Burn,
+        _ => Kernels::Cae,
+    };
+    assert_eq!(kernels::kernels_for(&Device::flex()), expected);
+    assert_eq!(kernels::kernels_for(&Device::flex().autodiff()), expected);
+}

@@ -1,0 +1,576 @@
+//! AVX-512 kernels vectorized over feature channels, for any stride and map size: 16 feature
+//! channels to a vector register, input values broadcast one at a time.
+//!
+//! [`super::direct`] vectorizes over 16 output columns, which needs stride 1 and maps at least
+//! 16 wide; the stride-2 and 8x8 layers and every weight gradient then fell back to im2col and
+//! ran at a third to a half of the stride-1 layers' rate (`cae bench --layers`). Here the
+//! weight gradient is a sum of outer products over output positions, `dW[tap, 16 co] +=
+//! x[tap at p] * dY[p, 16 co]`, with up to 27 taps in registers; the forward pass and the
+//! stride-2 adjoint keep a block of positions times up to 64 channels in registers and write a
+//! channels-last `(positions, channels)` result, transposed back per image.
+
+use rayon::prelude::*;
+
+use std::mem::MaybeUninit;
+
+use crate::buffers::{per_image, with_scratch};
+use crate::direct::{cpu_has_avx512, pad_images, padded_plane};
+use crate::geometry::Conv3x3;
+use crate::reduce::sum_in_order;
+use crate::transpose::{as_uninit, transpose};
+
+/// Feature channels per vector register.
+const LANES: usize = 16;
+
+/// Values (padded images and their gradients) of one group of images in the weight gradient:
+/// 512 KiB, a quarter of a core's L2 cache.
+const GROUP_BUDGET: usize = 128 * 1024;
+
+/// Whether this CPU runs these kernels and the feature channels fill whole vectors.
+pub fn available(g: &Conv3x3) -> bool {
+    g.feature_channels.is_multiple_of(LANES) && g.feature_channels > 0 && cpu_has_avx512()
+}
+
+/// Whether [`forward`] runs this geometry: [`available`], and stride 1 or 2.
+pub fn forward_available(g: &Conv3x3) -> bool {
+    available(g) && matches!(g.stride, 1 | 2)
+}
+
+/// Whether [`adjoint`] runs this geometry: stride 2 and image channels in multiples of 16.
+pub fn adjoint_available(g: &Conv3x3) -> bool {
+    g.stride == 2
+        && g.image_channels.is_multiple_of(LANES)
+        && g.image_channels > 0
+        && cpu_has_avx512()
+}
+
+/// A run of output positions of one image: `count` positions from `out_position`, spaced by
+/// the pass's output stride, reading the padded input from `input_at` onwards through the
+/// tap list `taps`.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    input_at: usize,
+    out_position: usize,
+    count: usize,
+    taps: usize,
+}
+
+/// A layer prepared for the kernel, ready to run image by image: the geometry its input is
+/// padded with, the values one image's output holds, and for every tap list pairs of (offset
+/// into the padded input, offset of a packed weight row of `channels` values).
+pub struct Pass {
+    input: Conv3x3,
+    output_len: usize,
+    taps: Vec<Vec<(usize, usize)>>,
+    segments: Vec<Segment>,
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+    channels: usize,
+    input_stride: usize,
+    output_stride: usize,
+    relu: bool,
+}
+
+/// The forward pass of [`crate::dispatch::forward`] where [`forward_available`] holds.
+pub fn forward(
+    g: &Conv3x3,
+    image: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
+    g.check_forward(image, weight);
+    let pass = Pass::forward(g, weight, bias, relu);
+    pass.run(image)
+}
+
+impl Pass {
+    /// The forward pass of `g` where [`forward_available`] holds.
+    pub fn forward(g: &Conv3x3, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Self {
+        assert!(
+            forward_available(g),
+            "channels-last kernels need AVX-512, stride 1 or 2 and feature channels in multiples of 16"
+        );
+        assert_eq!(weight.len(), g.weight_len(), "weight size");
+        let (ci, co) = (g.image_channels, g.feature_channels);
+        // weights[(c * 9 + tap) * co + o] = weight[o, c, tap]
+        let mut weights = vec![0.0f32; g.weight_len()];
+        for (o, taps) in weight.chunks(ci * 9).enumerate() {
+            for (k, &v) in taps.iter().enumerate() {
+                weights[k * co + o] = v;
+            }
+        }
+        let (wp, s) = (g.image_width + 2, g.stride);
+        let taps = (0..ci * 9)
+            .map(|k| (k / 9 * padded_plane(g) + k % 9 / 3 * wp + k % 3, k * co))
+            .collect();
+        let fw = g.feature_width();
+        let segments = (0..g.feature_height())
+            .map(|oy| Segment {
+                input_at: oy * s * wp,
+                out_position: oy * fw,
+                count: fw,
+                taps: 0,
+            })
+            .collect();
+        Pass {
+            input: *g,
+            output_len: g.feature_len(),
+            taps: vec![taps],
+            segments,
+            weights,
+            bias: bias.map_or_else(|| vec![0.0; co], <[f32]>::to_vec),
+            channels: co,
+            input_stride: s,
+            output_stride: 1,
+            relu,
+        }
+    }
+}
+
+/// The stride-2 adjoint of [`crate::dispatch::adjoint`] where [`adjoint_available`] holds.
+///
+/// Each image position receives the taps whose parity matches its own: 4, 2, 2 or 1 of the
+/// nine, read from the zero-bordered feature map at consecutive columns for every other image
+/// column, so the four parity classes are four small convolutions.
+/// `bias` (per image channel) and ReLU, when given, are applied on the way out.
+pub fn adjoint(
+    g: &Conv3x3,
+    feature: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
+    g.check_adjoint(feature, weight);
+    let pass = Pass::adjoint(g, weight, bias, relu);
+    pass.run(feature)
+}
+
+impl Pass {
+    /// The stride-2 adjoint of `g` (see [`adjoint`]) where [`adjoint_available`] holds.
+    pub fn adjoint(g: &Conv3x3, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Self {
+        assert!(
+            adjoint_available(g),
+            "the channels-last adjoint needs AVX-512, stride 2 and image channels in multiples of 16"
+        );
+        assert_eq!(weight.len(), g.weight_len(), "weight size");
+        let (ci, co) = (g.image_channels, g.feature_channels);
+        let (fh, fw) = (g.feature_height(), g.feature_width());
+        let feature_side = Conv3x3 {
+            image_channels: co,
+            image_height: fh,
+            image_width: fw,
+            ..*g
+        };
+        let (fwp, fplane) = (fw + 2, padded_plane(&feature_side));
+        // weights[(o * 9 + tap) * ci + c] = weight[o, c, tap]
+        let mut weights = vec![0.0f32; g.weight_len()];
+        for (o, per_channel) in weight.chunks(ci * 9).enumerate() {
+            for (c, taps) in per_channel.chunks(9).enumerate() {
+                for (tap, &v) in taps.iter().enumerate() {
+                    weights[(o * 9 + tap) * ci + c] = v;
+                }
+            }
+        }
+        // Class (cy, cx) holds the image positions with (y + 1, x + 1) of that parity; tap
+        // (ky, kx) reaches them when ky = cy and kx = cx (mod 2), from feature position
+        // ((y + 1 - ky) / 2, (x + 1 - kx) / 2): `input_at` is the class's position with the
+        // largest shift, and each tap adds back what it shifts less.
+        let class_taps = |cy: usize, cx: usize| -> Vec<(usize, usize)> {
+            let mut list = Vec::new();
+            for o in 0..co {
+                for ky in (cy..3).step_by(2) {
+                    for kx in (cx..3).step_by(2) {
+                        let shift = (1 - (ky - cy) / 2) * fwp + (1 - (kx - cx) / 2);
+                        list.push((o * fplane + shift, (o * 9 + ky * 3 + kx) * ci));
+                    }
+                }
+            }
+            list
+        };
+        let taps = vec![
+            class_taps(0, 0),
+            class_taps(0, 1),
+            class_taps(1, 0),
+            class_taps(1, 1),
+        ];
+        let (h, w) = (g.image_height, g.image_width);
+        let mut segments = Vec::new();
+        for y in 0..h {
+            let cy = (y + 1) % 2;
+            for cx in 0..2 {
+                let x0 = 1 - cx;
+                if x0 >= w {
+                    continue;
+                }
+                segments.push(Segment {
+                    input_at: (y + 1 - cy) / 2 * fwp + (x0 + 1 - cx) / 2,
+                    out_position: y * w + x0,
+                    count: (w - x0).div_ceil(2),
+                    taps: cy * 2 + cx,
+                });
+            }
+        }
+        Pass {
+            input: feature_side,
+            output_len: g.image_len(),
+            taps,
+            segments,
+            weights,
+            bias: bias.map_or_else(|| vec![0.0; ci], <[f32]>::to_vec),
+            channels: ci,
+            input_stride: 1,
+            output_stride: 2,
+            relu,
+        }
+    }
+}
+
+impl Pass {
+    /// Runs the pass on every image of `input`, in parallel.
+    fn run(&self, input: &[f32]) -> Vec<f32> {
+        let input_len = self.input.image_len();
+        // SAFETY: `run_one` writes every value of each image's output.
+        unsafe { per_image(input, input_len, self.output_len, |i, o| self.run_one(i, o)) }
+    }
+
+    /// One image: pads `input`, runs the kernel channels-last and transposes the result into
+    /// `out`'s `(channels, positions)`, every value of which it writes.
+    pub fn run_one(&self, input: &[f32], out: &mut [MaybeUninit<f32>]) {
+        let g = &self.input;
+        assert_eq!(input.len(), g.image_len(), "input size");
+        assert_eq!(out.len(), self.output_len, "output size");
+        let padded_len = g.image_channels * padded_plane(g);
+        with_scratch([padded_len, self.output_len, 0], |padded, out_last, _| {
+            pad_images(g, input, padded);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the constructors checked AVX-512F; every tap offset stays inside the
+            // padded input and every segment inside `out_last`.
+            unsafe {
+                avx512::run_image(self, padded, out_last)
+            };
+            transpose(
+                out_last,
+                self.output_len / self.channels,
+                self.channels,
+                out,
+            );
+        });
+    }
+}
+
+/// The weight gradient of [`crate::dispatch::weight_grad`] where [`available`] holds.
+pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32> {
+    g.check_weight_grad(image, feature_grad);
+    let per_task = g.batch.div_ceil(rayon::current_num_threads()).max(1);
+    let partials: Vec<Vec<f32>> = feature_grad
+        .par_chunks(per_task * g.feature_len())
+        .zip(image.par_chunks(per_task * g.image_len()))
+        .map(|(grads, images)| {
+            let mut partial = vec![0.0f32; g.weight_len()];
+            accumulate_weight_grad(g, images, grads, &mut partial);
+            partial
+        })
+        .collect();
+    weight_from_taps(g, &sum_in_order(&partials, g.weight_len()))
+}
+
+/// Adds the weight gradient of some images and their feature gradients to `by_tap`, laid out
+/// `(ci, 3, 3, co)` as the kernel accumulates it ([`weight_from_taps`] turns it around).
+pub fn accumulate_weight_grad(g: &Conv3x3, images: &[f32], grads: &[f32], by_tap: &mut [f32]) {
+    assert!(
+        available(g),
+        "channels-last kernels need AVX-512 and feature channels in multiples of 16"
+    );
+    let (ci, co) = (g.image_channels, g.feature_channels);
+    let count = images.len() / g.image_len();
+    assert_eq!(images.len(), count * g.image_len(), "image size");
+    assert_eq!(grads.len(), count * g.feature_len(), "feature size");
+    assert_eq!(by_tap.len(), g.weight_len(), "weight size");
+    // Images in one group stay in L2 and are summed in registers before the partial sums are
+    // touched: on 8x8 maps one image was too little work per tile.
+    let per_image = ci * padded_plane(g) + g.feature_len();
+    let group = (GROUP_BUDGET / per_image).clamp(1, count.max(1));
+    let lens = [group * ci * padded_plane(g), group * g.feature_len(), 0];
+    with_scratch(lens, |padded, grad_last, _| {
+        for (imgs, grads) in images
+            .chunks(group * g.image_len())
+            .zip(grads.chunks(group * g.feature_len()))
+        {
+            let count = imgs.len() / g.image_len();
+            pad_images(g, imgs, padded);
+            for (grad, last) in grads
+                .chunks(g.feature_len())
+                .zip(grad_last.chunks_mut(g.feature_len()))
+            {
+                transpose(grad, co, g.feature_len() / co, as_uninit(last));
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `available` checked AVX-512F; buffers have the sizes read.
+            unsafe {
+                avx512::weight_grad_images(g, count, padded, grad_last, by_tap)
+            };
+        }
+    });
+}
+
+/// `(ci, 3, 3, co)` to the weight's `(co, ci, 3, 3)`.
+pub fn weight_from_taps(g: &Conv3x3, by_tap: &[f32]) -> Vec<f32> {
+    let (ci, co) = (g.image_channels, g.feature_channels);
+    let mut out = vec![0.0f32; g.weight_len()];
+    for (k, row) in by_tap.chunks(co).enumerate() {
+        for (o, &v) in row.iter().enumerate() {
+            out[o * ci * 9 + k] = v;
+        }
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Conv3x3, LANES, Pass, Segment, padded_plane};
+
+    /// One image: every segment of `pass` into `out_last (positions, channels)` from the
+    /// padded input.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn run_image(pass: &Pass, padded: &[f32], out_last: &mut [f32]) {
+        let vectors = pass.channels / LANES;
+        let strides = (pass.input_stride, pass.output_stride);
+        let mut v = 0;
+        while v < vectors {
+            let left = vectors - v;
+            for segment in &pass.segments {
+                let at = (padded, out_last.as_mut_ptr(), segment, v);
+                // Positions per tile times vectors per tile: 16 sums in registers.
+                unsafe {
+                    match (vectors_per_tile(left), strides) {
+                        (4, (1, 1)) => segment_tiles::<4, 4, 1, 1>(pass, at),
+                        (4, (2, 1)) => segment_tiles::<4, 4, 2, 1>(pass, at),
+                        (4, _) => segment_tiles::<4, 4, 1, 2>(pass, at),
+                        (2, (1, 1)) => segment_tiles::<8, 2, 1, 1>(pass, at),
+                        (2, (2, 1)) => segment_tiles::<8, 2, 2, 1>(pass, at),
+                        (2, _) => segment_tiles::<8, 2, 1, 2>(pass, at),
+                        (_, (1, 1)) => segment_tiles::<16, 1, 1, 1>(pass, at),
+                        (_, (2, 1)) => segment_tiles::<16, 1, 2, 1>(pass, at),
+                        (_, _) => segment_tiles::<16, 1, 1, 2>(pass, at),
+                    }
+                }
+            }
+            v += vectors_per_tile(left);
+        }
+    }
+
+    fn vectors_per_tile(left: usize) -> usize {
+        match left {
+            1 => 1,
+            2 | 3 => 2,
+            _ => 4,
+        }
+    }
+
+    type At<'a> = (&'a [f32], *mut f32, &'a Segment, usize);
+
+    /// One segment in blocks of `P` positions, then its remainder one at a time.
+    #[inline(always)]
+    unsafe fn segment_tiles<const P: usize, const V: usize, const SI: usize, const SO: usize>(
+        pass: &Pass,
+        (padded, out_last, segment, v0): At,
+    ) {
+        let mut i = 0;
+        while i + P <= segment.count {
+            unsafe { tile::<P, V, SI, SO>(pass, padded, out_last, segment, v0, i) };
+            i += P;
+        }
+        while i < segment.count {
+            unsafe { tile::<1, V, SI, SO>(pass, padded, out_last, segment, v0, i) };
+            i += 1;
+        }
+    }
+
+    /// Positions `i..i + P` of `segment` times `V` vectors of channels from vector `v0`,
+    /// summed over the segment's taps in registers.
+    #[inline(always)]
+    unsafe fn tile<const P: usize, const V: usize, const SI: usize, const SO: usize>(
+        pass: &Pass,
+        padded: &[f32],
+        out_last: *mut f32,
+        segment: &Segment,
+        v0: usize,
+        i: usize,
+    ) {
+        // SAFETY: only called from `#[target_feature(enable = "avx512f")]` functions; the
+        // pass's offsets were built for the padded input and output it is given.
+        unsafe {
+            let c = pass.channels;
+            let x = padded.as_ptr().add(segment.input_at + i * SI);
+            let w = pass.weights.as_ptr().add(v0 * LANES);
+            let mut acc = [[_mm512_setzero_ps(); V]; P];
+            for j in 0..V {
+                let b = _mm512_loadu_ps(pass.bias.as_ptr().add((v0 + j) * LANES));
+                for acc in acc.iter_mut() {
+                    acc[j] = b;
+                }
+            }
+            for &(offset, row) in &pass.taps[segment.taps] {
+                let mut wv = [_mm512_setzero_ps(); V];
+                for (j, wv) in wv.iter_mut().enumerate() {
+                    *wv = _mm512_loadu_ps(w.add(row + j * LANES));
+                }
+                for (b, acc) in acc.iter_mut().enumerate() {
+                    let xb = _mm512_set1_ps(*x.add(offset + b * SI));
+                    for j in 0..V {
+                        acc[j] = _mm512_fmadd_ps(xb, wv[j], acc[j]);
+                    }
+                }
+            }
+            let zero = _mm512_setzero_ps();
+            let p0 = segment.out_position + i * SO;
+            for (b, acc) in acc.iter().enumerate() {
+                for (j, &value) in acc.iter().enumerate() {
+                    let value = if pass.relu {
+                        _mm512_max_ps(value, zero)
+                    } else {
+                        value
+                    };
+                    let dst = out_last.add((p0 + b * SO) * c + (v0 + j) * LANES);
+                    _mm512_storeu_ps(dst, value);
+                }
+            }
+        }
+    }
+
+    /// Adds the weight gradient of `count` images to `partial (ci, 3, 3, co)`, from their
+    /// padded inputs `(count, ci, H + 2, W + 2)` and channels-last output gradients
+    /// `(count, positions, co)`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn weight_grad_images(
+        g: &Conv3x3,
+        count: usize,
+        padded: &[f32],
+        grad_last: &[f32],
+        partial: &mut [f32],
+    ) {
+        let (ci, vectors) = (g.image_channels, g.feature_channels / LANES);
+        let mut v = 0;
+        while v < vectors {
+            if vectors - v >= 2 {
+                // 2 vectors x 9 taps = 18 accumulators, one image channel at a time.
+                for c in 0..ci {
+                    unsafe { weight_grad_tile::<1, 2>(g, count, padded, grad_last, partial, c, v) };
+                }
+                v += 2;
+            } else {
+                // 1 vector x 27 taps: three image channels at a time.
+                let mut c = 0;
+                while c < ci {
+                    match ci - c {
+                        1 => unsafe {
+                            weight_grad_tile::<1, 1>(g, count, padded, grad_last, partial, c, v)
+                        },
+                        2 => unsafe {
+                            weight_grad_tile::<2, 1>(g, count, padded, grad_last, partial, c, v)
+                        },
+                        _ => unsafe {
+                            weight_grad_tile::<3, 1>(g, count, padded, grad_last, partial, c, v)
+                        },
+                    }
+                    c += 3;
+                }
+                v += 1;
+            }
+        }
+    }
+
+    /// Accumulates the 9 taps of `C` image channels from `c0` times `V` vectors of feature
+    /// channels from vector `v0`, over every output position of `count` images, in registers.
+    #[inline(always)]
+    unsafe fn weight_grad_tile<const C: usize, const V: usize>(
+        g: &Conv3x3,
+        count: usize,
+        padded: &[f32],
+        grad_last: &[f32],
+        partial: &mut [f32],
+        c0: usize,
+        v0: usize,
+    ) {
+        // SAFETY: only called from `#[target_feature(enable = "avx512f")]` functions, with
+        // buffers of the sizes the geometry implies.
+        unsafe {
+            let (co, s) = (g.feature_channels, g.stride);
+            let (fh, fw) = (g.feature_height(), g.feature_width());
+            let (wp, plane) = (g.image_width + 2, padded_plane(g));
+            let zero = _mm512_setzero_ps();
+            let mut acc = [[[zero; V]; 9]; C];
+            for n in 0..count {
+                let x = padded.as_ptr().add((n * g.image_channels + c0) * plane);
+                let dy = grad_last.as_ptr().add(n * fh * fw * co + v0 * LANES);
+                for oy in 0..fh {
+                    for ox in 0..fw {
+                        let at = oy * s * wp + ox * s;
+                        let row = dy.add((oy * fw + ox) * co);
+                        let mut d = [zero; V];
+                        for (j, d) in d.iter_mut().enumerate() {
+                            *d = _mm512_loadu_ps(row.add(j * LANES));
+                        }
+                        for (c, acc) in acc.iter_mut().enumerate() {
+                            for (tap, acc) in acc.iter_mut().enumerate() {
+                                let value = *x.add(c * plane + tap / 3 * wp + tap % 3 + at);
+                                let xb = _mm512_set1_ps(value);
+                                for j in 0..V {
+                                    acc[j] = _mm512_fmadd_ps(xb, d[j], acc[j]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (c, acc) in acc.iter().enumerate() {
+                for (tap, acc) in acc.iter().enumerate() {
+                    for (j, acc) in acc.iter().enumerate() {
+                        let k = (c0 + c) * 9 + tap;
+                        let dst = partial.as_mut_ptr().add(k * co + (v0 + j) * LANES);
+                        _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), *acc));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::im2col::weight_grad_im2col;
+
+    /// A batch whose tasks hold several groups of images, the last one short.
+    #[test]
+    fn weight_grad_sums_every_group_of_images() {
+        let g = Conv3x3 {
+            batch: 16,
+            image_channels: 16,
+            image_height: 32,
+            image_width: 32,
+            feature_channels: 16,
+            stride: 1,
+        };
+        if !available(&g) {
+            return;
+        }
+        let per_image = g.image_channels * padded_plane(&g) + g.feature_len();
+        let per_task = g.batch.div_ceil(rayon::current_num_threads());
+        assert!(GROUP_BUDGET / per_image < per_task, "one group per task");
+        let image: Vec<f32> = (0..g.batch * g.image_len())
+            .map(|i| (i % 13) as f32 / 13.0)
+            .collect();
+        let grad: Vec<f32> = (0..g.batch * g.feature_len())
+            .map(|i| (i % 7) as f32 / 7.0 - 0.5)
+            .collect();
+        let ours = weight_grad(&g, &image, &grad);
+        let reference = weight_grad_im2col(&g, &image, &grad);
+        for (a, b) in ours.iter().zip(&reference) {
+            assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+}

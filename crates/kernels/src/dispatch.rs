@@ -1,0 +1,425 @@
+//! 3x3, padding-1 convolutions on NCHW `f32` slices: the forward pass, its adjoint (which is
+//! also the transposed convolution) and the weight gradient. Each dispatches (see [`Path`]) to
+//! the AVX-512 kernels of [`crate::direct`] or [`crate::channels_last`], or runs the portable
+//! im2col/col2im path of [`crate::im2col`].
+//!
+//! Written for cae's twelve layers because Burn Flex's convolution and transposed-convolution
+//! backward passes spend most of a training step outside matrix products (scalar scatter
+//! loops, zeroing and page faults on fresh buffers); `cae bench` shows the gain.
+
+use crate::geometry::{Conv3x3, flipped, swapped};
+use crate::im2col::{adjoint_col2im, forward_im2col, weight_grad_im2col};
+use crate::{channels_last, direct};
+
+/// Feature maps `(batch, feature_channels, fh, fw)` from images `(batch, image_channels, H, W)`
+/// and a weight `(feature_channels, image_channels, 3, 3)`, plus an optional bias, then ReLU
+/// when `relu` is set.
+pub fn forward(
+    geometry: &Conv3x3,
+    image: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
+    match forward_path(geometry) {
+        Path::Direct => direct::forward(geometry, image, weight, bias, relu),
+        Path::ChannelsLast => channels_last::forward(geometry, image, weight, bias, relu),
+        _ => forward_im2col(geometry, image, weight, bias, relu),
+    }
+}
+
+/// Which kernel runs a pass: what the dispatching functions choose, and what
+/// `cae bench --layers` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// [`direct`]: AVX-512, vectorized over 16 output columns.
+    Direct,
+    /// [`channels_last`]: AVX-512, vectorized over 16 channels.
+    ChannelsLast,
+    /// im2col and a matrix product (portable).
+    Im2col,
+    /// A matrix product and col2im (portable).
+    Col2im,
+}
+
+impl Path {
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::ChannelsLast => "channels-last",
+            Path::Im2col => "im2col",
+            Path::Col2im => "col2im",
+        }
+    }
+}
+
+/// The kernel [`forward`] runs for this geometry.
+pub fn forward_path(g: &Conv3x3) -> Path {
+    if direct::available(g) {
+        Path::Direct
+    } else if channels_last::forward_available(g) {
+        Path::ChannelsLast
+    } else {
+        Path::Im2col
+    }
+}
+
+/// The kernel [`adjoint`] runs for this geometry. With stride 1 the adjoint is the convolution
+/// with the kernel flipped and its two channel axes swapped, run by [`forward`]: the direct
+/// kernel, or one im2col instead of the slower col2im (measured faster unless the product then
+/// has too few rows).
+pub fn adjoint_path(g: &Conv3x3) -> Path {
+    let swapped = swapped(g);
+    if g.stride == 1 && (direct::available(&swapped) || g.image_channels >= 16) {
+        forward_path(&swapped)
+    } else if channels_last::adjoint_available(g) {
+        Path::ChannelsLast
+    } else {
+        Path::Col2im
+    }
+}
+
+/// The kernel [`weight_grad`] runs for this geometry. Measured with `cae bench --layers`: the
+/// channels-last kernel is fastest wherever the feature channels fill vectors (twice the direct
+/// kernel's rate on the 3-channel layers); otherwise the direct kernel wins on 32-wide maps and
+/// loses to im2col on 16-wide ones.
+pub fn weight_grad_path(g: &Conv3x3) -> Path {
+    if channels_last::available(g) {
+        Path::ChannelsLast
+    } else if direct::available(g) && g.image_width >= 32 {
+        Path::Direct
+    } else {
+        Path::Im2col
+    }
+}
+
+/// The adjoint of [`forward`] (without bias): images `(batch, image_channels, H, W)` from
+/// feature maps. This is a convolution's input gradient and a transposed convolution's output.
+pub fn adjoint(geometry: &Conv3x3, feature: &[f32], weight: &[f32]) -> Vec<f32> {
+    adjoint_then(geometry, feature, weight, None, false)
+}
+
+/// A transposed convolution's output: [`adjoint`] plus `bias` per image channel, then ReLU
+/// when `relu` is set, fused into the kernels (a separate pass cost 2% of inference).
+pub fn transposed(
+    geometry: &Conv3x3,
+    feature: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    relu: bool,
+) -> Vec<f32> {
+    assert_eq!(bias.len(), geometry.image_channels, "bias size");
+    adjoint_then(geometry, feature, weight, Some(bias), relu)
+}
+
+fn adjoint_then(
+    geometry: &Conv3x3,
+    feature: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
+    let g = *geometry;
+    g.check_adjoint(feature, weight);
+    // Stride 1: `adjoint_path` named the kernel `forward` picks for the flipped convolution.
+    match adjoint_path(&g) {
+        Path::ChannelsLast if g.stride == 2 => {
+            return channels_last::adjoint(&g, feature, weight, bias, relu);
+        }
+        Path::Col2im => {}
+        _ => return forward(&swapped(&g), feature, &flipped(&g, weight), bias, relu),
+    }
+    let mut out = adjoint_col2im(&g, feature, weight);
+    if bias.is_some() || relu {
+        let plane = g.image_height * g.image_width;
+        for (channel, values) in out.chunks_mut(plane).enumerate() {
+            let shift = bias.map_or(0.0, |b| b[channel % g.image_channels]);
+            if relu {
+                values.iter_mut().for_each(|v| *v = (*v + shift).max(0.0));
+            } else {
+                values.iter_mut().for_each(|v| *v += shift);
+            }
+        }
+    }
+    out
+}
+
+/// Gradient of the weight `(feature_channels, image_channels, 3, 3)` given the images and the
+/// gradient of the feature maps, summed over the batch.
+pub fn weight_grad(geometry: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32> {
+    match weight_grad_path(geometry) {
+        Path::ChannelsLast => channels_last::weight_grad(geometry, image, feature_grad),
+        Path::Direct => direct::weight_grad(geometry, image, feature_grad),
+        _ => weight_grad_im2col(geometry, image, feature_grad),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reduce::channel_sums;
+    use crate::relu_gate::relu_backward_and_channel_sums;
+    use rand::rngs::Xoshiro256PlusPlus;
+    use rand::{RngExt, SeedableRng};
+
+    /// The definition, one multiply-add at a time, in f64.
+    fn naive_forward(g: &Conv3x3, image: &[f32], weight: &[f32]) -> Vec<f64> {
+        let (h, w) = (g.image_height as isize, g.image_width as isize);
+        let (fh, fw) = (g.feature_height(), g.feature_width());
+        let mut out = vec![0.0f64; g.batch * g.feature_len()];
+        for n in 0..g.batch {
+            for co in 0..g.feature_channels {
+                for oy in 0..fh {
+                    for ox in 0..fw {
+                        let mut acc = 0.0f64;
+                        for ci in 0..g.image_channels {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let iy = (oy * g.stride + ky) as isize - 1;
+                                    let ix = (ox * g.stride + kx) as isize - 1;
+                                    if iy < 0 || ix < 0 || iy >= h || ix >= w {
+                                        continue;
+                                    }
+                                    let v = image[n * g.image_len()
+                                        + ci * g.image_height * g.image_width
+                                        + iy as usize * g.image_width
+                                        + ix as usize];
+                                    let wt = weight[co * g.patch_len() + ci * 9 + ky * 3 + kx];
+                                    acc += f64::from(v) * f64::from(wt);
+                                }
+                            }
+                        }
+                        out[n * g.feature_len() + co * fh * fw + oy * fw + ox] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn random(rng: &mut Xoshiro256PlusPlus, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    fn dot(a: &[f32], b: &[f32]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(*x) * f64::from(*y))
+            .sum()
+    }
+
+    fn geometries() -> Vec<Conv3x3> {
+        let mut all = Vec::new();
+        for (stride, h, w) in [
+            (1, 5, 7),
+            (2, 8, 6),
+            (2, 7, 5),
+            (1, 1, 1),
+            (2, 2, 3),
+            (1, 3, 16),
+            (1, 4, 37),
+            (2, 5, 33),
+        ] {
+            // Feature channels in multiples of 16 reach the channels-last kernels.
+            for (ci, co, batch) in [
+                (3, 4, 3),
+                (1, 2, 1),
+                (5, 3, 9),
+                (3, 16, 2),
+                (17, 32, 3),
+                (9, 64, 2),
+                (16, 8, 2),
+                (32, 16, 1),
+            ] {
+                all.push(Conv3x3 {
+                    batch,
+                    image_channels: ci,
+                    image_height: h,
+                    image_width: w,
+                    feature_channels: co,
+                    stride,
+                });
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn forward_matches_the_definition() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+        for g in geometries() {
+            let image = random(&mut rng, g.batch * g.image_len());
+            let weight = random(&mut rng, g.weight_len());
+            let bias = random(&mut rng, g.feature_channels);
+            let fast = forward(&g, &image, &weight, Some(&bias), false);
+            let slow = naive_forward(&g, &image, &weight);
+            let positions = g.feature_height() * g.feature_width();
+            for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
+                let expected = s + f64::from(bias[(i / positions) % g.feature_channels]);
+                assert!(
+                    (f64::from(*f) - expected).abs() < 1e-5 * (1.0 + expected.abs()),
+                    "{g:?} at {i}: {f} vs {expected}"
+                );
+            }
+        }
+    }
+
+    /// <forward(x), y> = <x, adjoint(y)> and d<forward(x), y>/dw = weight_grad(x, y).
+    #[test]
+    fn adjoint_and_weight_grad_are_the_transposes() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
+        for g in geometries() {
+            let image = random(&mut rng, g.batch * g.image_len());
+            let weight = random(&mut rng, g.weight_len());
+            let feature = random(&mut rng, g.batch * g.feature_len());
+            let lhs = dot(&forward(&g, &image, &weight, None, false), &feature);
+            let back = adjoint(&g, &feature, &weight);
+            let worst = worst_difference(&back, &adjoint_col2im(&g, &feature, &weight));
+            assert!(worst < 1e-4, "{g:?} adjoint vs col2im: {worst}");
+            let rhs = dot(&image, &back);
+            assert!(
+                (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
+                "{g:?}: {lhs} vs {rhs}"
+            );
+
+            let grad = weight_grad(&g, &image, &feature);
+            for probe in [0, g.weight_len() / 2, g.weight_len() - 1] {
+                let mut unit = vec![0.0f32; g.weight_len()];
+                unit[probe] = 1.0;
+                let directional = dot(
+                    &naive_forward(&g, &image, &unit)
+                        .iter()
+                        .map(|v| *v as f32)
+                        .collect::<Vec<_>>(),
+                    &feature,
+                );
+                assert!(
+                    (f64::from(grad[probe]) - directional).abs() < 1e-4 * (1.0 + directional.abs()),
+                    "{g:?} weight {probe}: {} vs {directional}",
+                    grad[probe]
+                );
+            }
+        }
+    }
+
+    fn worst_difference(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    type Forward = fn(&Conv3x3, &[f32], &[f32], Option<&[f32]>, bool) -> Vec<f32>;
+    type WeightGrad = fn(&Conv3x3, &[f32], &[f32]) -> Vec<f32>;
+
+    /// Runs a fast path on every test geometry it takes and compares it with im2col; fails
+    /// if no geometry reached it on a CPU that has AVX-512.
+    fn agrees_with_im2col(seed: u64, takes: fn(&Conv3x3) -> bool, fast: (Forward, WeightGrad)) {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let mut compared = 0;
+        for g in geometries().iter().filter(|g| takes(g)) {
+            let image = random(&mut rng, g.batch * g.image_len());
+            let weight = random(&mut rng, g.weight_len());
+            let bias = random(&mut rng, g.feature_channels);
+            let feature = random(&mut rng, g.batch * g.feature_len());
+            for relu in [false, true] {
+                let a = fast.0(g, &image, &weight, Some(&bias), relu);
+                let b = forward_im2col(g, &image, &weight, Some(&bias), relu);
+                let worst = worst_difference(&a, &b);
+                assert!(worst < 1e-4, "{g:?} forward (relu {relu}): {worst}");
+            }
+            let a = fast.1(g, &image, &feature);
+            let b = weight_grad_im2col(g, &image, &feature);
+            let worst = worst_difference(&a, &b);
+            assert!(worst < 1e-3, "{g:?} weight grad: {worst}");
+            compared += 1;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") && std::env::var_os("CAE_NO_AVX512").is_none() {
+            assert!(compared > 0, "no geometry reached the kernels");
+        }
+    }
+
+    #[test]
+    fn direct_and_im2col_paths_agree() {
+        agrees_with_im2col(3, direct::available, (direct::forward, direct::weight_grad));
+    }
+
+    #[test]
+    fn channels_last_and_im2col_paths_agree() {
+        let takes: fn(&Conv3x3) -> bool = channels_last::forward_available;
+        let fast = (
+            channels_last::forward as Forward,
+            channels_last::weight_grad as WeightGrad,
+        );
+        agrees_with_im2col(4, takes, fast);
+    }
+
+    /// The definition and transpose tests on the portable path, as on a CPU without AVX-512:
+    /// the test binary runs them again with `CAE_NO_AVX512=1` (read once per process).
+    #[test]
+    fn portable_path_passes_the_same_tests() {
+        if std::env::var_os("CAE_NO_AVX512").is_some() {
+            return; // this is the portable run already
+        }
+        let tests = [
+            "dispatch::tests::forward_matches_the_definition",
+            "dispatch::tests::adjoint_and_weight_grad_are_the_transposes",
+        ];
+        let run = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", tests[0], tests[1], "--test-threads", "1"])
+            .env("CAE_NO_AVX512", "1")
+            .output()
+            .expect("rerun the test binary");
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(run.status.success(), "portable run failed:\n{stdout}");
+        for test in tests {
+            assert!(
+                stdout.contains(&format!("test {test} ... ok")),
+                "{test} did not run:\n{stdout}"
+            );
+        }
+    }
+
+    /// Sums over the batch come out bit for bit the same on every call, whatever the threads'
+    /// timing (`--resume` reproduces a run exactly only then).
+    #[test]
+    fn batch_sums_do_not_depend_on_thread_timing() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+        let g = Conv3x3 {
+            batch: 64,
+            image_channels: 16,
+            image_height: 8,
+            image_width: 8,
+            feature_channels: 16,
+            stride: 1,
+        };
+        let image = random(&mut rng, g.batch * g.image_len());
+        let feature = random(&mut rng, g.batch * g.feature_len());
+        let first = (
+            weight_grad(&g, &image, &feature),
+            weight_grad_im2col(&g, &image, &feature),
+            relu_backward_and_channel_sums(&image, &feature, g.batch, 16),
+        );
+        for _ in 0..30 {
+            assert_eq!(weight_grad(&g, &image, &feature), first.0);
+            assert_eq!(weight_grad_im2col(&g, &image, &feature), first.1);
+            let again = relu_backward_and_channel_sums(&image, &feature, g.batch, 16);
+            assert_eq!(again, first.2);
+        }
+    }
+
+    #[test]
+    fn channel_sums_add_over_batch_and_positions() {
+        let values: Vec<f32> = (0..2 * 3 * 4).map(|v| v as f32).collect();
+        // channel c of item n holds 4 values starting at n*12 + c*4
+        let expected: Vec<f32> = (0..3)
+            .map(|c| {
+                (0..2)
+                    .flat_map(|n| (0..4).map(move |i| (n * 12 + c * 4 + i) as f32))
+                    .sum()
+            })
+            .collect();
+        assert_eq!(channel_sums(&values, 2, 3), expected);
+    }
+}

@@ -1,0 +1,265 @@
+//! [`Conv3x3Backend`] on Flex: cae's kernels on the tensors' `f32` values, and one grouped
+//! backward pass per layer where the vector kernels cover it.
+
+use burn::backend::Flex;
+use burn::backend::TensorMetadata;
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::ModuleOps;
+use burn::tensor::{DType, TensorData};
+
+use crate::backend::{
+    Conv3x3Backend, Grads, Layer, StepInputs, burn_channel_sum, burn_conv_transpose3x3,
+    burn_conv3x3, burn_relu_backward_and_channel_sum, conv_options, conv_transpose_options,
+    separate_backward,
+};
+use crate::geometry::Conv3x3;
+use crate::{backward, dispatch, reduce, relu_gate};
+
+/// The values of an `f32` Flex tensor, contiguous; `None` for other dtypes.
+fn values(tensor: &FlexTensor) -> Option<std::borrow::Cow<'_, [f32]>> {
+    if tensor.dtype() != DType::F32 {
+        return None;
+    }
+    Some(match tensor.as_slice::<f32>() {
+        Some(slice) => slice.into(),
+        None => tensor.to_contiguous().as_slice::<f32>()?.to_vec().into(),
+    })
+}
+
+fn flex_tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+fn dims4(tensor: &FlexTensor) -> [usize; 4] {
+    let shape = tensor.shape();
+    [shape[0], shape[1], shape[2], shape[3]]
+}
+
+/// The geometry of a convolution given its image and weight `(feature, image, 3, 3)`.
+fn geometry(image: [usize; 4], weight: [usize; 4], stride: usize) -> Option<Conv3x3> {
+    let [batch, image_channels, image_height, image_width] = image;
+    (weight[1] == image_channels && weight[2..] == [3, 3] && matches!(stride, 1 | 2)).then_some(
+        Conv3x3 {
+            batch,
+            image_channels,
+            image_height,
+            image_width,
+            feature_channels: weight[0],
+            stride,
+        },
+    )
+}
+
+fn out_shape(g: &Conv3x3, feature: bool) -> [usize; 4] {
+    if feature {
+        [
+            g.batch,
+            g.feature_channels,
+            g.feature_height(),
+            g.feature_width(),
+        ]
+    } else {
+        [g.batch, g.image_channels, g.image_height, g.image_width]
+    }
+}
+
+impl Conv3x3Backend for Flex {
+    fn conv3x3(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        stride: usize,
+        relu: bool,
+    ) -> FlexTensor {
+        let g = geometry(dims4(&x), dims4(&weight), stride);
+        match (g, values(&x), values(&weight), values(&bias)) {
+            (Some(g), Some(x), Some(w), Some(b)) => {
+                let out = dispatch::forward(&g, &x, &w, Some(&b), relu);
+                flex_tensor(out, out_shape(&g, true))
+            }
+            _ => burn_conv3x3::<Self>(x, weight, bias, stride, relu),
+        }
+    }
+
+    fn conv3x3_x_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output_grad: FlexTensor,
+        stride: usize,
+    ) -> FlexTensor {
+        let g = geometry(dims4(&x), dims4(&weight), stride);
+        match (g, values(&output_grad), values(&weight)) {
+            (Some(g), Some(dy), Some(w)) => {
+                flex_tensor(dispatch::adjoint(&g, &dy, &w), out_shape(&g, false))
+            }
+            _ => Self::conv2d_x_backward(x, weight, output_grad, conv_options(stride)),
+        }
+    }
+
+    fn conv3x3_weight_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output_grad: FlexTensor,
+        stride: usize,
+    ) -> FlexTensor {
+        let g = geometry(dims4(&x), dims4(&weight), stride);
+        match (g, values(&x), values(&output_grad)) {
+            (Some(g), Some(x), Some(dy)) => {
+                flex_tensor(dispatch::weight_grad(&g, &x, &dy), dims4(&weight))
+            }
+            _ => Self::conv2d_weight_backward(x, weight, output_grad, conv_options(stride)),
+        }
+    }
+
+    /// The transposed convolution's output is the image side of the convolution whose weight
+    /// is this weight `(in, out, 3, 3)` read as `(feature, image, 3, 3)`.
+    fn conv_transpose3x3(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        stride: usize,
+        relu: bool,
+    ) -> FlexTensor {
+        let [batch, _, height, width] = dims4(&x);
+        let image = [batch, dims4(&weight)[1], height * stride, width * stride];
+        let g =
+            geometry(image, dims4(&weight), stride).filter(|g| g.feature_channels == dims4(&x)[1]);
+        match (g, values(&x), values(&weight), values(&bias)) {
+            (Some(g), Some(x), Some(w), Some(b)) => {
+                let out = dispatch::transposed(&g, &x, &w, &b, relu);
+                flex_tensor(out, out_shape(&g, false))
+            }
+            _ => burn_conv_transpose3x3::<Self>(x, weight, bias, stride, relu),
+        }
+    }
+
+    fn conv_transpose3x3_x_backward(
+        weight: FlexTensor,
+        output_grad: FlexTensor,
+        stride: usize,
+    ) -> FlexTensor {
+        let g = geometry(dims4(&output_grad), dims4(&weight), stride);
+        match (g, values(&output_grad), values(&weight)) {
+            (Some(g), Some(dy), Some(w)) => flex_tensor(
+                dispatch::forward(&g, &dy, &w, None, false),
+                out_shape(&g, true),
+            ),
+            _ => Self::conv_transpose2d_x_backward(
+                weight,
+                output_grad,
+                conv_transpose_options(stride),
+            ),
+        }
+    }
+
+    fn conv_transpose3x3_weight_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output_grad: FlexTensor,
+        stride: usize,
+    ) -> FlexTensor {
+        let g = geometry(dims4(&output_grad), dims4(&weight), stride);
+        match (g, values(&output_grad), values(&x)) {
+            (Some(g), Some(dy), Some(x)) => {
+                flex_tensor(dispatch::weight_grad(&g, &dy, &x), dims4(&weight))
+            }
+            _ => Self::conv_transpose2d_weight_backward(
+                x,
+                weight,
+                output_grad,
+                conv_transpose_options(stride),
+            ),
+        }
+    }
+
+    fn layer3x3_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output: FlexTensor,
+        output_grad: FlexTensor,
+        stride: usize,
+        relu: bool,
+        transposed: bool,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let step = StepInputs::new(x, weight, output, output_grad, stride, relu, transposed);
+        let (dx, dw, db) = flex_backward(step, true);
+        (dx.expect("asked for the input gradient"), dw, db)
+    }
+
+    fn layer3x3_param_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output: FlexTensor,
+        output_grad: FlexTensor,
+        stride: usize,
+        relu: bool,
+        transposed: bool,
+    ) -> (FlexTensor, FlexTensor) {
+        let step = StepInputs::new(x, weight, output, output_grad, stride, relu, transposed);
+        let (_, dw, db) = flex_backward(step, false);
+        (dw, db)
+    }
+
+    /// One pass instead of Burn's mask and then the sum.
+    fn relu_backward_and_channel_sum(
+        relu_output: FlexTensor,
+        output_grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        let shape = dims4(&output_grad);
+        match (values(&relu_output), values(&output_grad)) {
+            (Some(out), Some(dy)) if out.len() == dy.len() => {
+                let (grad, sums) =
+                    relu_gate::relu_backward_and_channel_sums(&out, &dy, shape[0], shape[1]);
+                let sums = FlexTensor::from_data(TensorData::new(sums, [shape[1]]));
+                (flex_tensor(grad, shape), sums)
+            }
+            _ => burn_relu_backward_and_channel_sum::<Self>(relu_output, output_grad),
+        }
+    }
+
+    fn channel_sum(output_grad: FlexTensor) -> FlexTensor {
+        let [batch, channels, ..] = dims4(&output_grad);
+        match values(&output_grad) {
+            Some(dy) => FlexTensor::from_data(TensorData::new(
+                reduce::channel_sums(&dy, batch, channels),
+                [channels],
+            )),
+            None => burn_channel_sum::<Self>(output_grad),
+        }
+    }
+}
+
+/// A layer's backward pass on Flex: one grouped pass ([`backward::layer_backward`]) where the
+/// AVX-512 kernels cover the layer, the separate operations elsewhere.
+fn flex_backward(step: StepInputs<Flex>, want_input: bool) -> Grads<Flex> {
+    let transposed = step.layer == Layer::Transposed;
+    let [batch, channels, height, width] = dims4(&step.x);
+    let geometry = if transposed {
+        geometry(dims4(&step.grad), dims4(&step.weight), step.stride)
+            .filter(|g| g.feature_channels == channels && g.batch == batch)
+    } else {
+        geometry(
+            [batch, channels, height, width],
+            dims4(&step.weight),
+            step.stride,
+        )
+    };
+    let relu_output = step.relu_output.as_ref().map(values);
+    let inputs = (values(&step.x), values(&step.weight), values(&step.grad));
+    if let (Some(g), (Some(x), Some(w), Some(dy)), None | Some(Some(_))) =
+        (geometry, inputs, &relu_output)
+    {
+        let relu_output = relu_output.as_ref().and_then(|o| o.as_deref());
+        if let Some(grads) =
+            backward::layer_backward(&g, transposed, &x, &w, &dy, relu_output, want_input)
+        {
+            let bias_len = grads.bias.len();
+            return (
+                grads.input.map(|dx| flex_tensor(dx, dims4(&step.x))),
+                flex_tensor(grads.weight, dims4(&step.weight)),
+                FlexTensor::from_data(TensorData::new(grads.bias, [bias_len])),
+            );
+        }
+    }
+    separate_backward::<Flex>(step, want_input)
+}

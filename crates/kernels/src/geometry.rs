@@ -1,0 +1,113 @@
+//! The shapes of a 3x3, padding-1 convolution between an image and a feature map, and the
+//! stride-1 adjoint's geometry and weight.
+//!
+//! One geometry describes both directions: the *image* side is a convolution's input (and a
+//! transposed convolution's output), the *feature* side its output. A transposed convolution
+//! with stride s and output padding s - 1 is exactly the adjoint of the convolution whose image
+//! is its output, so the same three kernels serve both layers.
+
+/// Shapes of a 3x3 convolution with padding 1 between an image and a feature map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv3x3 {
+    pub batch: usize,
+    pub image_channels: usize,
+    pub image_height: usize,
+    pub image_width: usize,
+    pub feature_channels: usize,
+    pub stride: usize,
+}
+
+impl Conv3x3 {
+    pub fn feature_height(&self) -> usize {
+        (self.image_height - 1) / self.stride + 1
+    }
+
+    pub fn feature_width(&self) -> usize {
+        (self.image_width - 1) / self.stride + 1
+    }
+
+    /// Values of one image in the batch.
+    pub fn image_len(&self) -> usize {
+        self.image_channels * self.image_height * self.image_width
+    }
+
+    /// Values of one feature map in the batch.
+    pub fn feature_len(&self) -> usize {
+        self.feature_channels * self.positions()
+    }
+
+    /// Panics unless `image` and `weight` have this geometry's sizes.
+    pub(crate) fn check_forward(&self, image: &[f32], weight: &[f32]) {
+        assert_eq!(image.len(), self.batch * self.image_len(), "image size");
+        assert_eq!(weight.len(), self.weight_len(), "weight size");
+    }
+
+    /// Panics unless `feature` and `weight` have this geometry's sizes.
+    pub(crate) fn check_adjoint(&self, feature: &[f32], weight: &[f32]) {
+        assert_eq!(
+            feature.len(),
+            self.batch * self.feature_len(),
+            "feature size"
+        );
+        assert_eq!(weight.len(), self.weight_len(), "weight size");
+    }
+
+    /// Panics unless `image` and `feature_grad` have this geometry's sizes.
+    pub(crate) fn check_weight_grad(&self, image: &[f32], feature_grad: &[f32]) {
+        assert_eq!(image.len(), self.batch * self.image_len(), "image size");
+        let features = self.batch * self.feature_len();
+        assert_eq!(feature_grad.len(), features, "feature size");
+    }
+
+    /// Values of the weight, laid out (feature, image, 3, 3).
+    pub fn weight_len(&self) -> usize {
+        self.feature_channels * self.patch_len()
+    }
+
+    /// Length of one im2col column: every input value one output position sees.
+    pub(crate) fn patch_len(&self) -> usize {
+        self.image_channels * 9
+    }
+
+    pub(crate) fn positions(&self) -> usize {
+        self.feature_height() * self.feature_width()
+    }
+
+    /// Images per parallel task, processed as one matrix product: as many as keep the task's
+    /// im2col buffer within about half of a core's L2 cache (1 MiB), and at most a quarter
+    /// of a thread's share of the batch so that the threads stay balanced.
+    pub(crate) fn images_per_task(&self) -> usize {
+        const COLUMN_BUDGET: usize = 256 * 1024;
+        let fitting = COLUMN_BUDGET / (self.patch_len() * self.positions()).max(1);
+        let balanced = self.batch.div_ceil(4 * rayon::current_num_threads());
+        fitting.clamp(1, balanced.max(1))
+    }
+}
+
+/// The geometry of the stride-1 adjoint as a convolution: image and feature channels swapped.
+pub(crate) fn swapped(g: &Conv3x3) -> Conv3x3 {
+    Conv3x3 {
+        image_channels: g.feature_channels,
+        feature_channels: g.image_channels,
+        ..*g
+    }
+}
+
+/// The stride-1 adjoint as a convolution: its geometry and weight.
+pub(crate) fn flipped_convolution(g: &Conv3x3, weight: &[f32]) -> (Conv3x3, Vec<f32>) {
+    (swapped(g), flipped(g, weight))
+}
+
+/// The weight of the stride-1 adjoint: `(image, feature, 3, 3)`, taps reversed.
+pub(crate) fn flipped(g: &Conv3x3, weight: &[f32]) -> Vec<f32> {
+    let mut out = vec![0.0f32; weight.len()];
+    for co in 0..g.feature_channels {
+        for ci in 0..g.image_channels {
+            for tap in 0..9 {
+                out[(ci * g.feature_channels + co) * 9 + 8 - tap] =
+                    weight[(co * g.image_channels + ci) * 9 + tap];
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,130 @@
+//! Fast CPU kernels for cae's layers, plugged into Burn as a backend extension.
+//!
+//! On the Flex backend the model's 3x3 convolutions and transposed convolutions run cae's
+//! kernels ([`mod@dispatch`] choosing between [`mod@direct`], [`mod@channels_last`] and the
+//! portable [`mod@im2col`] path), forward and backward; on any other backend (or with `CAE_KERNELS=burn` in the environment) they run
+//! Burn's own operations. Both paths are tested against each other and against the PyTorch
+//! reference.
+
+//! The crate is split by job: [`mod@geometry`] (the shapes), [`mod@dispatch`] (which kernel runs
+//! a pass), the kernels themselves ([`mod@direct`], [`mod@channels_last`], [`mod@im2col`],
+//! [`mod@backward`] for a layer's grouped backward pass, [`mod@transpose`] for the channels-last
+//! copies), their helpers ([`mod@buffers`], [`mod@reduce`], [`mod@relu_gate`]), and the Burn
+//! side: [`mod@backend`] (the extension trait), [`mod@flex`] (its Flex implementation) and
+//! [`mod@autodiff`] (the autodiff node).
+
+pub mod autodiff;
+pub mod backend;
+pub mod backward;
+pub mod buffers;
+#[cfg(test)]
+mod burn_parity;
+pub mod channels_last;
+pub mod direct;
+pub mod dispatch;
+pub mod flex;
+pub mod geometry;
+pub mod im2col;
+pub mod reduce;
+pub mod relu_gate;
+pub mod transpose;
+
+use std::sync::OnceLock;
+
+use burn::backend::{Dispatch, DispatchDevice};
+use burn::tensor::Tensor;
+use burn::tensor::activation;
+use burn::tensor::module::{conv_transpose2d, conv2d};
+
+pub use backend::Layer;
+use backend::{Conv3x3Backend, conv_options, conv_transpose_options};
+pub use geometry::Conv3x3;
+
+/// Which implementation runs the convolutions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// cae's kernels (Flex only).
+    Cae,
+    /// Burn's generic convolution operations.
+    Burn,
+}
+
+/// `CAE_KERNELS=burn` forces Burn's operations, to compare or to rule cae's kernels out.
+fn requested() -> Kernels {
+    static REQUESTED: OnceLock<Kernels> = OnceLock::new();
+    *REQUESTED.get_or_init(|| match std::env::var("CAE_KERNELS").as_deref() {
+        Ok("burn") => Kernels::Burn,
+        _ => Kernels::Cae,
+    })
+}
+
+/// The kernels a tensor on `device` gets.
+pub fn kernels_for(device: &burn::tensor::Device) -> Kernels {
+    let on_flex = matches!(
+        device.as_dispatch().clone().inner(),
+        DispatchDevice::Flex(_)
+    );
+    if on_flex { requested() } else { Kernels::Burn }
+}
+
+/// 3x3 convolution, padding 1, weight `(out, in, 3, 3)`, then ReLU when `relu` is set.
+pub fn conv3x3(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    stride: usize,
+    relu: bool,
+) -> Tensor<4> {
+    let kernels = kernels_for(&x.device());
+    layer3x3(Layer::Conv, kernels, x, weight, bias, stride, relu)
+}
+
+/// 3x3 transposed convolution, padding 1, output padding `stride - 1`, weight `(in, out, 3, 3)`,
+/// then ReLU when `relu` is set.
+pub fn conv_transpose3x3(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    stride: usize,
+    relu: bool,
+) -> Tensor<4> {
+    let kernels = kernels_for(&x.device());
+    layer3x3(Layer::Transposed, kernels, x, weight, bias, stride, relu)
+}
+
+/// Either layer with the implementation chosen by the caller ([`Kernels::Cae`] needs Flex).
+pub fn layer3x3(
+    layer: Layer,
+    kernels: Kernels,
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    stride: usize,
+    relu: bool,
+) -> Tensor<4> {
+    let burn_relu = |out: Tensor<4>| if relu { activation::relu(out) } else { out };
+    match (kernels, layer) {
+        (Kernels::Burn, Layer::Conv) => {
+            burn_relu(conv2d(x, weight, Some(bias), conv_options(stride)))
+        }
+        (Kernels::Burn, Layer::Transposed) => burn_relu(conv_transpose2d(
+            x,
+            weight,
+            Some(bias),
+            conv_transpose_options(stride),
+        )),
+        (Kernels::Cae, _) => {
+            let (x, weight, bias) = (
+                x.into_dispatch(),
+                weight.into_dispatch(),
+                bias.into_dispatch(),
+            );
+            Tensor::from_dispatch(match layer {
+                Layer::Conv => <Dispatch as Conv3x3Backend>::conv3x3(x, weight, bias, stride, relu),
+                Layer::Transposed => {
+                    <Dispatch as Conv3x3Backend>::conv_transpose3x3(x, weight, bias, stride, relu)
+                }
+            })
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! Every `cae` command end to end, on real images.
+
+mod apps;
+mod bench;
+mod examples;
+mod init;
+mod report_browser;
+mod sweep;
+mod train;
+mod use_models;

@@ -1,0 +1,170 @@
+//! `cae train` and `cae eval` end to end on real CIFAR-10 images (the shared JPEG folders).
+
+use crate::common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn cae(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_cae"))
+        .args(args)
+        .output()
+        .expect("cae runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "cae {args:?} failed: {stderr}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn read_csv(path: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+fn quick_run(out: &Path, extra: &[&str]) -> String {
+    let data = common::cifar_jpg_dir();
+    let mut args = vec![
+        "train",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--train-limit",
+        "640",
+        "--val-limit",
+        "200",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    cae(&args)
+}
+
+#[test]
+fn short_run_learns_and_writes_every_artifact() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let stdout = quick_run(&run, &["--epochs", "1"]);
+    assert!(stdout.contains("epoch   1/1"), "{stdout}");
+
+    for file in [
+        "config.json",
+        "metrics.csv",
+        "epochs.csv",
+        "recon_epoch_01.png",
+        "loss.png",
+        "model.safetensors",
+        "checkpoint.safetensors",
+    ] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    let grid = image::open(run.join("recon_epoch_01.png")).unwrap();
+    // Ten classes side by side, originals above reconstructions, enlarged.
+    assert!(grid.width() > 10 * 32 && grid.height() > 2 * 32 && grid.width() > grid.height());
+    image::open(run.join("loss.png")).unwrap();
+
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["settings"]["latent"], 200);
+    assert_eq!(config["adam"]["eps"], 1e-8);
+    assert_eq!(config["versions"]["burn"], cae::settings::BURN_VERSION);
+
+    let metrics = read_csv(&run.join("metrics.csv"));
+    let train: Vec<f64> = metrics
+        .iter()
+        .filter(|r| r[2] == "train")
+        .map(|r| r[3].parse().unwrap())
+        .collect();
+    let val = metrics.iter().filter(|r| r[2] == "val").count();
+    assert_eq!(train.len(), 10, "640 images in batches of 64");
+    assert_eq!(val, 1, "200 validation images in one batch of 256");
+    let tail = train[train.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(
+        tail < train[0] * 0.95,
+        "the loss did not go down: first batch {}, last three {tail}",
+        train[0]
+    );
+
+    // `cae eval` on the same images reproduces the run's validation loss.
+    let epochs = read_csv(&run.join("epochs.csv"));
+    let val_loss: f64 = epochs[0][2].parse().unwrap();
+    let data = common::cifar_jpg_dir();
+    let json = cae(&[
+        "eval",
+        "--model",
+        run.join("model.safetensors").to_str().unwrap(),
+        "--dataset",
+        "folder",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--val-limit",
+        "200",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(report["n"], 200);
+    let mse = report["mse"].as_f64().unwrap();
+    assert!(
+        (mse - val_loss).abs() < 1e-6,
+        "eval MSE {mse} vs run's val loss {val_loss}"
+    );
+    let psnr = report["psnr"].as_f64().unwrap();
+    assert!((psnr - cae::eval::psnr_from_normalized_mse(mse)).abs() < 1e-9);
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole");
+    let split = dir.path().join("split");
+    quick_run(&whole, &["--epochs", "2", "--shuffle"]);
+    quick_run(&split, &["--epochs", "1", "--shuffle"]);
+    quick_run(&split, &["--epochs", "2", "--shuffle", "--resume"]);
+    let a = std::fs::read(whole.join("model.safetensors")).unwrap();
+    let b = std::fs::read(split.join("model.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "final weights differ between the resumed and the uninterrupted run"
+    );
+    let metrics = |run: &Path| std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(metrics(&whole), metrics(&split));
+}
+
+#[test]
+fn existing_run_is_not_overwritten_without_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    quick_run(&run, &["--epochs", "1"]);
+    let before = std::fs::read(run.join("model.safetensors")).unwrap();
+    let data = common::cifar_jpg_dir();
+    let output = Command::new(env!("CARGO_BIN_EXE_cae"))
+        .args([
+            "train",
+            "--dataset",
+            "folder",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--train-limit",
+            "640",
+            "--val-limit",
+            "200",
+            "--epochs",
+            "1",
+            "--out",
+            run.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("already holds a run") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    assert_eq!(
+        before,
+        std::fs::read(run.join("model.safetensors")).unwrap()
+    );
+}

@@ -1,0 +1,6 @@
+//! The dataset readers: CIFAR-10 binaries, image folders, IDX files and the download.
+
+mod cifar;
+mod download;
+mod folder;
+mod idx;

@@ -1,0 +1,561 @@
+//! Malformed input through the real `cae` binary: every case fails with exit code 1 and one
+//! message that names the file (and the record or tensor) and what is wrong, with no panic and
+//! no backtrace even under `RUST_BACKTRACE=1`; `--skip-bad` leaves bad image files out instead.
+
+use crate::robustness_support;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use cae::model::ModelConfig;
+use cae::weights::{HostTensor, StateDict};
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use robustness_support::{cae_error, s};
+use safetensors::tensor::{Dtype, TensorView};
+
+/// `cae train` on `data_dir`, which fails while reading the data, before any training.
+fn train_error(dataset: &str, data_dir: &Path, needles: &[&str]) -> String {
+    let out = data_dir.join("never-written");
+    let args = [
+        "train",
+        "--dataset",
+        dataset,
+        "--data-dir",
+        s(data_dir),
+        "--out",
+        s(&out),
+    ];
+    let stderr = cae_error(&args, needles);
+    assert!(!out.exists(), "a run folder was created");
+    stderr
+}
+
+// CIFAR-10 binary batches.
+
+const RECORD: usize = 1 + 3 * 32 * 32;
+
+fn cifar_batch(records: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(records * RECORD);
+    for r in 0..records {
+        bytes.push((r % 10) as u8);
+        bytes.extend((0..RECORD - 1).map(|i| (i * 7 + r) as u8));
+    }
+    bytes
+}
+
+/// Six batches of three records each, with `name` replaced by `bytes`.
+fn cifar_dir(name: &str, bytes: Vec<u8>) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for file in cae::data::cifar::TRAIN_FILES
+        .iter()
+        .chain([&cae::data::cifar::TEST_FILE])
+    {
+        fs::write(tmp.path().join(file), cifar_batch(3)).unwrap();
+    }
+    fs::write(tmp.path().join(name), bytes).unwrap();
+    tmp
+}
+
+#[test]
+fn cifar_truncated_batch_is_refused_naming_it_and_its_size() {
+    let mut bytes = cifar_batch(3);
+    bytes.truncate(2 * RECORD + 100);
+    let tmp = cifar_dir("data_batch_2.bin", bytes);
+    let size = (2 * RECORD + 100).to_string();
+    train_error(
+        "cifar10",
+        tmp.path(),
+        &[
+            "data_batch_2.bin",
+            &size,
+            "2 whole records and 100 bytes more",
+        ],
+    );
+}
+
+#[test]
+fn cifar_oversized_batch_is_refused_naming_it() {
+    let mut bytes = cifar_batch(3);
+    bytes.extend([0u8; 17]);
+    let tmp = cifar_dir("test_batch.bin", bytes);
+    train_error(
+        "cifar10",
+        tmp.path(),
+        &["test_batch.bin", "3 whole records and 17 bytes more"],
+    );
+}
+
+#[test]
+fn cifar_bad_label_byte_is_refused_naming_file_and_record() {
+    let mut bytes = cifar_batch(3);
+    bytes[RECORD] = 200;
+    let tmp = cifar_dir("data_batch_5.bin", bytes);
+    train_error(
+        "cifar10",
+        tmp.path(),
+        &["data_batch_5.bin record 1: label 200 is not a CIFAR-10 class"],
+    );
+}
+
+#[test]
+fn cifar_empty_batch_is_refused_naming_it() {
+    let tmp = cifar_dir("data_batch_1.bin", Vec::new());
+    train_error("cifar10", tmp.path(), &["data_batch_1.bin is empty"]);
+}
+
+// MNIST-style IDX files.
+
+fn idx(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut bytes = magic.to_be_bytes().to_vec();
+    bytes.extend(dims.iter().flat_map(|d| d.to_be_bytes()));
+    bytes.extend(data);
+    bytes
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// Four valid IDX files (two 4x4 images per split), then `name` replaced by `bytes`.
+fn idx_dir(name: &str, bytes: Vec<u8>) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for split in ["train", "t10k"] {
+        let images = idx(0x803, &[2, 4, 4], &[7; 32]);
+        fs::write(
+            tmp.path().join(format!("{split}-images-idx3-ubyte")),
+            images,
+        )
+        .unwrap();
+        let labels = idx(0x801, &[2], &[3, 4]);
+        fs::write(
+            tmp.path().join(format!("{split}-labels-idx1-ubyte")),
+            labels,
+        )
+        .unwrap();
+    }
+    let _ = fs::remove_file(tmp.path().join(name.trim_end_matches(".gz")));
+    fs::write(tmp.path().join(name), bytes).unwrap();
+    tmp
+}
+
+#[test]
+fn idx_truncated_images_are_refused_naming_the_file_and_both_sizes() {
+    let tmp = idx_dir("train-images-idx3-ubyte", idx(0x803, &[2, 4, 4], &[7; 31]));
+    train_error(
+        "mnist",
+        tmp.path(),
+        &["train-images-idx3-ubyte: truncated: 47 bytes", "48 bytes"],
+    );
+}
+
+#[test]
+fn idx_oversized_labels_are_refused_naming_the_file() {
+    let tmp = idx_dir("t10k-labels-idx1-ubyte", idx(0x801, &[2], &[1, 2, 3]));
+    train_error(
+        "mnist",
+        tmp.path(),
+        &["t10k-labels-idx1-ubyte: oversized: 11 bytes"],
+    );
+}
+
+#[test]
+fn idx_bad_label_is_refused_naming_the_file_and_the_label() {
+    let tmp = idx_dir("t10k-labels-idx1-ubyte", idx(0x801, &[2], &[1, 42]));
+    train_error(
+        "mnist",
+        tmp.path(),
+        &["t10k-labels-idx1-ubyte: label 1 is 42"],
+    );
+}
+
+#[test]
+fn idx_wrong_magic_and_corrupt_gzip_are_refused_naming_the_file() {
+    let tmp = idx_dir("train-labels-idx1-ubyte", idx(0x803, &[2], &[1, 2]));
+    train_error(
+        "mnist",
+        tmp.path(),
+        &["train-labels-idx1-ubyte: not an IDX file", "0x00000803"],
+    );
+    let mut gz = gzip(&idx(0x803, &[2, 4, 4], &[7; 32]));
+    gz.truncate(gz.len() / 2);
+    let tmp = idx_dir("t10k-images-idx3-ubyte.gz", gz);
+    train_error("mnist", tmp.path(), &["t10k-images-idx3-ubyte.gz"]);
+}
+
+#[test]
+fn gzipped_idx_claiming_absurd_sizes_is_refused_before_reading() {
+    // A tiny file whose header announces 60000 images of 100000x100000 pixels.
+    let gz = gzip(&idx(0x803, &[60_000, 100_000, 100_000], &[0; 64]));
+    let tmp = idx_dir("train-images-idx3-ubyte.gz", gz);
+    train_error(
+        "mnist",
+        tmp.path(),
+        &[
+            "train-images-idx3-ubyte.gz",
+            "60000x100000x100000",
+            "more than",
+        ],
+    );
+}
+
+#[test]
+fn gzipped_idx_with_endless_trailing_data_stops_counting() {
+    // 64 MB of zeros after a 2-label body compress to a few kB: a small "gzip bomb".
+    let mut body = vec![1u8, 2];
+    body.resize(64 << 20, 0);
+    let gz = gzip(&idx(0x801, &[2], &body));
+    let tmp = idx_dir("t10k-labels-idx1-ubyte.gz", gz);
+    train_error(
+        "mnist",
+        tmp.path(),
+        &["t10k-labels-idx1-ubyte.gz: oversized", "at least"],
+    );
+}
+
+// Image folders.
+
+/// train/ and test/ with two classes of real CIFAR-10 JPEGs (8 and 4 per class).
+fn image_folder() -> tempfile::TempDir {
+    let source = robustness_support::cifar_subset();
+    let tmp = tempfile::tempdir().unwrap();
+    for (split, count) in [("train", 8), ("test", 4)] {
+        for class in ["cat", "ship"] {
+            let dir = tmp.path().join(split).join(class);
+            fs::create_dir_all(&dir).unwrap();
+            for i in 0..count {
+                let name = format!("{i:04}.jpg");
+                fs::copy(source.join(split).join(class).join(&name), dir.join(&name)).unwrap();
+            }
+        }
+    }
+    tmp
+}
+
+/// Adds a text file named like a PNG and a JPEG whose data after the header is garbage.
+fn add_bad_images(root: &Path) -> (PathBuf, PathBuf) {
+    let text = root.join("train/cat/notes.png");
+    fs::write(&text, "not a picture").unwrap();
+    let mut jpeg = fs::read(root.join("test/ship/0000.jpg")).unwrap();
+    let half = jpeg.len() / 2;
+    jpeg[half..].fill(0x5a);
+    let garbled = root.join("test/ship/0009.jpg");
+    fs::write(&garbled, jpeg).unwrap();
+    (text, garbled)
+}
+
+#[test]
+fn folder_with_a_bad_image_is_refused_naming_it() {
+    let tmp = image_folder();
+    let (text, _) = add_bad_images(tmp.path());
+    train_error("folder", tmp.path(), &[s(&text), "cannot decode the image"]);
+}
+
+#[test]
+fn skip_bad_leaves_bad_images_out_counting_and_naming_them() {
+    let tmp = image_folder();
+    let (text, garbled) = add_bad_images(tmp.path());
+    let run = tmp.path().join("run");
+    let args = [
+        "train",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        s(tmp.path()),
+        "--skip-bad",
+        "--epochs",
+        "1",
+        "--latent",
+        "8",
+        "--channels",
+        "4",
+        "--out",
+        s(&run),
+    ];
+    let output = robustness_support::run_cae(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("skipped 2 image files that could not be read"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(s(&text)) && stderr.contains(s(&garbled)),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("data: 16 training and 8 validation images"),
+        "{stdout}"
+    );
+
+    let model = run.join(cae::run_folder::MODEL_FILE);
+    let eval = [
+        "eval",
+        "--model",
+        s(&model),
+        "--dataset",
+        "folder",
+        "--data-dir",
+        s(tmp.path()),
+    ];
+    cae_error(&eval, &[s(&text)]);
+    let output = robustness_support::run_cae(&[&eval[..], &["--skip-bad", "--json"]].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("skipped 2 image files"), "{stderr}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("\"n\":8"));
+}
+
+#[test]
+fn folder_without_images_or_classes_is_refused_naming_the_folder() {
+    let tmp = image_folder();
+    let empty = tmp.path().join("train/dog");
+    fs::create_dir(&empty).unwrap();
+    fs::write(empty.join("readme.txt"), "no pictures here").unwrap();
+    train_error("folder", tmp.path(), &[s(&empty), "holds no images"]);
+
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir_all(tmp.path().join("train")).unwrap();
+    fs::create_dir_all(tmp.path().join("test")).unwrap();
+    train_error("folder", tmp.path(), &["train", "has no class folders"]);
+
+    fs::remove_dir(tmp.path().join("test")).unwrap();
+    fs::write(tmp.path().join("test"), "a file, not a folder").unwrap();
+    train_error("folder", tmp.path(), &["test is missing"]);
+}
+
+// Weight files.
+
+fn small_config() -> ModelConfig {
+    ModelConfig {
+        latent: 8,
+        channels: 2,
+        ..ModelConfig::default()
+    }
+}
+
+fn small_dict() -> StateDict {
+    cae::init::seed_state_dict(&small_config(), 0)
+}
+
+fn import_error(file: &Path, needles: &[&str]) -> String {
+    let out = file.with_file_name("imported.safetensors");
+    let args = ["import", "--from", s(file), "--out", s(&out)];
+    let stderr = cae_error(&args, &[&[s(file)][..], needles].concat());
+    assert!(!out.exists());
+    stderr
+}
+
+#[test]
+fn weights_in_an_unknown_format_are_refused_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, bytes) in [
+        ("empty.safetensors", &b""[..]),
+        ("notes.pt", b"just some text, not weights"),
+        ("image.safetensors", b"\x89PNG\r\n\x1a\n0000000000000"),
+    ] {
+        let path = tmp.path().join(name);
+        fs::write(&path, bytes).unwrap();
+        import_error(&path, &["unknown format"]);
+    }
+}
+
+#[test]
+fn truncated_weight_files_are_refused_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = cae::weights::safetensors_bytes(&small_dict(), Some(&small_config()), &[]).unwrap();
+    let path = tmp.path().join("cut.safetensors");
+    fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+    import_error(&path, &["not a valid safetensors file"]);
+
+    let pt = cae::torch_pt::pt_bytes(&small_dict()).unwrap();
+    let path = tmp.path().join("cut.pt");
+    fs::write(&path, &pt[..pt.len() * 2 / 3]).unwrap();
+    import_error(&path, &["zip"]);
+}
+
+#[test]
+fn extra_missing_misshapen_and_non_float_tensors_are_refused_naming_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("weights.safetensors");
+
+    let mut extra = small_dict();
+    extra.insert(
+        "encoder.net.99.weight".into(),
+        HostTensor::new(vec![1], vec![0.5]),
+    );
+    cae::weights::save_safetensors(&path, &extra, None, &[]).unwrap();
+    import_error(&path, &["unexpected tensor `encoder.net.99.weight`"]);
+
+    let mut missing = small_dict();
+    missing.remove("decoder.linear.0.bias");
+    cae::torch_pt::save_pt(&path.with_extension("pt"), &missing).unwrap();
+    import_error(
+        &path.with_extension("pt"),
+        &["tensor `decoder.linear.0.bias` is missing"],
+    );
+
+    let mut misshapen = small_dict();
+    misshapen.insert(
+        "encoder.net.2.bias".into(),
+        HostTensor::new(vec![3], vec![0.0; 3]),
+    );
+    cae::weights::save_safetensors(&path, &misshapen, Some(&small_config()), &[]).unwrap();
+    import_error(&path, &["tensor `encoder.net.2.bias` has shape [3]", "[2]"]);
+
+    let zeros = [0u8; 16];
+    let view = TensorView::new(Dtype::F64, vec![2], &zeros).unwrap();
+    let f64_file = safetensors::serialize([("encoder.net.0.bias", view)], None).unwrap();
+    fs::write(&path, f64_file).unwrap();
+    import_error(&path, &["tensor `encoder.net.0.bias` has dtype F64"]);
+}
+
+#[test]
+fn an_absurd_model_configuration_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("huge.safetensors");
+    let config = ModelConfig {
+        height: 1 << 40,
+        width: 1 << 40,
+        ..small_config()
+    };
+    cae::weights::save_safetensors(&path, &small_dict(), Some(&config), &[]).unwrap();
+    let model = [
+        "reconstruct",
+        "--model",
+        s(&path),
+        "--out",
+        s(tmp.path()),
+        "x.png",
+    ];
+    cae_error(&model, &[s(&path), "each must be at most 65536"]);
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_reported_not_overwritten() {
+    let tmp = image_folder();
+    let run = tmp.path().join("run");
+    fs::create_dir(&run).unwrap();
+    let checkpoint = run.join(cae::run_folder::CHECKPOINT_FILE);
+    fs::write(&checkpoint, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
+    let args = [
+        "train",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        s(tmp.path()),
+        "--out",
+        s(&run),
+        "--resume",
+    ];
+    cae_error(&args, &["cannot resume the run in", s(&checkpoint)]);
+    assert_eq!(
+        fs::read(&checkpoint).unwrap(),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":"
+    );
+}
+
+#[test]
+fn truncated_codes_are_refused_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model.safetensors");
+    cae::weights::save_safetensors(&model, &small_dict(), Some(&small_config()), &[]).unwrap();
+    let codes = tmp.path().join("codes.npy");
+    cae::npy::write_f32(&codes, &[2, 8], &[0.5; 16]).unwrap();
+    let bytes = fs::read(&codes).unwrap();
+    fs::write(&codes, &bytes[..bytes.len() - 5]).unwrap();
+    let out = tmp.path().join("decoded");
+    cae_error(
+        &["decode", "--model", s(&model), s(&codes), "--out", s(&out)],
+        &[s(&codes)],
+    );
+}
+
+#[test]
+fn a_checkpoint_whose_adam_moments_do_not_fit_the_model_is_refused() {
+    let tmp = image_folder();
+    let run = tmp.path().join("run");
+    let train = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "train",
+            "--dataset",
+            "folder",
+            "--data-dir",
+            s(tmp.path()),
+            "--latent",
+            "8",
+            "--channels",
+            "2",
+            "--out",
+            s(&run),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    let args = train(&["--epochs", "1"]);
+    robustness_support::cae_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let checkpoint = run.join(cae::run_folder::CHECKPOINT_FILE);
+    let bytes = fs::read(&checkpoint).unwrap();
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let extra: Vec<(&str, String)> = metadata
+        .metadata()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.as_str() != "format" && k.as_str() != cae::weights::CONFIG_KEY)
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    let file = cae::weights::read_weights(&checkpoint).unwrap();
+    let mut tensors = file.tensors;
+    for key in [
+        "adam.exp_avg/encoder.net.0.bias",
+        "adam.exp_avg_sq/encoder.net.0.bias",
+    ] {
+        tensors.insert(key.into(), HostTensor::new(vec![1], vec![0.0]));
+    }
+    let crafted = cae::weights::safetensors_bytes(&tensors, file.config.as_ref(), &extra).unwrap();
+    fs::write(&checkpoint, &crafted).unwrap();
+
+    let args = train(&["--epochs", "2", "--resume"]);
+    cae_error(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[
+            s(&checkpoint),
+            "adam.exp_avg/encoder.net.0.bias` do not match a model parameter",
+        ],
+    );
+    assert_eq!(fs::read(&checkpoint).unwrap(), crafted);
+}
+
+// Output.
+
+/// Writing into a pipe whose reader is gone ends cae by SIGPIPE, quietly, as command-line tools
+/// do (Rust programs otherwise panic with "failed printing to stdout").
+#[test]
+#[cfg(unix)]
+fn closed_output_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cae"))
+        .arg("--help")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        output.status.signal(),
+        Some(13),
+        "{:?}: {stderr}",
+        output.status
+    );
+}
