@@ -15,8 +15,16 @@ fn main() {
     // (about a tenth of a step in `cae bench`). Keeping them costs no more than the peak.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     restore_default_sigpipe();
+    cli::interrupt::install();
     if let Err(error) = cli::run() {
         eprintln!("error: {error:#}");
+        if let Some(interrupted) = error.downcast_ref::<cae::training::Interrupted>() {
+            eprintln!(
+                "resume with: {}",
+                cli::interrupt::resume_command(interrupted)
+            );
+            std::process::exit(cli::interrupt::EXIT_INTERRUPTED);
+        }
         std::process::exit(1);
     }
 }

@@ -12,7 +12,6 @@ use cae::apps::anomaly::{Calibration, Score, score_images, score_set};
 use cae::apps::latent_gaussian::{LatentGaussian, path_for_model};
 use cae::apps::one_class::{self, ClassResult, csv_field};
 use cae::data::ImageSet;
-use cae::weights;
 
 use super::DataArgs;
 use super::inputs::{ImageInputs, Inputs, ModelFlags, TrainingFlags};
@@ -69,7 +68,7 @@ fn fit(args: FitArgs) -> Result<()> {
         bail!("--fpr must lie in [0, 1], not {}", args.fpr);
     }
     let device = args.data.device.device()?;
-    let (model, config) = weights::load_model(&args.model, &device)?;
+    let (model, config) = super::load_model(&args.model, &device)?;
     let splits = cae::data::load(args.data.dataset, &args.data.data_dir(), 0)?;
     let class = args
         .normal_class
@@ -154,7 +153,7 @@ struct ScoreArgs {
 
 fn score(args: ScoreArgs) -> Result<()> {
     let device = args.device.device()?;
-    let (model, config) = weights::load_model(&args.model, &device)?;
+    let (model, config) = super::load_model(&args.model, &device)?;
     let gaussian = if args.score.needs_gaussian() {
         Some(LatentGaussian::load_for_model(&args.model)?)
     } else {
@@ -175,7 +174,7 @@ fn score(args: ScoreArgs) -> Result<()> {
     };
     let values = raw.score(args.score, calibration.as_ref())?;
     let threshold = calibration.as_ref().and_then(|c| c.threshold(args.score));
-    cae::atomic::write_with(&args.out, |w| {
+    cae::io::atomic::write_with(&args.out, |w| {
         writeln!(w, "source,label,{},anomalous", args.score.name())?;
         for ((source, label), value) in sources.iter().zip(&labels).zip(&values) {
             let flag = threshold.map_or(String::new(), |t| u8::from(*value > t).to_string());
@@ -324,7 +323,7 @@ fn print_table(results: &[ClassResult], shown: &[Score]) {
 
 fn write_auroc_csv(path: &Path, results: &[ClassResult]) -> Result<()> {
     std::fs::create_dir_all(path.parent().context("auroc.csv has a folder")?)?;
-    cae::atomic::write_with(path, |w| {
+    cae::io::atomic::write_with(path, |w| {
         let names: Vec<&str> = Score::ALL.iter().map(|k| k.name()).collect();
         writeln!(
             w,

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
 use cae::data::batcher::normalized_batch;
-use cae::{imageio, inference, npy, weights};
+use cae::{eval::inference, io::imageio, io::npy};
 
 use super::inputs::{ImageInputs, Inputs};
 
@@ -37,7 +37,7 @@ pub struct EncodeArgs {
 
 pub fn encode(args: EncodeArgs) -> Result<()> {
     let device = args.device.device()?;
-    let (model, config) = weights::load_model(&args.model, &device)?;
+    let (model, config) = super::load_model(&args.model, &device)?;
     let (inputs, sources, labels) = match args.inputs.load(&args.model, &config, "encode")? {
         Inputs::Dataset(set) => {
             let all: Vec<usize> = (0..set.len()).collect();
@@ -80,7 +80,7 @@ fn write_csv(
     codes: &[f32],
     latent: usize,
 ) -> Result<()> {
-    cae::atomic::write_with(path, |w| {
+    cae::io::atomic::write_with(path, |w| {
         let header: Vec<String> = (0..latent).map(|i| format!("z{i}")).collect();
         writeln!(w, "source,label,{}", header.join(","))?;
         for (i, (source, code)) in sources.iter().zip(codes.chunks(latent)).enumerate() {
@@ -113,13 +113,22 @@ pub struct DecodeArgs {
 
 pub fn decode(args: DecodeArgs) -> Result<()> {
     let device = args.device.device()?;
-    let (model, config) = weights::load_model(&args.model, &device)?;
+    let (model, config) = super::load_model(&args.model, &device)?;
     let (shape, codes) = npy::read_f32(&args.codes)?;
     if shape.len() != 2 || shape[1] != config.latent {
         bail!(
             "{}: shape {shape:?}, but the model needs (N, {}) codes",
             args.codes.display(),
             config.latent
+        );
+    }
+    if let Some(row) = codes
+        .chunks(config.latent)
+        .position(|code| code.iter().any(|v| !v.is_finite()))
+    {
+        bail!(
+            "{}: row {row} holds NaN or infinite values; codes must be finite numbers",
+            args.codes.display()
         );
     }
     let images = inference::decode(&model, &config, &codes, &device);

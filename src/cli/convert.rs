@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use cae::{torch_pt, weights};
+use cae::{io::torch_pt, io::weights};
 
 #[derive(Args)]
 pub struct ImportArgs {
@@ -19,6 +19,7 @@ pub struct ImportArgs {
 
 pub fn import(args: ImportArgs) -> Result<()> {
     let file = weights::read_weights(&args.from)?;
+    super::note_conversion(&args.from, file.converted_from);
     let config = file
         .model_config()
         .with_context(|| format!("weight file {}", args.from.display()))?;
@@ -51,6 +52,7 @@ pub struct ExportArgs {
 
 pub fn export(args: ExportArgs) -> Result<()> {
     let file = weights::read_weights(&args.model)?;
+    super::note_conversion(&args.model, file.converted_from);
     let config = file
         .model_config()
         .with_context(|| format!("weight file {}", args.model.display()))?;

@@ -11,8 +11,8 @@ use cae::apps::denoise::{self, DenoiseReport, psnr};
 use cae::data::DatasetKind;
 use cae::data::augment::NoiseSpec;
 use cae::data::batcher::{denormalize, normalized_batch};
+use cae::io::imageio;
 use cae::model::ModelConfig;
-use cae::{imageio, weights};
 
 #[derive(Args)]
 pub struct DenoiseArgs {
@@ -68,7 +68,7 @@ pub fn run(args: DenoiseArgs) -> Result<()> {
 
 fn report(args: &DenoiseArgs, kind: DatasetKind, noise: NoiseSpec) -> Result<()> {
     let device = args.device.device()?;
-    let (model, config) = weights::load_model(&args.model, &device)?;
+    let (model, config) = super::load_model(&args.model, &device)?;
     let data_dir = args
         .data_dir
         .clone()
@@ -143,7 +143,7 @@ fn denoise_files(args: &DenoiseArgs) -> Result<()> {
         .as_ref()
         .context("--out FOLDER is needed for the denoised images")?;
     let device = args.device.device()?;
-    let (model, config) = weights::load_model(&args.model, &device)?;
+    let (model, config) = super::load_model(&args.model, &device)?;
     let mut inputs = Vec::new();
     for path in &args.images {
         inputs.extend(imageio::read_model_input(path, &config, !args.no_resize)?);

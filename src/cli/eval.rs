@@ -29,7 +29,7 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let device = args.data.device.device()?;
-    let (model, config) = cae::weights::load_model(&args.model, &device)?;
+    let (model, config) = super::load_model(&args.model, &device)?;
     // Image folders are read at the model's input size.
     let image_size = (args.data.dataset == cae::data::DatasetKind::Folder)
         .then_some((config.width as u32, config.height as u32));

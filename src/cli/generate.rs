@@ -10,7 +10,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use cae::apps::generate::{grid_rows, line_codes, sample_codes};
 use cae::apps::latent_gaussian::{LatentGaussian, path_for_model};
 use cae::apps::one_class;
-use cae::{imageio, inference, weights};
+use cae::{eval::inference, io::imageio};
 
 use super::DataArgs;
 use super::inputs::Split;
@@ -35,7 +35,7 @@ pub struct FitLatentArgs {
 
 pub fn fit_latent(args: FitLatentArgs) -> Result<()> {
     let device = args.data.device.device()?;
-    let (model, config) = weights::load_model(&args.model, &device)?;
+    let (model, config) = super::load_model(&args.model, &device)?;
     let splits = cae::data::load(args.data.dataset, &args.data.data_dir(), 0)?;
     let mut set = match args.split {
         Split::Train => splits.train,
@@ -102,7 +102,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         );
     }
     let device = args.device.device()?;
-    let (model, config) = weights::load_model(&args.model, &device)?;
+    let (model, config) = super::load_model(&args.model, &device)?;
     let gaussian = LatentGaussian::load_for_model(&args.model)?;
     if gaussian.dim() != config.latent {
         bail!(
@@ -161,7 +161,7 @@ pub fn interpolate(args: InterpolateArgs) -> Result<()> {
         bail!("--steps must be at least 2 (the two ends)");
     }
     let device = args.device.device()?;
-    let (model, config) = weights::load_model(&args.model, &device)?;
+    let (model, config) = super::load_model(&args.model, &device)?;
     let a = imageio::read_model_input(&args.a, &config, !args.no_resize)?;
     let b = imageio::read_model_input(&args.b, &config, !args.no_resize)?;
     let codes = inference::encode(&model, &config, &[a.clone(), b.clone()].concat(), &device);

@@ -64,7 +64,7 @@ impl ImageInputs {
             }
             let mut pixels = Vec::new();
             for path in &self.images {
-                pixels.extend(cae::imageio::read_model_input(
+                pixels.extend(cae::io::imageio::read_model_input(
                     path,
                     config,
                     !self.no_resize,

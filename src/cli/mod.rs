@@ -9,6 +9,7 @@ mod denoise;
 mod eval;
 mod generate;
 mod inputs;
+pub mod interrupt;
 mod progress;
 mod reconstruct;
 mod report;
@@ -149,5 +150,26 @@ pub struct DeviceArg {
 impl DeviceArg {
     pub fn device(&self) -> Result<burn::tensor::Device> {
         self.backend.device()
+    }
+}
+
+/// Reads a model file, saying once when its weights were stored in another precision than
+/// float32 and converted.
+pub fn load_model(
+    path: &std::path::Path,
+    device: &burn::tensor::Device,
+) -> Result<(cae::Autoencoder, cae::ModelConfig)> {
+    let (model, config, converted) = cae::io::weights::load_model_converting(path, device)?;
+    note_conversion(path, converted);
+    Ok((model, config))
+}
+
+/// The note that `path`'s weights were converted from `precision` to float32.
+pub fn note_conversion(path: &std::path::Path, precision: Option<&str>) {
+    if let Some(precision) = precision {
+        eprintln!(
+            "note: {} holds {precision} weights; converted to float32",
+            path.display()
+        );
     }
 }

@@ -99,6 +99,10 @@ impl Observer for Terminal {
             }
         }
     }
+
+    fn stop_requested(&self) -> bool {
+        super::interrupt::requested()
+    }
 }
 
 fn progress_bar(show: bool, len: usize, prefix: String) -> ProgressBar {

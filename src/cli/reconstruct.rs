@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use cae::eval::psnr_from_normalized_mse;
-use cae::{imageio, inference, weights};
+use cae::{eval::inference, io::imageio};
 
 #[derive(Args)]
 pub struct ReconstructArgs {
@@ -27,7 +27,7 @@ pub struct ReconstructArgs {
 
 pub fn run(args: ReconstructArgs) -> Result<()> {
     let device = args.device.device()?;
-    let (model, config) = weights::load_model(&args.model, &device)?;
+    let (model, config) = super::load_model(&args.model, &device)?;
     let mut inputs = Vec::new();
     for path in &args.images {
         inputs.extend(imageio::read_model_input(path, &config, !args.no_resize)?);

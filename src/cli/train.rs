@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Args;
 
 use super::DataArgs;
@@ -45,6 +45,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let run_dir = args.out.unwrap_or_else(|| {
         PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
     });
+    if run_dir.exists() && !run_dir.is_dir() {
+        bail!("--out {}: exists and is not a folder", run_dir.display());
+    }
     let started = Instant::now();
     let options = cae::data::LoadOptions {
         skip_bad: args.skip_bad,

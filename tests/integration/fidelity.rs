@@ -6,9 +6,9 @@ use std::path::Path;
 
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
+use cae::io::weights::{self, HostTensor, StateDict};
 use cae::model::ModelConfig;
 use cae::optim::{Adam, AdamConfig};
-use cae::weights::{self, HostTensor, StateDict};
 
 /// The float32 tensors of a reference file (batch.safetensors also holds uint8 pixels).
 fn reference(name: &str) -> StateDict {

@@ -8,4 +8,3 @@ mod data;
 mod fidelity;
 mod formats;
 mod robustness;
-mod robustness_support;

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::model::ModelConfig;
 use crate::optim::{Adam, AdamConfig};
-use crate::{init, training, weights};
+use crate::{init, io::weights, training};
 
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct BenchConfig {

@@ -7,15 +7,15 @@ use rand::{RngExt, SeedableRng};
 use anyhow::Result;
 use burn::tensor::Device;
 
+use crate::io::weights::{HostTensor, StateDict, expected_shapes};
 use crate::model::{Autoencoder, ModelConfig};
-use crate::weights::{HostTensor, StateDict, expected_shapes};
 
 impl Autoencoder {
     /// The tutorial's model of this shape, initialised from `seed` as its PyTorch code would
     /// be (Xavier-uniform convolutions and linear layers, bias 0.01, PyTorch's default for the
     /// transposed convolutions).
     pub fn seeded(config: &ModelConfig, seed: u64, device: &Device) -> Result<Self> {
-        crate::weights::build_model(config, &seed_state_dict(config, seed), device)
+        crate::io::weights::build_model(config, &seed_state_dict(config, seed), device)
     }
 }
 

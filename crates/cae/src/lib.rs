@@ -19,25 +19,21 @@
 //!
 //! The modules follow the Burn book's layout: [`model`] holds the network, [`data`] the
 //! datasets and their augmentation, [`training`] the training loop, [`run_folder`] what a run
-//! writes, [`eval`] and [`inference`] the use of a trained model, [`weights`] its files, and
+//! writes, [`eval`] the use of a trained model (quality, inference, SSIM), [`io`] the file
+//! formats (weights, `.pt`, `.npy`, images, atomic writes), and
 //! [`apps`] the applications (denoising, anomaly detection, generation). The modules not
 //! re-exported above serve the `cae` command and the tests; they may change between versions.
 //! The convolution kernels are the `cae-kernels` crate.
 
 pub mod apps;
-pub mod atomic;
 pub mod bench;
-pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod eval;
 pub mod history;
-pub mod imageio;
-pub mod inference;
 pub mod init;
-pub mod metrics;
+pub mod io;
 pub mod model;
-pub mod npy;
 pub mod optim;
 pub mod report;
 pub mod run_folder;
@@ -45,17 +41,15 @@ pub mod sampling;
 pub mod schedule;
 pub mod settings;
 pub mod sweep;
-pub mod torch_pt;
 pub mod training;
 pub mod viz;
-pub mod weights;
 
 pub use apps::anomaly::{RawScores, Score, score_images};
 pub use data::{DatasetKind, ImageSet, Splits, load as load_dataset};
-pub use imageio::read_model_input;
-pub use inference::{decode, encode, reconstruct};
+pub use eval::inference::{decode, encode, reconstruct};
+pub use io::imageio::read_model_input;
+pub use io::npy::write_f32 as write_npy;
+pub use io::weights::{load_model, save_model};
 pub use model::{Autoencoder, ModelConfig};
-pub use npy::write_f32 as write_npy;
 pub use settings::TrainSettings;
 pub use training::{Event, Observer, Phase, TrainOutcome, Trainer};
-pub use weights::{load_model, save_model};

@@ -168,7 +168,7 @@ pub struct Decoder {
     pub deep_width: usize,
 }
 
-/// The autoencoder. Build it with [`crate::weights`] (from a weight file) or [`crate::init`].
+/// The autoencoder. Build it with [`crate::io::weights`] (from a weight file) or [`crate::init`].
 #[derive(Module, Debug)]
 pub struct Autoencoder {
     pub encoder: Encoder,
@@ -200,7 +200,7 @@ impl Autoencoder {
     ///
     /// ```
     /// use burn::tensor::{Device, Tensor};
-    /// use cae::{init, model::ModelConfig, weights};
+    /// use cae::{init, model::ModelConfig, io::weights};
     ///
     /// let config = ModelConfig::default(); // the seed: latent 200, 3x32x32 images
     /// let device = Device::flex();

@@ -8,8 +8,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
+use crate::io::weights::torch_name;
 use crate::model::Autoencoder;
-use crate::weights::torch_name;
 use cae_kernels::{self as kernels, Kernels};
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]

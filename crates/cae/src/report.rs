@@ -86,7 +86,7 @@ fn sweep_run_names(spec: &Value) -> Vec<String> {
 /// Writes the report on `dirs` (run or sweep folders) to `out`.
 pub fn write_report(dirs: &[PathBuf], out: &Path) -> Result<()> {
     let html = render_report(dirs)?;
-    crate::atomic::write_bytes(out, html.as_bytes())
+    crate::io::atomic::write_bytes(out, html.as_bytes())
         .with_context(|| format!("cannot write the report {}", out.display()))
 }
 

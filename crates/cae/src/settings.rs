@@ -63,6 +63,15 @@ impl TrainSettings {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             bail!("--lr must be a positive number, not {}", self.lr);
         }
+        // Checked again with the image shape once the data is read; here so that a bad flag
+        // is reported before a large folder is.
+        if self.latent == 0 || self.channels == 0 {
+            bail!(
+                "latent size and channels must be positive (got latent {}, channels {})",
+                self.latent,
+                self.channels
+            );
+        }
         Ok(())
     }
 
@@ -88,12 +97,64 @@ impl TrainSettings {
         };
         (normalized != *self).then(|| {
             format!(
-                "the run was started with different settings; resume with the same flags (saved: {})",
-                serde_json::to_string(saved).unwrap_or_default()
+                "the run was started with different settings: {}; resume with the same flags",
+                differences(&normalized, self).join(", ")
             )
         })
     }
 }
 
+/// `--flag was A, now B` for every setting that differs between `before` and `now`.
+fn differences(before: &TrainSettings, now: &TrainSettings) -> Vec<String> {
+    let as_map = |settings: &TrainSettings| match serde_json::to_value(settings) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let (before, now) = (as_map(before), as_map(now));
+    let shown = |value: Option<&serde_json::Value>| match value {
+        None | Some(serde_json::Value::Null) => "not set".to_string(),
+        Some(serde_json::Value::String(text)) => text.clone(),
+        Some(other) => other.to_string(),
+    };
+    let mut keys: Vec<&String> = before.keys().chain(now.keys()).collect();
+    keys.dedup();
+    let mut seen = std::collections::BTreeSet::new();
+    keys.into_iter()
+        .filter(|key| seen.insert(*key) && before.get(*key) != now.get(*key))
+        .map(|key| {
+            format!(
+                "--{} was {}, now {}",
+                key.replace('_', "-"),
+                shown(before.get(key)),
+                shown(now.get(key))
+            )
+        })
+        .collect()
+}
+
 /// Burn's version, recorded in every run (a test checks it against Cargo.lock).
 pub const BURN_VERSION: &str = "0.22.1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resume_conflict_names_each_differing_flag_with_both_values() {
+        let saved = TrainSettings::tutorial(DatasetKind::Folder, "data".into());
+        let mut now = saved.clone();
+        now.latent = 100;
+        now.noise = Some("gaussian:0.1".parse().unwrap());
+        now.epochs = 20; // may change on resume
+        let message = now.resume_conflict(&saved).unwrap();
+        assert!(message.contains("--latent was 200, now 100"), "{message}");
+        assert!(
+            message.contains("--noise was not set, now gaussian:0.1"),
+            "{message}"
+        );
+        assert!(!message.contains("--epochs"), "{message}");
+        now.latent = 200;
+        now.noise = None;
+        assert_eq!(now.resume_conflict(&saved), None);
+    }
+}

@@ -22,7 +22,7 @@ use crate::run_folder::{
 };
 use crate::settings::TrainSettings;
 use crate::training::{Event, Observer};
-use crate::{atomic, inference, metrics, weights};
+use crate::{eval::inference, eval::metrics, io::atomic, io::weights};
 
 /// The values to sweep; every combination becomes one run.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -425,12 +425,11 @@ mod avx512 {
                     }
                 }
             }
-            let zero = _mm512_setzero_ps();
             let p0 = segment.out_position + i * SO;
             for (b, acc) in acc.iter().enumerate() {
                 for (j, &value) in acc.iter().enumerate() {
                     let value = if pass.relu {
-                        _mm512_max_ps(value, zero)
+                        crate::relu_gate::relu_avx512(value)
                     } else {
                         value
                     };

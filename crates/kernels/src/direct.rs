@@ -294,7 +294,7 @@ mod avx512 {
                     for (acc, &(y, x, m)) in acc.iter().zip(&at) {
                         let mut r = _mm512_add_ps(acc[j], b);
                         if relu {
-                            r = _mm512_max_ps(r, zero);
+                            r = unsafe { crate::relu_gate::relu_avx512(r) };
                         }
                         let dst = out.as_mut_ptr().cast::<f32>();
                         unsafe { _mm512_mask_storeu_ps(dst.add(o * h * w + y * w + x), m, r) };

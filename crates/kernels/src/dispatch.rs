@@ -9,6 +9,7 @@
 
 use crate::geometry::{Conv3x3, flipped, swapped};
 use crate::im2col::{adjoint_col2im, forward_im2col, weight_grad_im2col};
+use crate::relu_gate;
 use crate::{channels_last, direct};
 
 /// Feature maps `(batch, feature_channels, fh, fw)` from images `(batch, image_channels, H, W)`
@@ -135,7 +136,9 @@ fn adjoint_then(
         for (channel, values) in out.chunks_mut(plane).enumerate() {
             let shift = bias.map_or(0.0, |b| b[channel % g.image_channels]);
             if relu {
-                values.iter_mut().for_each(|v| *v = (*v + shift).max(0.0));
+                values
+                    .iter_mut()
+                    .for_each(|v| *v = relu_gate::relu(*v + shift));
             } else {
                 values.iter_mut().for_each(|v| *v += shift);
             }
@@ -242,6 +245,38 @@ mod tests {
             }
         }
         all
+    }
+
+    /// A NaN in a layer's input comes out as NaN after the fused ReLU, as in PyTorch, in every
+    /// output it reaches (and nowhere else), on every path.
+    #[test]
+    fn relu_keeps_nan_where_it_reaches() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+        for g in geometries() {
+            let mut image = random(&mut rng, g.batch * g.image_len());
+            image[(g.image_height / 2) * g.image_width + g.image_width / 2] = f32::NAN;
+            let weight = random(&mut rng, g.weight_len());
+            let bias = random(&mut rng, g.feature_channels);
+            let fast = forward(&g, &image, &weight, Some(&bias), true);
+            let slow = naive_forward(&g, &image, &weight);
+            assert!(slow.iter().any(|v| v.is_nan()), "{g:?}");
+            for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
+                assert_eq!(f.is_nan(), s.is_nan(), "{g:?} forward output {i}: {f}");
+                assert!(f.is_nan() || *f >= 0.0, "{g:?} forward output {i}: {f}");
+            }
+
+            let mut feature = random(&mut rng, g.batch * g.feature_len());
+            feature[0] = f32::NAN;
+            let bias = random(&mut rng, g.image_channels);
+            let out = transposed(&g, &feature, &weight, &bias, true);
+            let (first, rest) = out.split_at(g.image_len());
+            assert!(first.iter().any(|v| v.is_nan()), "{g:?} transposed");
+            assert!(
+                first.iter().chain(rest).all(|v| v.is_nan() || *v >= 0.0),
+                "{g:?} transposed"
+            );
+            assert!(rest.iter().all(|v| !v.is_nan()), "{g:?} transposed");
+        }
     }
 
     #[test]
@@ -365,9 +400,12 @@ mod tests {
         let tests = [
             "dispatch::tests::forward_matches_the_definition",
             "dispatch::tests::adjoint_and_weight_grad_are_the_transposes",
+            "dispatch::tests::relu_keeps_nan_where_it_reaches",
         ];
         let run = std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .args(["--exact", tests[0], tests[1], "--test-threads", "1"])
+            .arg("--exact")
+            .args(tests)
+            .args(["--test-threads", "1"])
             .env("CAE_NO_AVX512", "1")
             .output()
             .expect("rerun the test binary");

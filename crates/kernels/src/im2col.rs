@@ -6,6 +6,7 @@ use rayon::prelude::*;
 use crate::buffers::with_scratch;
 use crate::geometry::Conv3x3;
 use crate::reduce::sum_in_order;
+use crate::relu_gate;
 
 /// [`crate::dispatch::forward`] as im2col and one matrix product per group of images: any CPU, any geometry.
 pub fn forward_im2col(
@@ -44,7 +45,7 @@ pub fn forward_im2col(
                     );
                 }
                 if relu {
-                    out.iter_mut().for_each(|v| *v = v.max(0.0));
+                    out.iter_mut().for_each(|v| *v = relu_gate::relu(*v));
                 }
                 scatter_images(out, features, g.feature_channels, p);
             });

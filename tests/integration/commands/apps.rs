@@ -243,6 +243,11 @@ fn noisy_training_resumes_with_the_same_noise() {
         "--resume",
     ]);
     assert!(err.contains("different settings"), "{err}");
+    assert!(err.contains(", now mask:0.2"), "{err}");
+    assert!(
+        !err.contains("saved:"),
+        "names the flag instead of printing the JSON: {err}"
+    );
     let err = cae_error(&["train", "--noise", "blur:2", "--out", s(&clean)]);
     assert!(err.contains("blur"), "{err}");
 }

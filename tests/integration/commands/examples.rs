@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::robustness_support::{cifar_subset, s};
+use crate::common::{cifar_subset, s};
 
 /// The built example `name`: `target/<profile>/examples/<name>`, beside `deps/` where this test
 /// binary lies.
@@ -53,7 +53,7 @@ fn the_examples_train_encode_and_score_real_images() {
     let codes = tmp.path().join("codes.npy");
     let encoded = run("encode_folder", &[s(&model), s(&cats), s(&codes)]);
     assert!(encoded.contains("20 codes of size 200"), "{encoded}");
-    let (shape, values) = cae::npy::read_f32(&codes).unwrap();
+    let (shape, values) = cae::io::npy::read_f32(&codes).unwrap();
     assert_eq!(shape, [20, 200]);
     assert!(
         values.iter().all(|v| v.is_finite() && *v >= 0.0),

@@ -46,11 +46,11 @@ fn export_then_import_is_bit_exact() {
     cae(&["export", "--model", s(&model), "--to", s(&pt)]);
     let back = dir.path().join("back.safetensors");
     cae(&["import", "--from", s(&pt), "--out", s(&back)]);
-    let original = cae::weights::read_weights(
+    let original = cae::io::weights::read_weights(
         &common::reference_dir().join("seed_latent200_init.safetensors"),
     )
     .unwrap();
-    let round_tripped = cae::weights::read_weights(&back).unwrap();
+    let round_tripped = cae::io::weights::read_weights(&back).unwrap();
     assert!(
         original.tensors == round_tripped.tensors,
         "tensors changed in export -> import"
@@ -64,14 +64,14 @@ fn export_then_import_is_bit_exact() {
 #[test]
 fn misshapen_or_missing_tensors_are_refused_with_names_and_shapes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut dict = cae::weights::read_weights(
+    let mut dict = cae::io::weights::read_weights(
         &common::reference_dir().join("seed_latent200_init.safetensors"),
     )
     .unwrap()
     .tensors;
     dict.get_mut("decoder.conv.4.bias").unwrap().shape = vec![16, 2];
     let bad = dir.path().join("bad.safetensors");
-    cae::weights::save_safetensors(&bad, &dict, None, &[]).unwrap();
+    cae::io::weights::save_safetensors(&bad, &dict, None, &[]).unwrap();
     let err = cae_error(&[
         "import",
         "--from",
@@ -89,7 +89,7 @@ fn misshapen_or_missing_tensors_are_refused_with_names_and_shapes() {
     assert!(!dir.path().join("x.safetensors").exists());
 
     dict.remove("decoder.conv.4.bias");
-    cae::weights::save_safetensors(&bad, &dict, None, &[]).unwrap();
+    cae::io::weights::save_safetensors(&bad, &dict, None, &[]).unwrap();
     let err = cae_error(&[
         "export",
         "--model",
@@ -189,14 +189,14 @@ fn encode_dataset_to_npy_and_decode_back() {
     );
 
     // The codes match the library's encoder on the same images.
-    let (shape, codes) = cae::npy::read_f32(&latents).unwrap();
+    let (shape, codes) = cae::io::npy::read_f32(&latents).unwrap();
     assert_eq!(shape, vec![30, 200]);
     let device = burn::tensor::Device::flex();
-    let (net, config) = cae::weights::load_model(&model, &device).unwrap();
+    let (net, config) = cae::io::weights::load_model(&model, &device).unwrap();
     let first =
-        cae::imageio::read_model_input(&data.join("test/airplane/0000.jpg"), &config, false)
+        cae::io::imageio::read_model_input(&data.join("test/airplane/0000.jpg"), &config, false)
             .unwrap();
-    let expected = cae::inference::encode(&net, &config, &first, &device);
+    let expected = cae::eval::inference::encode(&net, &config, &first, &device);
     assert!(
         expected
             .iter()
@@ -236,7 +236,7 @@ fn encode_dataset_to_npy_and_decode_back() {
     );
 
     let wrong = dir.path().join("wrong.npy");
-    cae::npy::write_f32(&wrong, &[2, 7], &[0.0; 14]).unwrap();
+    cae::io::npy::write_f32(&wrong, &[2, 7], &[0.0; 14]).unwrap();
     let err = cae_error(&["decode", "--model", s(&model), s(&wrong), "--out", s(&out)]);
     assert!(
         err.contains("wrong.npy") && err.contains("[2, 7]") && err.contains("200"),
@@ -264,7 +264,10 @@ fn fashion_mnist_trains_and_is_used_through_the_same_commands() {
         s(&run),
     ]);
     let model = run.join("model.safetensors");
-    let config = cae::weights::read_weights(&model).unwrap().config.unwrap();
+    let config = cae::io::weights::read_weights(&model)
+        .unwrap()
+        .config
+        .unwrap();
     assert_eq!(
         (
             config.in_channels,
@@ -287,7 +290,7 @@ fn fashion_mnist_trains_and_is_used_through_the_same_commands() {
         "--out",
         s(&latents),
     ]);
-    assert_eq!(cae::npy::read_f32(&latents).unwrap().0, vec![10, 32]);
+    assert_eq!(cae::io::npy::read_f32(&latents).unwrap().0, vec![10, 32]);
     let out = dir.path().join("decoded");
     cae(&[
         "decode",
@@ -349,7 +352,7 @@ fn image_size_resizes_a_folder_dataset_for_training_and_eval() {
         "--out",
         s(&run),
     ]);
-    let config = cae::weights::read_weights(&run.join("model.safetensors"))
+    let config = cae::io::weights::read_weights(&run.join("model.safetensors"))
         .unwrap()
         .config
         .unwrap();

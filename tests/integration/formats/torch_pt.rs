@@ -7,8 +7,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use cae::torch_pt::{pt_bytes, save_pt};
-use cae::weights::{self, HostTensor, StateDict};
+use cae::io::torch_pt::{pt_bytes, save_pt};
+use cae::io::weights::{self, HostTensor, StateDict};
 
 /// Python shared by the checks below. `emulated_torch_pickle` drives the stdlib pickler the way
 /// `torch.save` does (tensor reduction to `_rebuild_tensor_v2`, storages as persistent ids);

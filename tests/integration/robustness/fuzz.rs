@@ -318,32 +318,116 @@ fn small_config() -> ModelConfig {
     }
 }
 
-fn fuzz_weights(target: &str, name: &str, seed: Vec<u8>) {
+fn fuzz_weights(target: &str, name: &str, seeds: &[Vec<u8>]) {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join(name);
     let device = Device::flex();
-    fuzz(target, &[seed], |_, bytes| {
+    fuzz(target, seeds, |_, bytes| {
         fs::write(&path, bytes).unwrap();
         judge(
-            cae::weights::load_model(&path, &device),
+            cae::io::weights::load_model(&path, &device),
             &path,
             |(_, config)| config.validate().unwrap(),
         )
     });
 }
 
+/// The float precisions a weight file may hold besides float32: safetensors dtype, torch
+/// storage class, and the little-endian bytes of a value.
+type Precision = (safetensors::Dtype, &'static str, fn(f32) -> Vec<u8>);
+
+const OTHER_PRECISIONS: [Precision; 3] = [
+    (safetensors::Dtype::F16, "HalfStorage", |v| {
+        half::f16::from_f32(v).to_le_bytes().to_vec()
+    }),
+    (safetensors::Dtype::BF16, "BFloat16Storage", |v| {
+        half::bf16::from_f32(v).to_le_bytes().to_vec()
+    }),
+    (safetensors::Dtype::F64, "DoubleStorage", |v| {
+        f64::from(v).to_le_bytes().to_vec()
+    }),
+];
+
 #[test]
 fn fuzz_safetensors_reader() {
     let config = small_config();
     let dict = cae::init::seed_state_dict(&config, 1);
-    let seed = cae::weights::safetensors_bytes(&dict, Some(&config), &[]).unwrap();
-    fuzz_weights("safetensors", "model.safetensors", seed);
+    let mut seeds = vec![cae::io::weights::safetensors_bytes(&dict, Some(&config), &[]).unwrap()];
+    for (dtype, _, encode) in OTHER_PRECISIONS {
+        let data: Vec<(&String, Vec<usize>, Vec<u8>)> = dict
+            .iter()
+            .map(|(k, t)| {
+                (
+                    k,
+                    t.shape.clone(),
+                    t.data.iter().flat_map(|&v| encode(v)).collect(),
+                )
+            })
+            .collect();
+        let views = data.iter().map(|(k, shape, bytes)| {
+            (
+                k.as_str(),
+                safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).unwrap(),
+            )
+        });
+        seeds.push(safetensors::serialize(views, None).unwrap());
+    }
+    fuzz_weights("safetensors", "model.safetensors", &seeds);
 }
 
 #[test]
 fn fuzz_pt_reader() {
     let dict = cae::init::seed_state_dict(&small_config(), 2);
-    fuzz_weights("pt", "model.pt", cae::torch_pt::pt_bytes(&dict).unwrap());
+    let float = cae::io::torch_pt::pt_bytes(&dict).unwrap();
+    let mut seeds = vec![float.clone()];
+    seeds.extend(OTHER_PRECISIONS.map(|(_, class, encode)| pt_in_precision(&float, class, encode)));
+    fuzz_weights("pt", "model.pt", &seeds);
+}
+
+/// A float32 `.pt` file rewritten as `torch.save` writes the model after `.half()` and the like:
+/// the pickle names `torch.<class>` instead of `torch.FloatStorage`, and every storage holds the
+/// values in that precision.
+fn pt_in_precision(float: &[u8], class: &str, encode: fn(f32) -> Vec<u8>) -> Vec<u8> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(float)).unwrap();
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for index in 0..archive.len() {
+        let mut record = archive.by_index(index).unwrap();
+        let name = record.name().unwrap().into_owned();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut record, &mut bytes).unwrap();
+        let bytes = if name.ends_with("data.pkl") {
+            let pickle = String::from_utf8_lossy(&bytes).into_owned();
+            assert!(pickle.contains("FloatStorage"), "a float32 pickle");
+            replace_bytes(&bytes, b"FloatStorage", class.as_bytes())
+        } else if name.contains("/data/") {
+            bytes
+                .chunks_exact(4)
+                .flat_map(|b| encode(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                .collect()
+        } else {
+            bytes
+        };
+        out.start_file(name, options).unwrap();
+        out.write_all(&bytes).unwrap();
+    }
+    out.finish().unwrap().into_inner()
+}
+
+fn replace_bytes(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(from) {
+            out.extend(to);
+            i += from.len();
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// A real checkpoint: `cae train` for one epoch of a tiny model on four 8x8 pictures.
@@ -378,9 +462,11 @@ fn fuzz_checkpoint_reader() {
     let device = Device::flex();
     fuzz("checkpoint", &[seed], |_, bytes| {
         fs::write(&path, bytes).unwrap();
-        judge(cae::checkpoint::load(&path, &device), &path, |restored| {
-            restored.config.validate().unwrap()
-        })
+        judge(
+            cae::run_folder::checkpoint::load(&path, &device),
+            &path,
+            |restored| restored.config.validate().unwrap(),
+        )
     });
 }
 
@@ -449,11 +535,11 @@ fn fuzz_image_decoder() {
 fn fuzz_npy_reader() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("codes.npy");
-    cae::npy::write_f32(&path, &[3, 4], &[0.25; 12]).unwrap();
+    cae::io::npy::write_f32(&path, &[3, 4], &[0.25; 12]).unwrap();
     let seed = fs::read(&path).unwrap();
     fuzz("npy", &[seed], |_, bytes| {
         fs::write(&path, bytes).unwrap();
-        judge(cae::npy::read_f32(&path), &path, |(shape, values)| {
+        judge(cae::io::npy::read_f32(&path), &path, |(shape, values)| {
             assert_eq!(shape.iter().product::<usize>(), values.len())
         })
     });

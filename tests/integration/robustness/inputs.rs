@@ -2,17 +2,16 @@
 //! message that names the file (and the record or tensor) and what is wrong, with no panic and
 //! no backtrace even under `RUST_BACKTRACE=1`; `--skip-bad` leaves bad image files out instead.
 
-use crate::robustness_support;
-
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::common;
+use crate::common::{cae_clean_error, s};
+use cae::io::weights::{HostTensor, StateDict};
 use cae::model::ModelConfig;
-use cae::weights::{HostTensor, StateDict};
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use robustness_support::{cae_error, s};
 use safetensors::tensor::{Dtype, TensorView};
 
 /// `cae train` on `data_dir`, which fails while reading the data, before any training.
@@ -27,7 +26,7 @@ fn train_error(dataset: &str, data_dir: &Path, needles: &[&str]) -> String {
         "--out",
         s(&out),
     ];
-    let stderr = cae_error(&args, needles);
+    let stderr = cae_clean_error(&args, needles);
     assert!(!out.exists(), "a run folder was created");
     stderr
 }
@@ -220,7 +219,7 @@ fn gzipped_idx_with_endless_trailing_data_stops_counting() {
 
 /// train/ and test/ with two classes of real CIFAR-10 JPEGs (8 and 4 per class).
 fn image_folder() -> tempfile::TempDir {
-    let source = robustness_support::cifar_subset();
+    let source = common::cifar_subset();
     let tmp = tempfile::tempdir().unwrap();
     for (split, count) in [("train", 8), ("test", 4)] {
         for class in ["cat", "ship"] {
@@ -275,7 +274,7 @@ fn skip_bad_leaves_bad_images_out_counting_and_naming_them() {
         "--out",
         s(&run),
     ];
-    let output = robustness_support::run_cae(&args);
+    let output = common::cae_output(&args);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(
@@ -302,8 +301,8 @@ fn skip_bad_leaves_bad_images_out_counting_and_naming_them() {
         "--data-dir",
         s(tmp.path()),
     ];
-    cae_error(&eval, &[s(&text)]);
-    let output = robustness_support::run_cae(&[&eval[..], &["--skip-bad", "--json"]].concat());
+    cae_clean_error(&eval, &[s(&text)]);
+    let output = common::cae_output(&[&eval[..], &["--skip-bad", "--json"]].concat());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("skipped 2 image files"), "{stderr}");
@@ -345,7 +344,7 @@ fn small_dict() -> StateDict {
 fn import_error(file: &Path, needles: &[&str]) -> String {
     let out = file.with_file_name("imported.safetensors");
     let args = ["import", "--from", s(file), "--out", s(&out)];
-    let stderr = cae_error(&args, &[&[s(file)][..], needles].concat());
+    let stderr = cae_clean_error(&args, &[&[s(file)][..], needles].concat());
     assert!(!out.exists());
     stderr
 }
@@ -367,12 +366,13 @@ fn weights_in_an_unknown_format_are_refused_naming_the_file() {
 #[test]
 fn truncated_weight_files_are_refused_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let bytes = cae::weights::safetensors_bytes(&small_dict(), Some(&small_config()), &[]).unwrap();
+    let bytes =
+        cae::io::weights::safetensors_bytes(&small_dict(), Some(&small_config()), &[]).unwrap();
     let path = tmp.path().join("cut.safetensors");
     fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
     import_error(&path, &["not a valid safetensors file"]);
 
-    let pt = cae::torch_pt::pt_bytes(&small_dict()).unwrap();
+    let pt = cae::io::torch_pt::pt_bytes(&small_dict()).unwrap();
     let path = tmp.path().join("cut.pt");
     fs::write(&path, &pt[..pt.len() * 2 / 3]).unwrap();
     import_error(&path, &["zip"]);
@@ -388,12 +388,12 @@ fn extra_missing_misshapen_and_non_float_tensors_are_refused_naming_them() {
         "encoder.net.99.weight".into(),
         HostTensor::new(vec![1], vec![0.5]),
     );
-    cae::weights::save_safetensors(&path, &extra, None, &[]).unwrap();
+    cae::io::weights::save_safetensors(&path, &extra, None, &[]).unwrap();
     import_error(&path, &["unexpected tensor `encoder.net.99.weight`"]);
 
     let mut missing = small_dict();
     missing.remove("decoder.linear.0.bias");
-    cae::torch_pt::save_pt(&path.with_extension("pt"), &missing).unwrap();
+    cae::io::torch_pt::save_pt(&path.with_extension("pt"), &missing).unwrap();
     import_error(
         &path.with_extension("pt"),
         &["tensor `decoder.linear.0.bias` is missing"],
@@ -404,14 +404,77 @@ fn extra_missing_misshapen_and_non_float_tensors_are_refused_naming_them() {
         "encoder.net.2.bias".into(),
         HostTensor::new(vec![3], vec![0.0; 3]),
     );
-    cae::weights::save_safetensors(&path, &misshapen, Some(&small_config()), &[]).unwrap();
+    cae::io::weights::save_safetensors(&path, &misshapen, Some(&small_config()), &[]).unwrap();
     import_error(&path, &["tensor `encoder.net.2.bias` has shape [3]", "[2]"]);
 
     let zeros = [0u8; 16];
-    let view = TensorView::new(Dtype::F64, vec![2], &zeros).unwrap();
-    let f64_file = safetensors::serialize([("encoder.net.0.bias", view)], None).unwrap();
-    fs::write(&path, f64_file).unwrap();
-    import_error(&path, &["tensor `encoder.net.0.bias` has dtype F64"]);
+    let view = TensorView::new(Dtype::I64, vec![2], &zeros).unwrap();
+    let i64_file = safetensors::serialize([("encoder.net.0.bias", view)], None).unwrap();
+    fs::write(&path, i64_file).unwrap();
+    import_error(&path, &["tensor `encoder.net.0.bias` has dtype I64"]);
+}
+
+/// A model saved after `.half()`, `.bfloat16()` or `.double()` imports as float32, with a note.
+#[test]
+fn half_bfloat16_and_double_models_import_as_float32_saying_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dict = small_dict();
+    for (dtype, name) in [
+        (Dtype::F16, "float16"),
+        (Dtype::BF16, "bfloat16"),
+        (Dtype::F64, "float64"),
+    ] {
+        let encode = |v: f32| -> Vec<u8> {
+            match dtype {
+                Dtype::F16 => half::f16::from_f32(v).to_le_bytes().to_vec(),
+                Dtype::BF16 => half::bf16::from_f32(v).to_le_bytes().to_vec(),
+                _ => f64::from(v).to_le_bytes().to_vec(),
+            }
+        };
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = dict
+            .iter()
+            .map(|(k, t)| {
+                (
+                    k.clone(),
+                    t.shape.clone(),
+                    t.data.iter().flat_map(|&v| encode(v)).collect(),
+                )
+            })
+            .collect();
+        let views = bytes.iter().map(|(k, shape, data)| {
+            (
+                k.as_str(),
+                TensorView::new(dtype, shape.clone(), data).unwrap(),
+            )
+        });
+        let file = tmp.path().join(format!("{name}.safetensors"));
+        fs::write(&file, safetensors::serialize(views, None).unwrap()).unwrap();
+        let out = tmp.path().join(format!("{name}-imported.safetensors"));
+        let output = common::cae_output(&["import", "--from", s(&file), "--out", s(&out)]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "note: {} holds {name} weights; converted to float32",
+                file.display()
+            )),
+            "{stderr}"
+        );
+        let imported = cae::io::weights::read_weights(&out).unwrap();
+        assert_eq!(imported.converted_from, None);
+        for (key, tensor) in &dict {
+            let expected: Vec<f32> = tensor
+                .data
+                .iter()
+                .map(|&v| match dtype {
+                    Dtype::F16 => half::f16::from_f32(v).to_f32(),
+                    Dtype::BF16 => half::bf16::from_f32(v).to_f32(),
+                    _ => v,
+                })
+                .collect();
+            assert_eq!(imported.tensors[key].data, expected, "{name} {key}");
+        }
+    }
 }
 
 #[test]
@@ -423,7 +486,7 @@ fn an_absurd_model_configuration_is_refused() {
         width: 1 << 40,
         ..small_config()
     };
-    cae::weights::save_safetensors(&path, &small_dict(), Some(&config), &[]).unwrap();
+    cae::io::weights::save_safetensors(&path, &small_dict(), Some(&config), &[]).unwrap();
     let model = [
         "reconstruct",
         "--model",
@@ -432,7 +495,7 @@ fn an_absurd_model_configuration_is_refused() {
         s(tmp.path()),
         "x.png",
     ];
-    cae_error(&model, &[s(&path), "each must be at most 65536"]);
+    cae_clean_error(&model, &[s(&path), "each must be at most 65536"]);
 }
 
 #[test]
@@ -452,7 +515,15 @@ fn a_corrupt_checkpoint_is_reported_not_overwritten() {
         s(&run),
         "--resume",
     ];
-    cae_error(&args, &["cannot resume the run in", s(&checkpoint)]);
+    cae_clean_error(
+        &args,
+        &[
+            "cannot resume the run in",
+            s(&checkpoint),
+            "is damaged or unreadable",
+            "It has no model.safetensors to go on from",
+        ],
+    );
     assert_eq!(
         fs::read(&checkpoint).unwrap(),
         b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":"
@@ -460,16 +531,92 @@ fn a_corrupt_checkpoint_is_reported_not_overwritten() {
 }
 
 #[test]
+fn bad_settings_are_reported_before_the_data_is_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-folder");
+    let file = tmp.path().join("a-file");
+    fs::write(&file, b"x").unwrap();
+    let run = tmp.path().join("run");
+    let base = ["train", "--dataset", "folder", "--data-dir", s(&missing)];
+    for (extra, needle) in [
+        (
+            vec!["--latent", "0", "--out", s(&run)],
+            "latent size and channels must be positive",
+        ),
+        (
+            vec!["--channels", "0", "--out", s(&run)],
+            "latent size and channels must be positive",
+        ),
+        (
+            vec!["--image-size", "30x30", "--out", s(&run)],
+            "--image-size 30x30: width and height must be positive multiples of 4",
+        ),
+        (vec!["--out", s(&file)], "exists and is not a folder"),
+    ] {
+        let args: Vec<&str> = base.iter().copied().chain(extra).collect();
+        let error = cae_clean_error(&args, &[needle]);
+        assert!(!error.contains("no-such-folder"), "settings first: {error}");
+        assert!(!run.exists());
+    }
+}
+
+#[test]
+fn non_finite_weights_are_refused_naming_the_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (value, format) in [(f32::NAN, "safetensors"), (f32::INFINITY, "pt")] {
+        let mut dict = small_dict();
+        dict.get_mut("encoder.net.0.weight").unwrap().data[5] = value;
+        let file = tmp.path().join(format!("bad.{format}"));
+        match format {
+            "pt" => cae::io::torch_pt::save_pt(&file, &dict).unwrap(),
+            _ => cae::io::weights::save_safetensors(&file, &dict, Some(&small_config()), &[])
+                .unwrap(),
+        }
+        let codes = tmp.path().join("codes.npy");
+        cae::io::npy::write_f32(&codes, &[1, 8], &[0.5; 8]).unwrap();
+        let out = tmp.path().join("decoded");
+        cae_clean_error(
+            &["decode", "--model", s(&file), s(&codes), "--out", s(&out)],
+            &[
+                s(&file),
+                "tensor `encoder.net.0.weight` holds 1 NaN or infinite value(s)",
+            ],
+        );
+        assert!(!out.exists());
+        import_error(&file, &["encoder.net.0.weight", "NaN or infinite"]);
+    }
+}
+
+#[test]
+fn non_finite_codes_are_refused_naming_the_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model.safetensors");
+    cae::io::weights::save_safetensors(&model, &small_dict(), Some(&small_config()), &[]).unwrap();
+    for value in [f32::NAN, f32::NEG_INFINITY] {
+        let mut values = vec![0.5; 24];
+        values[8 + 3] = value;
+        let codes = tmp.path().join("codes.npy");
+        cae::io::npy::write_f32(&codes, &[3, 8], &values).unwrap();
+        let out = tmp.path().join("decoded");
+        cae_clean_error(
+            &["decode", "--model", s(&model), s(&codes), "--out", s(&out)],
+            &[s(&codes), "row 1 holds NaN or infinite values"],
+        );
+        assert!(!out.exists(), "nothing is written");
+    }
+}
+
+#[test]
 fn truncated_codes_are_refused_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model.safetensors");
-    cae::weights::save_safetensors(&model, &small_dict(), Some(&small_config()), &[]).unwrap();
+    cae::io::weights::save_safetensors(&model, &small_dict(), Some(&small_config()), &[]).unwrap();
     let codes = tmp.path().join("codes.npy");
-    cae::npy::write_f32(&codes, &[2, 8], &[0.5; 16]).unwrap();
+    cae::io::npy::write_f32(&codes, &[2, 8], &[0.5; 16]).unwrap();
     let bytes = fs::read(&codes).unwrap();
     fs::write(&codes, &bytes[..bytes.len() - 5]).unwrap();
     let out = tmp.path().join("decoded");
-    cae_error(
+    cae_clean_error(
         &["decode", "--model", s(&model), s(&codes), "--out", s(&out)],
         &[s(&codes)],
     );
@@ -499,7 +646,7 @@ fn a_checkpoint_whose_adam_moments_do_not_fit_the_model_is_refused() {
         args
     };
     let args = train(&["--epochs", "1"]);
-    robustness_support::cae_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    common::cae(&args.iter().map(String::as_str).collect::<Vec<_>>());
 
     let checkpoint = run.join(cae::run_folder::CHECKPOINT_FILE);
     let bytes = fs::read(&checkpoint).unwrap();
@@ -509,10 +656,10 @@ fn a_checkpoint_whose_adam_moments_do_not_fit_the_model_is_refused() {
         .as_ref()
         .unwrap()
         .iter()
-        .filter(|(k, _)| k.as_str() != "format" && k.as_str() != cae::weights::CONFIG_KEY)
+        .filter(|(k, _)| k.as_str() != "format" && k.as_str() != cae::io::weights::CONFIG_KEY)
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
-    let file = cae::weights::read_weights(&checkpoint).unwrap();
+    let file = cae::io::weights::read_weights(&checkpoint).unwrap();
     let mut tensors = file.tensors;
     for key in [
         "adam.exp_avg/encoder.net.0.bias",
@@ -520,11 +667,12 @@ fn a_checkpoint_whose_adam_moments_do_not_fit_the_model_is_refused() {
     ] {
         tensors.insert(key.into(), HostTensor::new(vec![1], vec![0.0]));
     }
-    let crafted = cae::weights::safetensors_bytes(&tensors, file.config.as_ref(), &extra).unwrap();
+    let crafted =
+        cae::io::weights::safetensors_bytes(&tensors, file.config.as_ref(), &extra).unwrap();
     fs::write(&checkpoint, &crafted).unwrap();
 
     let args = train(&["--epochs", "2", "--resume"]);
-    cae_error(
+    cae_clean_error(
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
         &[
             s(&checkpoint),

@@ -1,8 +1,6 @@
 //! Training survives interruptions, a second process, divergence and a full disk: each test
 //! drives the real `cae train` on 640 real CIFAR-10 training and 200 validation images.
 
-use crate::robustness_support;
-
 use std::fs;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
@@ -12,9 +10,10 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::common;
+use crate::common::{assert_clean_failure, cae, cae_clean_error, cae_command, s, temp_files};
 use burn::tensor::Device;
 use cae::run_folder::{CHECKPOINT_FILE, MODEL_FILE};
-use robustness_support::{assert_clean_failure, cae_command, cae_error, cae_ok, s, temp_files};
 
 const EPOCHS: &str = "2";
 /// Far longer than any run here takes on two busy cores; only reached when something hangs.
@@ -23,7 +22,7 @@ const PATIENCE: Duration = Duration::from_secs(300);
 /// The flags of every run: the small real dataset, shuffled (so a resumed run must also restore
 /// the epoch order), [`EPOCHS`] epochs unless `extra` says otherwise, plus `extra`.
 fn train_args(run: &Path, extra: &[&str]) -> Vec<String> {
-    let data = robustness_support::cifar_subset();
+    let data = common::cifar_subset();
     let mut args: Vec<String> = [
         "train",
         "--dataset",
@@ -49,12 +48,12 @@ fn train_args(run: &Path, extra: &[&str]) -> Vec<String> {
 
 fn train(run: &Path, extra: &[&str]) -> String {
     let args = train_args(run, extra);
-    cae_ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    cae(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn train_error(run: &Path, extra: &[&str], needles: &[&str]) -> String {
     let args = train_args(run, extra);
-    cae_error(
+    cae_clean_error(
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
         needles,
     )
@@ -164,8 +163,22 @@ fn sigint_after_the_first_checkpoint_then_resume_matches_an_uninterrupted_run() 
             eprintln!("attempt {attempt}: the run finished before SIGINT arrived");
             continue;
         }
-        assert_killed_by(&output, SIGINT);
+        // Ctrl-C stops at the end of the batch, says what the checkpoint holds and how to go on.
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(130), "{stderr}");
+        assert!(stderr.contains("error: interrupted in epoch 2"), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "the checkpoint of epoch 1 in {} is kept",
+                run.display()
+            )),
+            "{stderr}"
+        );
+        assert!(stderr.contains("resume with: cae train "), "{stderr}");
+        assert!(stderr.trim_end().ends_with("--resume"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
         assert!(!run.join(MODEL_FILE).exists(), "the run had finished");
+        assert_eq!(temp_files(&run), Vec::<String>::new());
         break run;
     };
 
@@ -212,6 +225,70 @@ fn kill_before_the_first_checkpoint_then_resume_starts_from_scratch() {
     let stdout = train(&run, &["--resume"]);
     assert!(stdout.contains("starting from scratch"), "{stdout}");
     assert_matches_reference(&run);
+}
+
+#[test]
+fn resume_without_a_checkpoint_refuses_to_overwrite_a_run_that_got_further() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    train(&run, &[]);
+    let model = run.join(MODEL_FILE);
+    let kept = [
+        MODEL_FILE,
+        "epochs.csv",
+        "metrics.csv",
+        "recon_epoch_02.png",
+    ]
+    .map(|name| (name, fs::read(run.join(name)).unwrap()));
+    fs::remove_file(run.join(CHECKPOINT_FILE)).unwrap();
+
+    let error = train_error(
+        &run,
+        &["--resume"],
+        &[
+            &format!("cannot resume {}", run.display()),
+            "no checkpoint.safetensors",
+            "model.safetensors, epochs.csv with 2 epochs, 2 reconstruction grids",
+            &format!("--init {} --out", model.display()),
+        ],
+    );
+    assert!(!error.contains("starting from scratch"), "{error}");
+    for (name, bytes) in &kept {
+        assert!(
+            fs::read(run.join(name)).unwrap() == *bytes,
+            "{name} changed"
+        );
+    }
+    // The way out it offers works.
+    let next = tmp.path().join("next");
+    train(&next, &["--init", s(&model), "--epochs", "1"]);
+    assert!(next.join(MODEL_FILE).is_file());
+}
+
+#[test]
+fn a_damaged_checkpoint_on_resume_says_so_and_what_is_intact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    train(&run, &["--epochs", "1"]);
+    let checkpoint = run.join(CHECKPOINT_FILE);
+    let bytes = fs::read(&checkpoint).unwrap();
+    fs::write(&checkpoint, &bytes[..bytes.len() / 2]).unwrap();
+    let model = fs::read(run.join(MODEL_FILE)).unwrap();
+    let metrics = fs::read(run.join("metrics.csv")).unwrap();
+
+    train_error(
+        &run,
+        &["--resume"],
+        &[
+            &format!("cannot resume the run in {}", run.display()),
+            "checkpoint.safetensors is damaged or unreadable",
+            "the metrics and pictures of its finished epochs are intact",
+            &format!("--init {} --out", run.join(MODEL_FILE).display()),
+        ],
+    );
+    assert_eq!(fs::read(&checkpoint).unwrap(), &bytes[..bytes.len() / 2]);
+    assert!(fs::read(run.join(MODEL_FILE)).unwrap() == model);
+    assert_eq!(fs::read(run.join("metrics.csv")).unwrap(), metrics);
 }
 
 #[test]
@@ -409,7 +486,8 @@ fn a_full_disk_fails_cleanly_and_keeps_the_last_good_checkpoint() {
     ];
     assert_clean_failure(&output, &needles);
     assert_eq!(temp_files(&run), Vec::<String>::new());
-    let restored = cae::checkpoint::load(&run.join(CHECKPOINT_FILE), &Device::flex()).unwrap();
+    let restored =
+        cae::run_folder::checkpoint::load(&run.join(CHECKPOINT_FILE), &Device::flex()).unwrap();
     let done = restored.state.epochs_done;
     assert!(done >= 1);
 

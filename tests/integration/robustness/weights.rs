@@ -3,15 +3,13 @@
 //! `cae` binary under a 1 GB address-space limit (`prlimit --as`), so an allocation of the
 //! declared size would abort the process instead of passing unnoticed.
 
-use crate::robustness_support;
-
 use std::fs;
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use robustness_support::{assert_clean_failure, s};
+use crate::common::{assert_clean_failure, s};
 use zip::CompressionMethod;
 use zip::write::SimpleFileOptions;
 
@@ -61,12 +59,23 @@ fn tuple(values: &[u32]) -> Vec<u8> {
 /// The pickle (protocol 2) of `{name: tensor}` where the tensor is
 /// `_rebuild_tensor_v2(storage "0" of storage_numel floats, 0, size, stride, False, OrderedDict())`.
 fn state_dict_pickle(name: &str, storage_numel: u32, size: &[u32], stride: &[u32]) -> Vec<u8> {
+    typed_state_dict_pickle(name, "FloatStorage", storage_numel, size, stride)
+}
+
+/// [`state_dict_pickle`] with a storage of class `torch.<storage_class>`.
+fn typed_state_dict_pickle(
+    name: &str,
+    storage_class: &str,
+    storage_numel: u32,
+    size: &[u32],
+    stride: &[u32],
+) -> Vec<u8> {
     let mut p = vec![0x80, 2, b'}'];
     p.extend(unicode(name));
     p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n(");
     p.push(b'(');
     p.extend(unicode("storage"));
-    p.extend(b"ctorch\nFloatStorage\n");
+    p.extend(format!("ctorch\n{storage_class}\n").as_bytes());
     p.extend(unicode("0"));
     p.extend(unicode("cpu"));
     p.extend(int(storage_numel));
@@ -103,9 +112,73 @@ fn the_hand_written_pt_file_is_read_when_its_claims_are_honest() {
     let pickle = state_dict_pickle("w", 2, &[2, 1], &[1, 1]);
     let storage = [1.5f32, -2.0].map(f32::to_le_bytes).concat();
     pt_file(&path, &pickle, &storage, CompressionMethod::Stored);
-    let file = cae::weights::read_weights(&path).unwrap();
+    let file = cae::io::weights::read_weights(&path).unwrap();
     assert_eq!(file.tensors["w"].shape, [2, 1]);
     assert_eq!(file.tensors["w"].data, [1.5, -2.0]);
+}
+
+/// float16, bfloat16 and float64 tensors are read as float32 from `.pt` and safetensors alike;
+/// a float64 beyond float32's range and a non-float dtype are refused, naming the tensor.
+#[test]
+fn other_float_precisions_are_read_as_float32_and_others_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let values = [1.5f32, -2.0, 0.25, 3.0];
+    type Encode = fn(f32) -> Vec<u8>;
+    let f16: Encode = |v| half::f16::from_f32(v).to_le_bytes().to_vec();
+    let bf16: Encode = |v| half::bf16::from_f32(v).to_le_bytes().to_vec();
+    let f64: Encode = |v| f64::from(v).to_le_bytes().to_vec();
+    let cases = [
+        ("HalfStorage", "F16", "float16", f16),
+        ("BFloat16Storage", "BF16", "bfloat16", bf16),
+        ("DoubleStorage", "F64", "float64", f64),
+    ];
+    for (storage_class, dtype, name, encode) in cases {
+        let data: Vec<u8> = values.iter().flat_map(|&v| encode(v)).collect();
+        let pt = tmp.path().join(format!("{name}.pt"));
+        let pickle = typed_state_dict_pickle("w", storage_class, 4, &[4], &[1]);
+        pt_file(&pt, &pickle, &data, CompressionMethod::Stored);
+        let st = tmp.path().join(format!("{name}.safetensors"));
+        let header = format!(
+            r#"{{"w":{{"dtype":"{dtype}","shape":[4],"data_offsets":[0,{}]}}}}"#,
+            data.len()
+        );
+        safetensors_file(&st, header.len() as u64, &header, &data);
+        for path in [&pt, &st] {
+            let file = cae::io::weights::read_weights(path)
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            assert_eq!(file.tensors["w"].data, values, "{}", path.display());
+            assert_eq!(file.converted_from, Some(name), "{}", path.display());
+        }
+    }
+
+    let huge = [1e300f64, 1.0].map(f64::to_le_bytes).concat();
+    let pt = tmp.path().join("huge.pt");
+    pt_file(
+        &pt,
+        &typed_state_dict_pickle("w", "DoubleStorage", 2, &[2], &[1]),
+        &huge,
+        CompressionMethod::Stored,
+    );
+    import_refuses(
+        &pt,
+        &["tensor `w` holds the float64 value 1e300, which float32 cannot hold"],
+    );
+
+    let longs = [7i64, 8].map(i64::to_le_bytes).concat();
+    let pt = tmp.path().join("long.pt");
+    pt_file(
+        &pt,
+        &typed_state_dict_pickle("w", "LongStorage", 2, &[2], &[1]),
+        &longs,
+        CompressionMethod::Stored,
+    );
+    import_refuses(
+        &pt,
+        &[
+            "tensor `w` has dtype I64",
+            "float16, bfloat16 and float64 are converted",
+        ],
+    );
 }
 
 #[test]

@@ -23,7 +23,7 @@ use crate::data::ImageSet;
 use crate::data::batcher::{denormalize, normalized_batch};
 use crate::eval::EVAL_BATCH;
 use crate::model::{Autoencoder, ModelConfig};
-use crate::{inference, metrics};
+use crate::{eval::inference, eval::metrics};
 
 /// Images scored per pass: bounds the memory of inputs, codes and reconstructions.
 const CHUNK: usize = 4 * EVAL_BATCH;
@@ -334,7 +334,7 @@ impl Calibration {
     pub fn save_for_model(&mut self, model: &Path) -> Result<PathBuf> {
         self.model_sha256 = file_sha256(model)?;
         let path = calibration_path(model);
-        crate::atomic::write_bytes(&path, serde_json::to_string_pretty(self)?.as_bytes())?;
+        crate::io::atomic::write_bytes(&path, serde_json::to_string_pretty(self)?.as_bytes())?;
         Ok(path)
     }
 

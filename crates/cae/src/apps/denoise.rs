@@ -12,7 +12,7 @@ use crate::data::augment::NoiseSpec;
 use crate::data::batcher::{denormalize, normalized_batch};
 use crate::eval::EVAL_BATCH;
 use crate::model::{Autoencoder, ModelConfig};
-use crate::{inference, metrics};
+use crate::{eval::inference, eval::metrics};
 
 /// Per-image PSNR is capped here (an exact copy would be infinite).
 pub const MAX_PSNR: f64 = 100.0;

@@ -16,10 +16,10 @@ use super::linalg::Cholesky;
 use crate::data::ImageSet;
 use crate::data::batcher::normalized_batch;
 use crate::eval::EVAL_BATCH;
-use crate::inference;
+use crate::eval::inference;
+use crate::io::weights::{self, HostTensor, StateDict};
 use crate::model::{Autoencoder, ModelConfig};
 use crate::sampling::standard_normal;
-use crate::weights::{self, HostTensor, StateDict};
 
 /// The ridge added to the covariance's diagonal, as a fraction of the mean variance: codes of
 /// ReLU units that never fire have zero variance, so the raw covariance is often singular.

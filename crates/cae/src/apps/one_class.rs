@@ -125,7 +125,7 @@ pub fn evaluate_class(
 
     let device = settings.device.device()?;
     let model_path = run_dir.join(MODEL_FILE);
-    let (model, config) = crate::weights::load_model(&model_path, &device)?;
+    let (model, config) = crate::io::weights::load_model(&model_path, &device)?;
     if let Some(n) = settings.train_limit {
         normal_train.truncate(n);
     }
@@ -182,7 +182,7 @@ fn write_scores_csv(
     is_normal: &[bool],
     columns: &[Vec<f64>],
 ) -> Result<()> {
-    crate::atomic::write_with(path, |w| {
+    crate::io::atomic::write_with(path, |w| {
         let names: Vec<&str> = Score::ALL.iter().map(|s| s.name()).collect();
         writeln!(w, "source,label,normal,{}", names.join(","))?;
         for i in 0..test.len() {

@@ -171,6 +171,19 @@ pub struct LoadOptions {
     pub image_size: Option<(u32, u32)>,
 }
 
+impl LoadOptions {
+    /// Fails on options no dataset can satisfy, before anything is read.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some((width, height)) = self.image_size {
+            anyhow::ensure!(
+                width > 0 && height > 0 && width.is_multiple_of(4) && height.is_multiple_of(4),
+                "--image-size {width}x{height}: width and height must be positive multiples of 4"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// [`load`] with [`LoadOptions`].
 pub fn load_with_options(
     kind: DatasetKind,
@@ -178,6 +191,7 @@ pub fn load_with_options(
     seed: u64,
     options: &LoadOptions,
 ) -> anyhow::Result<Loaded> {
+    options.validate()?;
     if kind != DatasetKind::Folder {
         anyhow::ensure!(
             options.image_size.is_none(),

@@ -3,9 +3,10 @@
 //!
 //! A run folder holds `config.json` (every setting), `metrics.csv` (every batch's loss),
 //! `epochs.csv` (one row per epoch), `loss.png`, `recon_epoch_NN.png` per epoch,
-//! `checkpoint.safetensors` (what `--resume` needs), `model.safetensors` once the run has
-//! finished, and `report.html`. Every file is written atomically ([`crate::atomic`]).
+//! `checkpoint.safetensors` (what `--resume` needs, [`checkpoint`]), `model.safetensors` once the run has
+//! finished, and `report.html`. Every file is written atomically ([`crate::io::atomic`]).
 
+pub mod checkpoint;
 mod lock;
 mod reader;
 mod writer;

@@ -9,14 +9,15 @@ use serde::Serialize;
 
 use super::{
     CHECKPOINT_FILE, CONFIG_JSON, EPOCHS_CSV, LOSS_PLOT, METRICS_CSV, MODEL_FILE, RunLock,
+    read_epochs_csv, recon_grids,
 };
-use crate::checkpoint::{self, RunState};
 use crate::history::History;
 use crate::model::{Autoencoder, ModelConfig};
 use crate::optim::{Adam, AdamConfig};
+use crate::run_folder::checkpoint::{self, RunState};
 use crate::settings::{BURN_VERSION, TrainSettings};
 use crate::training::{Event, Observer};
-use crate::{atomic, viz, weights};
+use crate::{io::atomic, io::weights, viz};
 
 /// A run folder open for writing: it exists, and this process holds its lock until dropped
 /// (a second process on the folder fails instead of mixing files).
@@ -47,14 +48,60 @@ impl RunWriter {
         self.dir.join(CHECKPOINT_FILE)
     }
 
-    /// Whether `--resume` has a checkpoint to go on from. A run killed before its first epoch
-    /// ended has none, and then starts from scratch (saying so): nothing of it was kept.
-    pub fn has_checkpoint(&self, observer: &mut dyn Observer) -> bool {
+    /// Whether `--resume` has a checkpoint to go on from. A run killed before its first
+    /// checkpoint has none and holds at most the files of epoch 1; it starts from scratch
+    /// (saying so), which reproduces what it would have written. A folder without a checkpoint
+    /// that holds more (a final model, later epochs) lost its checkpoint: starting again would
+    /// overwrite that, so it is refused, with the way to go on from its weights.
+    pub fn resumable(&self, observer: &mut dyn Observer) -> Result<bool> {
         if self.checkpoint_path().exists() {
-            return true;
+            return Ok(true);
         }
-        observer.on_event(&Event::NoCheckpointYet { run_dir: &self.dir });
-        false
+        let kept = self.files_of_a_later_run();
+        if kept.is_empty() {
+            observer.on_event(&Event::NoCheckpointYet { run_dir: &self.dir });
+            return Ok(false);
+        }
+        bail!(
+            "cannot resume {}: it has no {CHECKPOINT_FILE}, but holds {} of a run that got past its \
+             first epoch; starting again would overwrite them. {}",
+            self.dir.display(),
+            kept.join(", "),
+            self.way_out()
+        )
+    }
+
+    /// The files that show a run got further than a run killed before its first checkpoint
+    /// can: the final model, epochs after the first.
+    fn files_of_a_later_run(&self) -> Vec<String> {
+        let mut kept = Vec::new();
+        if self.dir.join(MODEL_FILE).is_file() {
+            kept.push(MODEL_FILE.to_string());
+        }
+        let epochs = read_epochs_csv(&self.dir.join(EPOCHS_CSV)).map_or(0, |e| e.len());
+        if epochs > 1 {
+            kept.push(format!("{EPOCHS_CSV} with {epochs} epochs"));
+        }
+        let grids = recon_grids(&self.dir).map_or(0, |g| g.len());
+        if grids > 1 {
+            kept.push(format!("{grids} reconstruction grids"));
+        }
+        kept
+    }
+
+    /// How to go on when the checkpoint cannot be used: from the final weights if there are
+    /// any, otherwise from scratch elsewhere.
+    pub fn way_out(&self) -> String {
+        let model = self.dir.join(MODEL_FILE);
+        if model.is_file() {
+            format!(
+                "To go on from its weights, train into another folder: --init {} --out NEW_RUN",
+                model.display()
+            )
+        } else {
+            "It has no model.safetensors to go on from: train from scratch with another --out"
+                .to_string()
+        }
     }
 
     /// Fails when the folder already holds a run that a new start would overwrite.

@@ -1,4 +1,5 @@
-//! Where the loss stopped being a finite number, and the error a diverged run stops with.
+//! Why a run stopped early: the loss stopped being a finite number, or it was interrupted; and
+//! the errors it stops with.
 
 use std::path::Path;
 
@@ -64,3 +65,34 @@ pub(crate) fn what_is_kept(epochs_done: usize, run_dir: &Path) -> String {
         )
     }
 }
+
+/// A run stopped on request ([`super::Observer::stop_requested`]) before it finished: the
+/// epoch it was in is lost, the checkpoint of the one before is kept, and `--resume` goes on
+/// from it with the same result as an uninterrupted run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interrupted {
+    pub run_dir: std::path::PathBuf,
+    /// The epoch it was in (1-based).
+    pub epoch: usize,
+    /// The last batch it finished, or `None` when it stopped after validation.
+    pub batch: Option<usize>,
+    /// Epochs finished, and held by the checkpoint.
+    pub epochs_done: usize,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = match self.batch {
+            Some(batch) => format!("after training batch {batch}"),
+            None => "after its validation".to_string(),
+        };
+        write!(
+            f,
+            "interrupted in epoch {} {at}; {}",
+            self.epoch,
+            what_is_kept(self.epochs_done, &self.run_dir)
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}

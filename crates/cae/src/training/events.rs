@@ -66,6 +66,13 @@ pub enum Event<'a> {
 /// Receives a run's [`Event`]s.
 pub trait Observer {
     fn on_event(&mut self, event: &Event<'_>);
+
+    /// Asked after every training batch and after validation: `true` stops the run there
+    /// with an [`Interrupted`](super::Interrupted) error, keeping the last epoch's checkpoint
+    /// (the `cae` command answers Ctrl-C so).
+    fn stop_requested(&self) -> bool {
+        false
+    }
 }
 
 /// Ignores every event.

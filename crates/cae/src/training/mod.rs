@@ -6,6 +6,7 @@ mod events;
 mod step;
 mod trainer;
 
+pub use divergence::Interrupted;
 pub use events::{Event, Observer, Phase};
 pub use step::{train_step, train_step_pair};
 pub use trainer::{TrainOutcome, Trainer, model_config, train};

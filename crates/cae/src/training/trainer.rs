@@ -11,10 +11,9 @@ use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::divergence::{Divergence, what_is_kept};
+use super::divergence::{Divergence, Interrupted, what_is_kept};
 use super::events::{Event, Observer, Phase};
 use super::step::{epoch_order, train_step_pair};
-use crate::checkpoint::{self, RunState};
 use crate::data::augment::TrainingNoise;
 use crate::data::batcher::{Prefetcher, normalized_batch};
 use crate::data::{ImageSet, Splits};
@@ -22,9 +21,10 @@ use crate::eval::{EVAL_BATCH, Quality, evaluate};
 use crate::history::{EpochRecord, History};
 use crate::model::{Autoencoder, ModelConfig};
 use crate::optim::{Adam, AdamConfig};
-use crate::run_folder::{RunWriter, recon_file};
+use crate::run_folder::checkpoint::{self, RunState};
+use crate::run_folder::{CHECKPOINT_FILE, RunWriter, recon_file};
 use crate::settings::TrainSettings;
-use crate::{init, viz, weights};
+use crate::{init, io::weights, viz};
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -55,6 +55,16 @@ pub fn train(
     observer: &mut dyn Observer,
 ) -> Result<TrainOutcome> {
     Trainer::start(settings, splits, run_dir, resume, observer)?.run(observer)
+}
+
+/// Why an epoch ended before its end.
+enum EpochStop {
+    Diverged(Divergence),
+    /// After training batch `batch` (1-based), or after validation when `None`.
+    Interrupted {
+        epoch: usize,
+        batch: Option<usize>,
+    },
 }
 
 /// The first test image of every class, shown before and after every epoch.
@@ -114,7 +124,7 @@ impl Trainer {
         let config = model_config(settings, &splits.train);
         config.validate()?;
 
-        let (model, adam, state) = if resume && folder.has_checkpoint(observer) {
+        let (model, adam, state) = if resume && folder.resumable(observer)? {
             resumed(settings, &config, &folder, &device, observer)?
         } else {
             folder.refuse_existing_run()?;
@@ -149,7 +159,7 @@ impl Trainer {
         let started = Instant::now();
         let train_losses = self
             .train_epoch(epoch, observer)
-            .map_err(|d| d.into_error(self.folder.dir(), self.state.epochs_done))?;
+            .map_err(|stop| self.stop_error(stop))?;
         let train_seconds = started.elapsed().as_secs_f64();
         let (quality, val_losses) = self.validate(epoch, observer)?;
         let record = EpochRecord {
@@ -182,7 +192,7 @@ impl Trainer {
         &mut self,
         epoch: usize,
         observer: &mut dyn Observer,
-    ) -> Result<Vec<f64>, Divergence> {
+    ) -> Result<Vec<f64>, EpochStop> {
         let set = &self.train_set;
         let order = epoch_order(set.len(), &self.settings, epoch);
         let batch_size = self.settings.batch_size;
@@ -210,12 +220,12 @@ impl Trainer {
             model = next;
             if !loss.is_finite() {
                 self.model = Some(model);
-                return Err(Divergence {
+                return Err(EpochStop::Diverged(Divergence {
                     epoch,
                     batch: i + 1,
                     loss,
                     validation: false,
-                });
+                }));
             }
             losses.push(loss);
             observer.on_event(&Event::Batch {
@@ -223,6 +233,13 @@ impl Trainer {
                 images: batch.len,
                 loss,
             });
+            if observer.stop_requested() {
+                self.model = Some(model);
+                return Err(EpochStop::Interrupted {
+                    epoch,
+                    batch: Some(i + 1),
+                });
+            }
         }
         observer.on_event(&Event::PhaseFinished {
             phase: Phase::Train,
@@ -254,9 +271,27 @@ impl Trainer {
             phase: Phase::Validate,
         });
         if let Some(divergence) = Divergence::in_validation(epoch, &val_losses, quality.mse) {
-            return Err(divergence.into_error(self.folder.dir(), self.state.epochs_done));
+            return Err(self.stop_error(EpochStop::Diverged(divergence)));
+        }
+        if observer.stop_requested() {
+            return Err(self.stop_error(EpochStop::Interrupted { epoch, batch: None }));
         }
         Ok((quality, val_losses))
+    }
+
+    /// The error a run that stops in an epoch ends with.
+    fn stop_error(&self, stop: EpochStop) -> anyhow::Error {
+        let (run_dir, epochs_done) = (self.folder.dir(), self.state.epochs_done);
+        match stop {
+            EpochStop::Diverged(divergence) => divergence.into_error(run_dir, epochs_done),
+            EpochStop::Interrupted { epoch, batch } => Interrupted {
+                run_dir: run_dir.to_path_buf(),
+                epoch,
+                batch,
+                epochs_done,
+            }
+            .into(),
+        }
     }
 
     /// Saves the epoch: its reconstruction grid, then its record in the history, the metrics,
@@ -386,8 +421,15 @@ fn resumed(
     observer: &mut dyn Observer,
 ) -> Result<(Autoencoder, Adam, RunState)> {
     let run_dir = folder.dir();
-    let restored = checkpoint::load(&folder.checkpoint_path(), device)
-        .with_context(|| format!("cannot resume the run in {}", run_dir.display()))?;
+    let restored = match checkpoint::load(&folder.checkpoint_path(), device) {
+        Ok(restored) => restored,
+        Err(error) => bail!(
+            "cannot resume the run in {}: its {CHECKPOINT_FILE} is damaged or unreadable ({error:#}); \
+             the metrics and pictures of its finished epochs are intact. {}",
+            run_dir.display(),
+            folder.way_out()
+        ),
+    };
     if let Some(conflict) = settings.resume_conflict(&restored.state.settings) {
         bail!("cannot resume {}: {conflict}", run_dir.display());
     }

@@ -178,5 +178,5 @@ pub fn save_recon_grid(
 
 /// Encodes `image` as PNG and writes it to `path` atomically.
 pub fn save_png(path: &Path, image: &RgbImage) -> Result<()> {
-    crate::imageio::save_png(path, &image::DynamicImage::ImageRgb8(image.clone()))
+    crate::io::imageio::save_png(path, &image::DynamicImage::ImageRgb8(image.clone()))
 }

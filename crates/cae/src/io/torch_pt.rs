@@ -31,7 +31,7 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 
-use crate::weights::{HostTensor, StateDict};
+use crate::io::weights::{HostTensor, StateDict};
 
 /// The archive folder torch uses when it saves to a buffer rather than a named file.
 const BUFFER_ARCHIVE_NAME: &str = "archive";
@@ -55,7 +55,7 @@ pub fn pt_bytes(dict: &StateDict) -> Result<Vec<u8>> {
 /// (`model.pt` -> `model/`), or `archive/` when the path has no usable stem.
 pub fn save_pt(path: &Path, dict: &StateDict) -> Result<()> {
     let bytes = pt_bytes_in(dict, &archive_name_for(path))?;
-    crate::atomic::write_bytes(path, &bytes)
+    crate::io::atomic::write_bytes(path, &bytes)
 }
 
 fn archive_name_for(path: &Path) -> String {

@@ -8,10 +8,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::history::History;
+use crate::io::weights::{self, HostTensor, StateDict};
 use crate::model::{Autoencoder, ModelConfig};
 use crate::optim::{Adam, AdamConfig, Moments};
 use crate::settings::TrainSettings;
-use crate::weights::{self, HostTensor, StateDict};
 
 const STATE_KEY: &str = "cae.checkpoint";
 const MODEL_PREFIX: &str = "model/";

@@ -20,7 +20,7 @@ const DATA_RANGE: f64 = 1.0;
 ///
 /// ```
 /// let image: Vec<f32> = (0..3 * 16 * 16).map(|i| (i % 7) as f32 / 6.0).collect();
-/// assert!((cae::metrics::ssim(&image, &image, 3, 16, 16).unwrap() - 1.0).abs() < 1e-12);
+/// assert!((cae::eval::metrics::ssim(&image, &image, 3, 16, 16).unwrap() - 1.0).abs() < 1e-12);
 /// ```
 pub fn ssim(a: &[f32], b: &[f32], channels: usize, height: usize, width: usize) -> Result<f64> {
     let image_len = channels * height * width;

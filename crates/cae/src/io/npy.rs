@@ -43,7 +43,7 @@ fn write_array(
     body: impl FnOnce(&mut dyn Write) -> Result<()>,
 ) -> Result<()> {
     let header = header_text(descr, shape);
-    crate::atomic::write_with(path, |w| {
+    crate::io::atomic::write_with(path, |w| {
         w.write_all(MAGIC)?;
         w.write_all(&[1, 0])?;
         w.write_all(&(header.len() as u16).to_le_bytes())?;

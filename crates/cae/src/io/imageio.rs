@@ -19,7 +19,7 @@ use crate::model::ModelConfig;
 /// let path = dir.path().join("black.png");
 /// image::GrayImage::new(64, 48).save(&path).unwrap();
 /// let config = cae::model::ModelConfig::default(); // 3x32x32
-/// let pixels = cae::imageio::read_model_input(&path, &config, true).unwrap();
+/// let pixels = cae::io::imageio::read_model_input(&path, &config, true).unwrap();
 /// assert_eq!(pixels.len(), 3 * 32 * 32); // gray -> RGB, 64x48 -> 32x32
 /// assert!(pixels.iter().all(|&v| v == -1.0)); // black is -1 once normalized
 /// ```
@@ -64,5 +64,5 @@ pub fn save_png(path: &Path, image: &DynamicImage) -> Result<()> {
     image
         .write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
         .with_context(|| format!("cannot encode {}", path.display()))?;
-    crate::atomic::write_bytes(path, &bytes)
+    crate::io::atomic::write_bytes(path, &bytes)
 }

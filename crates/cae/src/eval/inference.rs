@@ -9,7 +9,7 @@ use crate::model::{Autoencoder, ModelConfig};
 ///
 /// ```
 /// use burn::tensor::Device;
-/// use cae::{init, inference, model::ModelConfig, weights};
+/// use cae::{init, eval::inference, model::ModelConfig, io::weights};
 ///
 /// let config = ModelConfig::default();
 /// let device = Device::flex();

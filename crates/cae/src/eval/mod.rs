@@ -1,4 +1,8 @@
-//! Reconstruction quality of a model over a set of images.
+//! Using a trained model: its reconstruction quality over a set of images (here), batched
+//! [`inference`] on pixel buffers, and the image [`metrics`] (SSIM).
+
+pub mod inference;
+pub mod metrics;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;

@@ -232,6 +232,9 @@ pub const CONFIG_KEY: &str = "cae.model_config";
 pub struct WeightFile {
     pub tensors: StateDict,
     pub config: Option<ModelConfig>,
+    /// The precision the file stored, when it was not float32 (`float16`, `bfloat16`,
+    /// `float64`, or `mixed` for several): its tensors were converted to float32 on reading.
+    pub converted_from: Option<&'static str>,
 }
 
 impl WeightFile {
@@ -257,18 +260,44 @@ pub fn read_weights(path: &Path) -> Result<WeightFile> {
             "unknown format: neither safetensors nor a PyTorch zip (.pt) file"
         ))
     };
-    result.with_context(|| format!("weight file {}", path.display()))
+    let file = result.with_context(|| format!("weight file {}", path.display()))?;
+    refuse_non_finite(&file.tensors).with_context(|| format!("weight file {}", path.display()))?;
+    Ok(file)
+}
+
+/// NaN or infinite weights make every output NaN (before the ReLU kept NaN, finite-looking
+/// ones): refused on load, naming the tensor.
+fn refuse_non_finite(dict: &StateDict) -> Result<()> {
+    for (name, tensor) in dict {
+        let bad = tensor.data.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            bail!(
+                "tensor `{name}` holds {bad} NaN or infinite value(s) of {}; cae loads only finite weights",
+                tensor.data.len()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Reads weights and builds the model they describe.
 pub fn load_model(path: &Path, device: &Device) -> Result<(Autoencoder, ModelConfig)> {
+    load_model_converting(path, device).map(|(model, config, _)| (model, config))
+}
+
+/// [`load_model`], also saying which precision the file's weights were converted from when
+/// they were not float32 ([`WeightFile::converted_from`]).
+pub fn load_model_converting(
+    path: &Path,
+    device: &Device,
+) -> Result<(Autoencoder, ModelConfig, Option<&'static str>)> {
     let file = read_weights(path)?;
     let config = file
         .model_config()
         .with_context(|| format!("weight file {}", path.display()))?;
     let model = build_model(&config, &file.tensors, device)
         .with_context(|| format!("weight file {}", path.display()))?;
-    Ok((model, config))
+    Ok((model, config, file.converted_from))
 }
 
 fn looks_like_safetensors(bytes: &[u8]) -> bool {
@@ -279,15 +308,20 @@ fn read_safetensors(bytes: &[u8]) -> Result<WeightFile> {
     let tensors =
         safetensors::SafeTensors::deserialize(bytes).context("not a valid safetensors file")?;
     let mut dict = StateDict::new();
+    let mut converted = Converted::default();
     for (name, view) in tensors.tensors() {
-        let data = match view.dtype() {
-            Dtype::F32 => view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            other => bail!("tensor `{name}` has dtype {other:?}; cae reads float32 weights"),
+        let precision = match view.dtype() {
+            Dtype::F32 => Precision::F32,
+            Dtype::F16 => Precision::F16,
+            Dtype::BF16 => Precision::BF16,
+            Dtype::F64 => Precision::F64,
+            other => bail!(
+                "tensor `{name}` has dtype {other:?}; cae reads float32 weights (float16, \
+                 bfloat16 and float64 are converted)"
+            ),
         };
+        converted.note(precision);
+        let data = precision.to_f32(&name, view.data())?;
         dict.insert(name, HostTensor::new(view.shape().to_vec(), data));
     }
     let (_, metadata) =
@@ -299,6 +333,7 @@ fn read_safetensors(bytes: &[u8]) -> Result<WeightFile> {
     Ok(WeightFile {
         tensors: dict,
         config,
+        converted_from: converted.name(),
     })
 }
 
@@ -329,6 +364,80 @@ fn check_config_range(config: &ModelConfig) -> Result<()> {
     Ok(())
 }
 
+/// The floating-point formats a weight file may store; all are read as float32, as people save
+/// models after `.half()`, `.bfloat16()` or `.double()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Precision {
+    F32,
+    F16,
+    BF16,
+    F64,
+}
+
+impl Precision {
+    fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "float32",
+            Precision::F16 => "float16",
+            Precision::BF16 => "bfloat16",
+            Precision::F64 => "float64",
+        }
+    }
+
+    /// The little-endian `bytes` of tensor `name` as float32 values. float16 and bfloat16
+    /// convert exactly; a finite float64 beyond float32's range is refused, naming the tensor.
+    fn to_f32(self, name: &str, bytes: &[u8]) -> Result<Vec<f32>> {
+        Ok(match self {
+            Precision::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Precision::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Precision::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Precision::F64 => {
+                let mut values = Vec::with_capacity(bytes.len() / 8);
+                for b in bytes.chunks_exact(8) {
+                    let value = f64::from_le_bytes(b.try_into().expect("8 bytes"));
+                    if value.is_finite() && value.abs() > f64::from(f32::MAX) {
+                        bail!(
+                            "tensor `{name}` holds the float64 value {value:e}, which float32 \
+                             cannot hold"
+                        );
+                    }
+                    values.push(value as f32);
+                }
+                values
+            }
+        })
+    }
+}
+
+/// Which non-float32 precisions a file's tensors were converted from.
+#[derive(Debug, Default)]
+struct Converted(Vec<Precision>);
+
+impl Converted {
+    fn note(&mut self, precision: Precision) {
+        if precision != Precision::F32 && !self.0.contains(&precision) {
+            self.0.push(precision);
+        }
+    }
+
+    fn name(&self) -> Option<&'static str> {
+        match self.0.as_slice() {
+            [] => None,
+            [one] => Some(one.name()),
+            _ => Some("mixed float16/bfloat16/float64"),
+        }
+    }
+}
+
 /// Reads a `.pt` file whose `bytes` have been read already, without running any pickle code.
 ///
 /// `pytorch-reader` checks what the pickle declares against the storages, but two kinds of
@@ -342,13 +451,19 @@ fn read_pt(path: &Path, bytes: &[u8]) -> Result<WeightFile> {
         pytorch_reader::PytorchReader::new(path).context("not a readable PyTorch state_dict")?;
     check_claimed_bytes(reader.tensors(), bytes.len())?;
     let mut dict = StateDict::new();
+    let mut converted = Converted::default();
     for (name, tensor) in reader.into_tensors() {
-        if tensor.dtype() != pytorch_reader::DType::F32 {
-            bail!(
-                "tensor `{name}` has dtype {:?}; cae reads float32 weights",
-                tensor.dtype()
-            );
-        }
+        let precision = match tensor.dtype() {
+            pytorch_reader::DType::F32 => Precision::F32,
+            pytorch_reader::DType::F16 => Precision::F16,
+            pytorch_reader::DType::BF16 => Precision::BF16,
+            pytorch_reader::DType::F64 => Precision::F64,
+            other => bail!(
+                "tensor `{name}` has dtype {other:?}; cae reads float32 weights (float16, \
+                 bfloat16 and float64 are converted)"
+            ),
+        };
+        converted.note(precision);
         let bytes = tensor
             .read()
             .with_context(|| format!("tensor `{name}`: cannot read its data"))?;
@@ -359,15 +474,13 @@ fn read_pt(path: &Path, bytes: &[u8]) -> Result<WeightFile> {
                 tensor.shape()
             );
         }
-        let data = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let data = precision.to_f32(&name, &bytes)?;
         dict.insert(name, HostTensor::new(tensor.shape().to_vec(), data));
     }
     Ok(WeightFile {
         tensors: dict,
         config: None,
+        converted_from: converted.name(),
     })
 }
 
@@ -477,7 +590,7 @@ pub fn save_safetensors(
     extra: &[(&str, String)],
 ) -> Result<()> {
     let bytes = safetensors_bytes(dict, config, extra)?;
-    crate::atomic::write_bytes(path, &bytes)
+    crate::io::atomic::write_bytes(path, &bytes)
 }
 
 /// The safetensors encoding of `dict`. Written here rather than with `safetensors::serialize`
