@@ -1,7 +1,6 @@
 //! `cae anomaly fit|score|eval`: anomaly scores of images, their calibration, and the one-class
 //! protocol.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -96,7 +95,7 @@ fn fit(args: FitArgs) -> Result<()> {
     let latent_path = path_for_model(&args.model);
     let source = format!("{} training images {which}", train.len());
     gaussian.save(&latent_path, &args.model, &config, &source)?;
-    println!(
+    say!(
         "latent Gaussian of {source} (ridge {:.3e}) -> {}",
         gaussian.ridge,
         latent_path.display()
@@ -106,17 +105,20 @@ fn fit(args: FitArgs) -> Result<()> {
     let source = format!("{} validation images {which}", val.len());
     let mut calibration = Calibration::fit(&val_scores, args.fpr, &source)?;
     let path = calibration.save_for_model(&args.model)?;
-    println!(
+    say!(
         "calibration on {source}, thresholds at {:.1}% false positives -> {}",
         100.0 * args.fpr,
         path.display()
     );
-    println!(
+    say!(
         "{:<20} {:>12} {:>12} {:>12}",
-        "score", "mean", "std", "threshold"
+        "score",
+        "mean",
+        "std",
+        "threshold"
     );
     for (kind, stats) in &calibration.scores {
-        println!(
+        say!(
             "{:<20} {:>12.6} {:>12.6} {:>12.6}",
             kind.name(),
             stats.mean,
@@ -125,9 +127,10 @@ fn fit(args: FitArgs) -> Result<()> {
         );
     }
     if let Some(line) = calibration.detail_fit {
-        println!(
+        say!(
             "relative-mse measures from ln(mse) = {:.4} + {:.4} ln(detail) on these images",
-            line.intercept, line.slope
+            line.intercept,
+            line.slope
         );
     }
     Ok(())
@@ -189,13 +192,13 @@ fn score(args: ScoreArgs) -> Result<()> {
         args.out.display()
     );
     match (threshold, &calibration) {
-        (Some(t), Some(c)) => println!(
+        (Some(t), Some(c)) => say!(
             "; {} above the threshold {t:.6} ({:.1}% false positives on {})",
             values.iter().filter(|&&v| v > t).count(),
             100.0 * c.fpr,
             c.source
         ),
-        _ => println!(" (no calibration: run `cae anomaly fit` to flag anomalies)"),
+        _ => say!(" (no calibration: run `cae anomaly fit` to flag anomalies)"),
     }
     Ok(())
 }
@@ -248,7 +251,7 @@ fn eval(args: EvalArgs) -> Result<()> {
         Some(n) => one_class::first_per_class(&splits.test, n),
         None => splits.test.clone(),
     };
-    println!(
+    say!(
         "one-class protocol: {} test images, {} classes; runs in {}",
         test.len(),
         splits.train.class_names.len(),
@@ -266,7 +269,7 @@ fn eval(args: EvalArgs) -> Result<()> {
         let started = std::time::Instant::now();
         let result =
             one_class::evaluate_class(&settings, &splits, class, &test, &run_dir, &mut terminal)?;
-        println!(
+        say!(
             "class {class} ({name}): trained on {} images; {} normal, {} anomalous test images; AUROC {}  [{:.0} s]",
             result.train_images,
             result.normal,
@@ -283,7 +286,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     print_table(&results, &shown);
     let csv = out.join("auroc.csv");
     write_auroc_csv(&csv, &results)?;
-    println!("wrote {}", csv.display());
+    say!("wrote {}", csv.display());
     Ok(())
 }
 
@@ -301,14 +304,14 @@ fn sanitize(name: &str) -> String {
 
 fn print_table(results: &[ClassResult], shown: &[Score]) {
     let header: Vec<String> = shown.iter().map(|k| format!("{:>19}", k.name())).collect();
-    println!("\nROC AUC (normal class vs the rest, higher score = more anomalous)");
-    println!("{:<16}{}", "normal class", header.join(""));
+    say!("\nROC AUC (normal class vs the rest, higher score = more anomalous)");
+    say!("{:<16}{}", "normal class", header.join(""));
     for r in results {
         let cells: Vec<String> = shown
             .iter()
             .map(|k| format!("{:>19.4}", r.auroc[k]))
             .collect();
-        println!(
+        say!(
             "{:<16}{}",
             format!("{} {}", r.class, r.name),
             cells.join("")
@@ -317,7 +320,7 @@ fn print_table(results: &[ClassResult], shown: &[Score]) {
     if results.len() > 1 {
         let mean = one_class::mean_auroc(results);
         let cells: Vec<String> = shown.iter().map(|k| format!("{:>19.4}", mean[k])).collect();
-        println!("{:<16}{}", "mean", cells.join(""));
+        say!("{:<16}{}", "mean", cells.join(""));
     }
 }
 

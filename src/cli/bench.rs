@@ -46,10 +46,10 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
     }
     let report = run(&config, &args.device.device()?);
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        say!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
-    println!(
+    say!(
         "cae {} on {} ({} threads), latent {}",
         env!("CARGO_PKG_VERSION"),
         args.device.backend,
@@ -57,17 +57,24 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
         config.latent
     );
     let t = &report.train;
-    println!(
+    say!(
         "[cae] train batch {}: median {:.1} ms/step, min {:.1}, mean {:.1} -> {:.0} images/s",
-        config.batch_size, t.median_ms, t.min_ms, t.mean_ms, t.images_per_second
+        config.batch_size,
+        t.median_ms,
+        t.min_ms,
+        t.mean_ms,
+        t.images_per_second
     );
     let i = &report.inference;
-    println!(
+    say!(
         "[cae] inference batch {}: median {:.1} ms/batch, min {:.1} -> {:.0} images/s",
-        config.infer_batch, i.median_ms, i.min_ms, i.images_per_second
+        config.infer_batch,
+        i.median_ms,
+        i.min_ms,
+        i.images_per_second
     );
     if let Some(mib) = report.peak_rss_mib {
-        println!("[cae] peak resident memory {mib:.0} MiB");
+        say!("[cae] peak resident memory {mib:.0} MiB");
     }
     Ok(())
 }
@@ -75,17 +82,20 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
 fn print_layers(config: &BenchConfig, json: bool) -> Result<()> {
     let timings = cae::bench::layers(config);
     if json {
-        println!("{}", serde_json::to_string(&timings)?);
+        say!("{}", serde_json::to_string(&timings)?);
         return Ok(());
     }
     let title = format!("layer (batch {})", config.batch_size);
-    println!(
+    say!(
         "{title:<38} {:>10} {:>10} {:>11} {:>8}  kernels (forward, input grad, weight grad)",
-        "forward", "input grad", "weight grad", "GFLOP/s"
+        "forward",
+        "input grad",
+        "weight grad",
+        "GFLOP/s"
     );
     let mut totals = [0.0; 3];
     for t in &timings {
-        println!(
+        say!(
             "{:<38} {:>8.2}ms {:>8.2}ms {:>9.2}ms {:>8.0}  {}",
             t.layer,
             t.forward_ms,
@@ -98,9 +108,12 @@ fn print_layers(config: &BenchConfig, json: bool) -> Result<()> {
         totals[1] += t.input_grad_ms;
         totals[2] += t.weight_grad_ms;
     }
-    println!(
+    say!(
         "{:<38} {:>8.2}ms {:>8.2}ms {:>9.2}ms",
-        "total", totals[0], totals[1], totals[2]
+        "total",
+        totals[0],
+        totals[1],
+        totals[2]
     );
     Ok(())
 }

@@ -1,6 +1,5 @@
 //! `cae encode` and `cae decode`: images to latent codes and back.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -51,10 +50,15 @@ pub fn encode(args: EncodeArgs) -> Result<()> {
     match args.format {
         CodeFormat::Npy => {
             npy::write_f32(&args.out, &[n, config.latent], &codes)?;
-            if let Some(labels) = &labels {
+            if labels.is_some() && super::messages_to_stderr() {
+                eprintln!(
+                    "labels not written: they go beside the codes file, and the codes went to \
+                     standard output (--format csv carries them in the same stream)"
+                );
+            } else if let Some(labels) = &labels {
                 let path = args.out.with_file_name("labels.npy");
                 npy::write_i64(&path, labels)?;
-                println!("wrote {} labels to {}", n, path.display());
+                say!("wrote {} labels to {}", n, path.display());
             }
         }
         CodeFormat::Csv => write_csv(
@@ -65,7 +69,7 @@ pub fn encode(args: EncodeArgs) -> Result<()> {
             config.latent,
         )?,
     }
-    println!(
+    say!(
         "wrote {n} codes of size {} to {}",
         config.latent,
         args.out.display()
@@ -151,7 +155,7 @@ pub fn decode(args: DecodeArgs) -> Result<()> {
         config.height,
         config.width,
     )?;
-    println!(
+    say!(
         "decoded {} codes into {} and {}",
         shape[0],
         args.out.display(),

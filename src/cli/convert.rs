@@ -26,7 +26,7 @@ pub fn import(args: ImportArgs) -> Result<()> {
     weights::check_state_dict(&config, &file.tensors)
         .with_context(|| format!("weight file {}", args.from.display()))?;
     weights::save_safetensors(&args.out, &file.tensors, Some(&config), &[])?;
-    println!(
+    say!(
         "imported {} tensors ({} parameters; latent {}, channels {}, {}x{}x{} images) into {}",
         file.tensors.len(),
         config.num_params(),
@@ -59,7 +59,7 @@ pub fn export(args: ExportArgs) -> Result<()> {
     weights::check_state_dict(&config, &file.tensors)
         .with_context(|| format!("weight file {}", args.model.display()))?;
     torch_pt::save_pt(&args.to, &file.tensors)?;
-    println!(
+    say!(
         "exported {} tensors to {}",
         file.tensors.len(),
         args.to.display()

@@ -87,7 +87,7 @@ fn report(args: &DenoiseArgs, kind: DatasetKind, noise: NoiseSpec) -> Result<()>
         &device,
     )?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        say!("{}", serde_json::to_string(&report)?);
     } else {
         print_report(&report);
     }
@@ -100,17 +100,18 @@ fn report(args: &DenoiseArgs, kind: DatasetKind, noise: NoiseSpec) -> Result<()>
         let grid = out.join("denoise_grid.png");
         create_dir(out)?;
         save_rows(&grid, &[&clean, &noisy, &denoised], &config)?;
-        println!("wrote {} (rows: clean, noisy, denoised)", grid.display());
+        say!("wrote {} (rows: clean, noisy, denoised)", grid.display());
     }
     Ok(())
 }
 
 fn print_report(r: &DenoiseReport) {
-    println!(
+    say!(
         "denoising {} on {} validation images (means over images, [0,1] pixels, against the clean images)",
-        r.noise, r.n
+        r.noise,
+        r.n
     );
-    println!("{:<24} {:>10} {:>8}", "", "PSNR dB", "SSIM");
+    say!("{:<24} {:>10} {:>8}", "", "PSNR dB", "SSIM");
     let mut rows = vec![
         ("noisy input", r.noisy),
         ("denoised", r.denoised),
@@ -120,9 +121,9 @@ fn print_report(r: &DenoiseReport) {
         rows.insert(2, ("denoised, self-ensemble", q));
     }
     for (name, q) in rows {
-        println!("{name:<24} {:>10.2} {:>8.4}", q.psnr, q.ssim);
+        say!("{name:<24} {:>10.2} {:>8.4}", q.psnr, q.ssim);
     }
-    println!(
+    say!(
         "PSNR gain {:+.2} dB, SSIM gain {:+.4}{}",
         r.psnr_gain(),
         r.best().ssim - r.noisy.ssim,
@@ -168,7 +169,7 @@ fn denoise_files(args: &DenoiseArgs) -> Result<()> {
                     .map(|&x| denormalize(x))
                     .collect()
             };
-            println!(
+            say!(
                 "{:<40} PSNR noisy {:>6.2} dB, denoised {:>6.2} dB",
                 path.display(),
                 psnr(&unit(&inputs), &unit(&noisy)),
@@ -182,7 +183,7 @@ fn denoise_files(args: &DenoiseArgs) -> Result<()> {
     } else {
         save_rows(&grid, &[&inputs, &denoised], &config)?;
     }
-    println!(
+    say!(
         "wrote {} denoised images and {} to {}",
         args.images.len(),
         grid.display(),

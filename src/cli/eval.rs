@@ -64,11 +64,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let quality = evaluate(&model, &Arc::new(test), &device, EVAL_BATCH, |_, _, _| {});
     if args.json {
-        println!("{}", serde_json::to_string(&quality)?);
+        say!("{}", serde_json::to_string(&quality)?);
     } else {
-        println!(
+        say!(
             "validation MSE {:.6} (normalized [-1,1] pixels), PSNR {:.2} dB (on [0,1] pixels), {} images",
-            quality.mse, quality.psnr, quality.n
+            quality.mse,
+            quality.psnr,
+            quality.n
         );
     }
     Ok(())

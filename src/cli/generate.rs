@@ -58,7 +58,7 @@ pub fn fit_latent(args: FitLatentArgs) -> Result<()> {
     let source = format!("{} {split} images{which}", set.len());
     let path = path_for_model(&args.model);
     gaussian.save(&path, &args.model, &config, &source)?;
-    println!(
+    say!(
         "latent Gaussian of {source} (size {}, ridge {:.3e}) -> {}",
         gaussian.dim(),
         gaussian.ridge,
@@ -125,7 +125,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         config.height,
         config.width,
     )?;
-    println!(
+    say!(
         "decoded {} samples (temperature {}) into {}",
         args.n,
         args.temperature,
@@ -177,7 +177,7 @@ pub fn interpolate(args: InterpolateArgs) -> Result<()> {
         config.height,
         config.width,
     )?;
-    println!(
+    say!(
         "decoded {} points between the codes of {} and {} into {}",
         args.steps,
         args.a.display(),

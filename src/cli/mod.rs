@@ -1,5 +1,17 @@
 //! Flag parsing and dispatch to the library.
 
+/// `println!` for a command's messages, or `eprintln!` when its output file is standard output
+/// (`--out -`), so that the messages do not mix into the data.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if $crate::cli::messages_to_stderr() {
+            eprintln!($($arg)*)
+        } else {
+            println!($($arg)*)
+        }
+    };
+}
+
 mod anomaly;
 mod bench;
 mod choice;
@@ -119,7 +131,32 @@ pub fn unique_stem(
     }
 }
 
+static MESSAGES_TO_STDERR: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the command writes its output to standard output (see `say!`).
+pub fn messages_to_stderr() -> bool {
+    MESSAGES_TO_STDERR.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether `args` name standard output as the output file: `--out -` or `--to -` (also
+/// `/dev/stdout`).
+fn output_is_stdout(args: &[String]) -> bool {
+    let is_stdout = |value: &str| matches!(value, "-" | "/dev/stdout");
+    args.windows(2)
+        .any(|pair| matches!(pair[0].as_str(), "--out" | "--to") && is_stdout(&pair[1]))
+        || args.iter().any(|arg| {
+            ["--out=", "--to="]
+                .iter()
+                .any(|flag| arg.strip_prefix(flag).is_some_and(is_stdout))
+        })
+}
+
 pub fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if output_is_stdout(&args) {
+        MESSAGES_TO_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     match Cli::parse().command {
         Command::Train(args) => train::run(args),
         Command::Sweep(args) => sweep::run(args),

@@ -28,18 +28,18 @@ impl Terminal {
 impl Observer for Terminal {
     fn on_event(&mut self, event: &Event<'_>) {
         match *event {
-            Event::NoCheckpointYet { run_dir } => println!(
+            Event::NoCheckpointYet { run_dir } => say!(
                 "no checkpoint in {} yet (no epoch of it has finished): starting from scratch",
                 run_dir.display()
             ),
             Event::ResumedWithLr { lr, previous } => {
-                println!("resuming with --lr {lr} (the run so far used {previous})")
+                say!("resuming with --lr {lr} (the run so far used {previous})")
             }
             Event::LrChanged {
                 epoch,
                 lr,
                 previous,
-            } => println!("epoch {epoch}: learning rate {lr} (was {previous})"),
+            } => say!("epoch {epoch}: learning rate {lr} (was {previous})"),
             Event::PhaseStarted {
                 epoch,
                 phase,
@@ -68,7 +68,7 @@ impl Observer for Terminal {
                 });
             }
             Event::PhaseFinished { .. } => self.bar.finish_and_clear(),
-            Event::EpochDone { epochs, record } => println!(
+            Event::EpochDone { epochs, record } => say!(
                 "epoch {:>3}/{epochs}  train loss {:.6}  val loss {:.6}  val PSNR {:.2} dB  {:.1} s  {:.0} img/s",
                 record.epoch,
                 record.train_loss,
@@ -82,7 +82,7 @@ impl Observer for Terminal {
                 validation,
                 source,
                 seconds,
-            } => println!(
+            } => say!(
                 "data: {train} training and {validation} validation images from {}  [{seconds:.1} s]",
                 source.display()
             ),
@@ -90,12 +90,12 @@ impl Observer for Terminal {
                 index,
                 count,
                 label,
-            } => println!("run {index}/{count}: {label}"),
+            } => say!("run {index}/{count}: {label}"),
             Event::SweepRunFinishedAlready { run_dir } => {
-                println!("  finished already in {}; skipped", run_dir.display())
+                say!("  finished already in {}; skipped", run_dir.display())
             }
             Event::SweepRunResumed { run_dir } => {
-                println!("  resuming {} from its checkpoint", run_dir.display())
+                say!("  resuming {} from its checkpoint", run_dir.display())
             }
         }
     }

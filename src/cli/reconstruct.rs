@@ -44,7 +44,7 @@ pub fn run(args: ReconstructArgs) -> Result<()> {
         .max()
         .unwrap_or(0)
         .max(5);
-    println!("{:<width$} {:>10} {:>10}", "image", "MSE", "PSNR dB");
+    say!("{:<width$} {:>10} {:>10}", "image", "MSE", "PSNR dB");
     for (path, (input, output)) in args
         .images
         .iter()
@@ -56,7 +56,7 @@ pub fn run(args: ReconstructArgs) -> Result<()> {
             &imageio::to_image(output, &config),
         )?;
         let mse = inference::mse(input, output);
-        println!(
+        say!(
             "{:<width$} {:>10.6} {:>10.2}",
             path.display().to_string(),
             mse,
@@ -74,7 +74,7 @@ pub fn run(args: ReconstructArgs) -> Result<()> {
         config.height,
         config.width,
     )?;
-    println!(
+    say!(
         "wrote {} reconstructions and {}",
         args.images.len(),
         grid.display()

@@ -23,6 +23,6 @@ pub fn run(args: ReportArgs) -> Result<()> {
         (None, _) => bail!("name the report file with --out when reporting on several folders"),
     };
     write_report(&args.dirs, &out)?;
-    println!("report: {}", out.display());
+    say!("report: {}", out.display());
     Ok(())
 }

@@ -74,9 +74,9 @@ pub fn run(args: SweepArgs) -> Result<()> {
     if !args.no_report {
         let report = out.join(REPORT_FILE);
         write_report(std::slice::from_ref(&out), &report)?;
-        println!("report: {}", report.display());
+        say!("report: {}", report.display());
     }
-    println!(
+    say!(
         "sweep done in {:.1} s; folder {}",
         started.elapsed().as_secs_f64(),
         out.display()
@@ -85,14 +85,28 @@ pub fn run(args: SweepArgs) -> Result<()> {
 }
 
 fn print_summary(rows: &[SummaryRow]) {
-    println!(
+    say!(
         "{:<24} {:>10} {:>11} {:>10} {:>9} {:>8} {:>10} {:>9}",
-        "run", "params", "train loss", "val MSE", "PSNR dB", "SSIM", "gap", "seconds"
+        "run",
+        "params",
+        "train loss",
+        "val MSE",
+        "PSNR dB",
+        "SSIM",
+        "gap",
+        "seconds"
     );
     for r in rows {
-        println!(
+        say!(
             "{:<24} {:>10} {:>11.6} {:>10.6} {:>9.2} {:>8.4} {:>10.6} {:>9.1}",
-            r.run, r.params, r.train_loss, r.val_mse, r.val_psnr, r.val_ssim, r.gap, r.seconds
+            r.run,
+            r.params,
+            r.train_loss,
+            r.val_mse,
+            r.val_psnr,
+            r.val_ssim,
+            r.gap,
+            r.seconds
         );
     }
 }

@@ -63,7 +63,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eprintln!("{}", cae::data::skipped_report(&loaded.skipped));
     }
     let (splits, source) = (loaded.splits, loaded.source);
-    println!(
+    say!(
         "data: {} training and {} validation images ({}x{}x{}) from {}  [{:.1} s]",
         settings
             .train_limit
@@ -84,7 +84,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         args.resume,
         &mut super::progress::Terminal::new(),
     )?;
-    println!(
+    say!(
         "done in {:.1} s: final val MSE {:.6}, PSNR {:.2} dB; run folder {}",
         started.elapsed().as_secs_f64(),
         outcome.last.val_loss,
@@ -94,7 +94,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if !args.no_report {
         let report = outcome.run_dir.join(cae::run_folder::REPORT_FILE);
         cae::report::write_report(std::slice::from_ref(&outcome.run_dir), &report)?;
-        println!("report: {}", report.display());
+        say!("report: {}", report.display());
     }
     Ok(())
 }

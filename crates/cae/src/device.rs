@@ -57,3 +57,22 @@ impl Backend {
         }
     }
 }
+
+/// Memory this process can still use: `MemAvailable` from `/proc/meminfo`, capped by the
+/// cgroup v2 limit when there is one.
+pub fn host_memory_available() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let available = kib * 1024;
+    let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    Some(limit.map_or(available, |limit| limit.min(available)))
+}

@@ -4,7 +4,6 @@
 
 pub mod figures;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

@@ -561,6 +561,50 @@ fn bad_settings_are_reported_before_the_data_is_read() {
 }
 
 #[test]
+fn a_run_that_cannot_fit_in_memory_is_refused_before_allocating() {
+    let tmp = image_folder();
+    let run = tmp.path().join("run");
+    for (flag, value, needles) in [
+        (
+            "--latent",
+            "100000000",
+            ["this run needs about", "GiB of memory available"],
+        ),
+        (
+            "--channels",
+            "100000",
+            ["this run needs about", "GiB of memory available"],
+        ),
+        (
+            "--image-size",
+            "40000x40000",
+            ["40000x40000", "GiB of memory available"],
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let args = [
+            "train",
+            "--dataset",
+            "folder",
+            "--data-dir",
+            s(tmp.path()),
+            flag,
+            value,
+            "--epochs",
+            "1",
+            "--out",
+            s(&run),
+        ];
+        cae_clean_error(&args, &needles);
+        let took = started.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(30),
+            "{flag} {value} took {took:?}"
+        );
+    }
+}
+
+#[test]
 fn non_finite_weights_are_refused_naming_the_tensor() {
     let tmp = tempfile::tempdir().unwrap();
     for (value, format) in [(f32::NAN, "safetensors"), (f32::INFINITY, "pt")] {
@@ -683,6 +727,124 @@ fn a_checkpoint_whose_adam_moments_do_not_fit_the_model_is_refused() {
 }
 
 // Output.
+
+/// Output paths that are not regular files are written, never replaced: `-` is standard
+/// output, a FIFO (and a link to one, as `/dev/stdout` is in a pipe) is streamed into, a link to
+/// a file has its target replaced and stays a link; a folder or a dangling link is refused.
+#[test]
+#[cfg(unix)]
+fn outputs_that_are_not_regular_files_are_written_not_replaced() {
+    use std::os::unix::fs::{FileTypeExt, symlink};
+    use std::process::Command;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model.safetensors");
+    cae::io::weights::save_safetensors(&model, &small_dict(), Some(&small_config()), &[]).unwrap();
+    let image = common::cifar_subset().join("test/cat/0000.jpg");
+    let encode = |out: &Path| -> Vec<String> {
+        [
+            "encode",
+            "--model",
+            s(&model),
+            s(&image),
+            "--format",
+            "csv",
+            "--out",
+            s(out),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let run =
+        |args: &[String]| common::cae_output(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let header = "source,label,z0,";
+
+    // `-`: the codes alone on stdout, the messages on stderr.
+    let output = run(&encode(Path::new("-")));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.starts_with(header), "{stdout}");
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("wrote 1 codes"));
+
+    // A FIFO, directly and through a link.
+    let fifo = tmp.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let link_to_fifo = tmp.path().join("stdout-like");
+    symlink(&fifo, &link_to_fifo).unwrap();
+    for out in [&fifo, &link_to_fifo] {
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || fs::read_to_string(fifo).unwrap())
+        };
+        let output = run(&encode(out));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let streamed = reader.join().unwrap();
+        assert!(streamed.starts_with(header), "{streamed}");
+        assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    }
+    assert!(
+        fs::symlink_metadata(&link_to_fifo)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    // A link to a regular file: the file gets the codes, the link stays.
+    let target = tmp.path().join("codes.csv");
+    fs::write(&target, "old").unwrap();
+    let link = tmp.path().join("latest.csv");
+    symlink(&target, &link).unwrap();
+    let output = run(&encode(&link));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(fs::read_to_string(&target).unwrap().starts_with(header));
+
+    // A folder and a dangling link are refused, and left as they are.
+    let folder = tmp.path().join("folder");
+    fs::create_dir(&folder).unwrap();
+    let args = encode(&folder);
+    cae_clean_error(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[s(&folder), "is a folder"],
+    );
+    assert!(folder.is_dir());
+    let dangling = tmp.path().join("dangling.csv");
+    symlink(tmp.path().join("missing/codes.csv"), &dangling).unwrap();
+    let args = encode(&dangling);
+    cae_clean_error(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[s(&dangling), "does not exist"],
+    );
+    assert!(
+        fs::symlink_metadata(&dangling)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
 
 /// Writing into a pipe whose reader is gone ends cae by SIGPIPE, quietly, as command-line tools
 /// do (Rust programs otherwise panic with "failed printing to stdout").

@@ -90,6 +90,7 @@ fn load_folder(
         width,
         height,
     };
+    check_fits(train.len() + test.len(), &target, root)?;
     shuffle(&mut train, shuffle_seed);
     let (train, mut skipped) = decode_all(&train, &classes, &target, skip_bad)?;
     let (test, skipped_test) = decode_all(&test, &classes, &target, skip_bad)?;
@@ -97,6 +98,28 @@ fn load_folder(
     skipped.sort_by(|a, b| a.path.cmp(&b.path));
     skipped.extend(skipped_test);
     Ok((Splits { train, test }, skipped))
+}
+
+/// Fails before decoding when `images` images of the target size cannot fit in memory (they
+/// are kept as 8-bit pixels), with both figures.
+fn check_fits(images: usize, target: &Target, root: &Path) -> Result<()> {
+    let bytes = images as f64 * target.channels as f64 * target.width as f64 * target.height as f64;
+    if let Some(available) = crate::device::host_memory_available()
+        && bytes > available as f64
+    {
+        let gib = |b: f64| b / f64::from(1u32 << 30);
+        bail!(
+            "{}: {images} images of {}x{}x{} take {:.1} GiB, more than the {:.1} GiB of memory \
+             available; choose a smaller --image-size",
+            root.display(),
+            target.channels,
+            target.height,
+            target.width,
+            gib(bytes),
+            gib(available as f64)
+        );
+    }
+    Ok(())
 }
 
 /// The size of the first training image in name order; with `skip_bad`, of the first whose

@@ -179,6 +179,18 @@ impl LoadOptions {
                 width > 0 && height > 0 && width.is_multiple_of(4) && height.is_multiple_of(4),
                 "--image-size {width}x{height}: width and height must be positive multiples of 4"
             );
+            // Resizing goes through float intermediates (about 16 bytes a pixel): refused
+            // where one image alone would not fit, before any is read.
+            let one_image = 16.0 * f64::from(width) * f64::from(height);
+            if let Some(available) = crate::device::host_memory_available() {
+                anyhow::ensure!(
+                    one_image < available as f64,
+                    "--image-size {width}x{height}: one image takes {:.1} GiB while resized, \
+                     more than the {:.1} GiB of memory available",
+                    one_image / f64::from(1u32 << 30),
+                    available as f64 / f64::from(1u32 << 30)
+                );
+            }
         }
         Ok(())
     }

@@ -1,16 +1,98 @@
-//! Atomic file writes: a reader (or a crash) sees either the old file or the new one, never half.
+//! File writes that never leave half a file: a reader (or a crash) sees either the old file or
+//! the new one. Only regular files are replaced that way; what is not a regular file is written
+//! as it is (see [`write_with`]).
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+
+/// Where [`write_with`] puts what it writes.
+#[derive(Debug, PartialEq, Eq)]
+enum Destination {
+    /// `-`: standard output.
+    Stdout,
+    /// A device, FIFO or socket (`/dev/stdout` in a pipe, `/dev/null`): written directly, as a
+    /// stream; renaming a temporary file over it would replace the device node.
+    Stream,
+    /// A regular file (or none yet) at this path, replaced atomically; a symbolic link's target
+    /// is replaced, and the link stays.
+    Replace(PathBuf),
+}
+
+fn destination(path: &Path) -> Result<Destination> {
+    if path.as_os_str() == "-" {
+        return Ok(Destination::Stdout);
+    }
+    let Ok(entry) = fs::symlink_metadata(path) else {
+        return Ok(Destination::Replace(path.to_path_buf()));
+    };
+    let is_link = entry.file_type().is_symlink();
+    let target = if is_link {
+        match fs::metadata(path) {
+            Ok(target) => target,
+            Err(_) => bail!(
+                "{} is a symbolic link to {}, which does not exist",
+                path.display(),
+                fs::read_link(path).map_or_else(|_| "?".into(), |t| t.display().to_string())
+            ),
+        }
+    } else {
+        entry
+    };
+    if target.is_dir() {
+        bail!("{} is a folder, not a file", path.display());
+    }
+    if !target.is_file() {
+        return Ok(Destination::Stream);
+    }
+    if is_link {
+        let resolved = fs::canonicalize(path)
+            .with_context(|| format!("cannot resolve the link {}", path.display()))?;
+        return Ok(Destination::Replace(resolved));
+    }
+    Ok(Destination::Replace(path.to_path_buf()))
+}
 
 /// Writes `path` by calling `fill` on a temporary file beside it, fsyncing it and renaming it
 /// over `path`. On any error the temporary file is removed and `path` is left untouched.
+///
+/// `-` writes to standard output; a device or FIFO (`/dev/stdout`, `/dev/null`) is written
+/// directly; a symbolic link to a regular file has its target replaced (the link stays); a
+/// folder or a dangling link is refused.
 pub fn write_with<F>(path: &Path, fill: F) -> Result<()>
 where
-    F: FnOnce(&mut BufWriter<File>) -> Result<()>,
+    F: FnOnce(&mut dyn Write) -> Result<()>,
+{
+    match destination(path)? {
+        Destination::Stdout => {
+            stream(std::io::stdout().lock(), fill).context("cannot write to standard output")
+        }
+        Destination::Stream => {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .with_context(|| format!("cannot open {} for writing", path.display()))?;
+            stream(file, fill).with_context(|| format!("writing {} failed", path.display()))
+        }
+        Destination::Replace(target) => replace(&target, fill),
+    }
+}
+
+fn stream<W: Write, F>(writer: W, fill: F) -> Result<()>
+where
+    F: FnOnce(&mut dyn Write) -> Result<()>,
+{
+    let mut writer = BufWriter::new(writer);
+    fill(&mut writer)?;
+    writer.flush()?;
+    Ok(())
+}
+
+fn replace<F>(path: &Path, fill: F) -> Result<()>
+where
+    F: FnOnce(&mut dyn Write) -> Result<()>,
 {
     let tmp = temp_path(path);
     let result = (|| -> Result<()> {

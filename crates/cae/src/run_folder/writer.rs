@@ -1,7 +1,6 @@
 //! Writing a run folder: opening it (locked), `config.json`, the files of every epoch and the
 //! final model.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};

@@ -3,6 +3,7 @@
 
 mod divergence;
 mod events;
+pub mod memory;
 mod step;
 mod trainer;
 

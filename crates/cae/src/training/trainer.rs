@@ -17,6 +17,7 @@ use super::step::{epoch_order, train_step_pair};
 use crate::data::augment::TrainingNoise;
 use crate::data::batcher::{Prefetcher, normalized_batch};
 use crate::data::{ImageSet, Splits};
+use crate::device::Backend;
 use crate::eval::{EVAL_BATCH, Quality, evaluate};
 use crate::history::{EpochRecord, History};
 use crate::model::{Autoencoder, ModelConfig};
@@ -123,6 +124,9 @@ impl Trainer {
         let device = settings.device.device()?.autodiff();
         let config = model_config(settings, &splits.train);
         config.validate()?;
+        if settings.device == Backend::Flex {
+            super::memory::check_fits(&config, settings.batch_size.min(splits.train.len()))?;
+        }
 
         let (model, adam, state) = if resume && folder.resumable(observer)? {
             resumed(settings, &config, &folder, &device, observer)?
