@@ -11,6 +11,7 @@ use flate2::read::GzDecoder;
 
 use super::download::{self, Expected, Unreachable};
 use super::{ImageSet, Splits};
+use crate::io::atomic;
 
 /// The class names, in label order.
 pub const CLASSES: [&str; 10] = [
@@ -187,7 +188,7 @@ pub fn ensure(data_dir: &Path) -> Result<PathBuf> {
 /// The archive is checked (size, MD5, SHA-256) before anything is extracted; the batches are
 /// unpacked into a temporary folder that is renamed to `data_dir/cifar-10-batches-bin` only when
 /// complete. On failure neither a downloaded archive nor a partial folder is left behind, and
-/// what a killed cae left (a `.part-PID` download, a `.partial-PID` folder) is removed.
+/// what a killed cae left (a `.tmp-PID` download, a `.partial-PID` folder) is removed.
 pub fn ensure_with(data_dir: &Path, spec: &ArchiveSpec) -> Result<PathBuf> {
     remove_leftovers(data_dir);
     if let Some(dir) = find_batches_dir(data_dir) {
@@ -233,12 +234,14 @@ fn remove_leftovers(data_dir: &Path) {
     }
 }
 
-/// The PID in the name of a partial download (`.cifar-10-binary.tar.gz.part-PID`) or
+/// The PID in the name of a partial download (`.cifar-10-binary.tar.gz.tmp-PID`, or
+/// `.part-PID` as cae wrote it before its downloads went through [`atomic::write_with`]) or
 /// unpacking (`.cifar-10-batches-bin.partial-PID`).
 fn leftover_pid(name: &str) -> Option<u32> {
     let rest = name
-        .strip_prefix(&format!(".{ARCHIVE_NAME}.part-"))
-        .or_else(|| name.strip_prefix(&format!(".{BATCHES_DIR}.partial-")))?;
+        .strip_prefix(&format!(".{ARCHIVE_NAME}{}", atomic::TEMP_MARK))
+        .or_else(|| name.strip_prefix(&format!(".{ARCHIVE_NAME}.part-")))
+        .or_else(|| name.strip_prefix(&format!(".{BATCHES_DIR}{}", atomic::STAGING_MARK)))?;
     rest.parse().ok()
 }
 
@@ -286,32 +289,17 @@ fn with_offline_advice(error: anyhow::Error, data_dir: &Path) -> anyhow::Error {
 }
 
 /// Extracts the archive's batch files into a temporary folder beside `target`, then renames it
-/// to `target`.
+/// to `target` ([`atomic::create_dir_with`]).
 fn unpack(archive: &Path, target: &Path) -> Result<()> {
-    let staging = staging_dir(target);
-    let _ = fs::remove_dir_all(&staging);
-    let result = (|| -> Result<()> {
-        fs::create_dir(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
-        extract_members(archive, &staging)?;
-        let missing = missing_batches(&staging);
+    atomic::create_dir_with(target, |staging| {
+        extract_members(archive, staging)?;
+        let missing = missing_batches(staging);
         if !missing.is_empty() {
             bail!("the archive lacks {BATCHES_DIR}/{}", missing.join(", "));
         }
-        fs::rename(&staging, target)
-            .with_context(|| format!("cannot move {} to {}", staging.display(), target.display()))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&staging);
-    }
-    result.with_context(|| format!("cannot unpack the CIFAR-10 archive {}", archive.display()))
-}
-
-fn staging_dir(target: &Path) -> PathBuf {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    target.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+        Ok(())
+    })
+    .with_context(|| format!("cannot unpack the CIFAR-10 archive {}", archive.display()))
 }
 
 /// Writes the expected regular files of the archive into `dest`, refusing anything else.

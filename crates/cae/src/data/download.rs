@@ -2,15 +2,17 @@
 //! the expected size and checksums, and only then renamed into place.
 
 use std::fmt::Write as _;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use md5::Md5;
 use sha2::{Digest, Sha256};
+
+use crate::io::atomic;
 
 /// Timeouts of a download.
 #[derive(Debug, Clone)]
@@ -69,43 +71,30 @@ pub struct Expected<'a> {
 /// Downloads `url` to `dest`, checking the size and checksums in `expected`.
 ///
 /// The body goes to a temporary file beside `dest` that is renamed to `dest` only once every
-/// check has passed; on any failure the temporary file is removed and `dest` is not created.
+/// check has passed ([`atomic::write_with`]); on any failure the temporary file is removed and
+/// `dest` is not created.
 pub fn download_with(
     url: &str,
     dest: &Path,
     expected: &Expected,
     options: &DownloadOptions,
 ) -> Result<()> {
-    let part = part_path(dest);
-    let result = fetch(url, &part, expected, options).and_then(|()| {
-        fs::rename(&part, dest)
-            .with_context(|| format!("cannot move {} to {}", part.display(), dest.display()))
-    });
-    if result.is_err() {
-        let _ = fs::remove_file(&part);
-    }
-    result.with_context(|| format!("downloading {url} to {} failed", dest.display()))
+    atomic::write_with(dest, |out| fetch(url, out, expected, options))
+        .with_context(|| format!("downloading {url} to {} failed", dest.display()))
 }
 
-fn part_path(dest: &Path) -> PathBuf {
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dest.with_file_name(format!(".{name}.part-{}", std::process::id()))
-}
-
-/// Streams the body of `url` into `part` and checks it.
-fn fetch(url: &str, part: &Path, expected: &Expected, options: &DownloadOptions) -> Result<()> {
+/// Streams the body of `url` into `out` and checks it.
+fn fetch(
+    url: &str,
+    out: &mut dyn Write,
+    expected: &Expected,
+    options: &DownloadOptions,
+) -> Result<()> {
     let response = request(url, options)?;
     let announced = response.body().content_length();
     check_announced_size(announced, expected.bytes)?;
-    let mut file =
-        File::create(part).with_context(|| format!("cannot create {}", part.display()))?;
     let reader = response.into_body().into_reader();
-    let digests = stream(reader, &mut file, announced, expected.bytes, options)?;
-    file.sync_all()
-        .with_context(|| format!("cannot flush {} to disk", part.display()))?;
+    let digests = stream(reader, out, announced, expected.bytes, options)?;
     digests.verify(expected)
 }
 
@@ -200,7 +189,7 @@ fn check_announced_size(announced: Option<u64>, expected: Option<u64>) -> Result
 /// past `limit` bytes.
 fn stream(
     mut reader: impl Read,
-    out: &mut impl Write,
+    out: &mut dyn Write,
     announced: Option<u64>,
     limit: Option<u64>,
     options: &DownloadOptions,

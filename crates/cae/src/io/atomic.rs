@@ -122,6 +122,39 @@ where
     })
 }
 
+/// Creates the folder `target` by calling `fill` on an empty temporary folder beside it
+/// (`.<name>.partial-<pid>`) and renaming that to `target` once `fill` succeeded; on any error
+/// the temporary folder is removed and `target` is not created.
+pub fn create_dir_with<F>(target: &Path, fill: F) -> Result<()>
+where
+    F: FnOnce(&Path) -> Result<()>,
+{
+    let staging = staging_dir(target);
+    let _ = fs::remove_dir_all(&staging);
+    let result = (|| -> Result<()> {
+        fs::create_dir(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
+        fill(&staging)?;
+        fs::rename(&staging, target)
+            .with_context(|| format!("cannot move {} to {}", staging.display(), target.display()))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+/// The temporary folder of [`create_dir_with`] for `target`.
+pub fn staging_dir(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(".{name}{STAGING_MARK}{}", std::process::id()))
+}
+
+/// Marks the folders of [`create_dir_with`]: `.<name>.partial-<pid>`.
+pub const STAGING_MARK: &str = ".partial-";
+
 /// Writes `bytes` to `path` atomically.
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     write_with(path, |w| {
@@ -138,7 +171,8 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}{TEMP_MARK}{}", std::process::id()))
 }
 
-const TEMP_MARK: &str = ".tmp-";
+/// Marks the files of [`write_with`]: `.<name>.tmp-<pid>`.
+pub const TEMP_MARK: &str = ".tmp-";
 
 /// Whether `name` is a temporary file of [`write_with`]: `.<name>.tmp-<pid>`.
 pub fn is_temp_name(name: &str) -> bool {
