@@ -30,13 +30,17 @@ fn main() -> Result<()> {
 
     let mut settings = TrainSettings::tutorial(DatasetKind::Folder, root);
     if let Some(epochs) = args.get(2) {
-        settings.epochs = epochs.parse().context("EPOCHS must be a number")?;
+        settings.schedule.epochs = epochs.parse().context("EPOCHS must be a number")?;
     }
     if let Some(limit) = args.get(3) {
-        settings.train_limit = Some(limit.parse().context("TRAIN_IMAGES must be a number")?);
-        settings.val_limit = settings.train_limit;
+        settings.data.train_limit = Some(limit.parse().context("TRAIN_IMAGES must be a number")?);
+        settings.data.val_limit = settings.data.train_limit;
     }
-    let splits = cae::load_dataset(settings.dataset, &settings.data_dir, settings.seed)?;
+    let splits = cae::load_dataset(
+        settings.data.dataset,
+        &settings.data.data_dir,
+        settings.run.seed,
+    )?;
     let outcome = Trainer::start(&settings, splits, &run_dir, false, &mut EpochLines)?
         .run(&mut EpochLines)?;
     println!(

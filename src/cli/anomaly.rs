@@ -242,7 +242,11 @@ fn eval(args: EvalArgs) -> Result<()> {
             chrono::Local::now().format("%Y%m%d-%H%M%S")
         ))
     });
-    let splits = cae::data::load(settings.dataset, &settings.data_dir, settings.seed)?;
+    let splits = cae::data::load(
+        settings.data.dataset,
+        &settings.data.data_dir,
+        settings.run.seed,
+    )?;
     let classes: Vec<usize> = match &args.normal_class {
         Some(c) => vec![one_class::class_index(&splits.train.class_names, c)?],
         None => (0..splits.train.class_names.len()).collect(),

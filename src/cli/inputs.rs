@@ -7,12 +7,16 @@ use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 
 use super::choice::choice;
+use cae::data::DataSettings;
 use cae::data::DatasetKind;
 use cae::data::ImageSet;
 use cae::data::augment::NoiseSpec;
 use cae::model::ModelConfig;
+use cae::model::ModelSettings;
+use cae::optim::OptimiserSettings;
 use cae::schedule::LrDrop;
-use cae::settings::TrainSettings;
+use cae::schedule::ScheduleSettings;
+use cae::settings::{RunSettings, TrainSettings};
 
 use super::DataArgs;
 
@@ -160,21 +164,31 @@ impl TrainingFlags {
         init: Option<PathBuf>,
     ) -> TrainSettings {
         TrainSettings {
-            dataset: data.dataset,
-            data_dir: data.data_dir(),
-            latent: model.latent,
-            channels: model.channels,
-            epochs: self.epochs,
-            batch_size: model.batch_size,
-            lr: model.lr,
-            seed: self.seed,
-            shuffle: self.shuffle,
-            train_limit: self.train_limit,
-            val_limit: self.val_limit,
-            init,
-            device: data.device.backend,
-            noise: self.noise,
-            lr_drop: self.lr_drop.clone(),
+            data: DataSettings {
+                dataset: data.dataset,
+                data_dir: data.data_dir(),
+                train_limit: self.train_limit,
+                val_limit: self.val_limit,
+                shuffle: self.shuffle,
+                noise: self.noise,
+            },
+            model: ModelSettings {
+                latent: model.latent,
+                channels: model.channels,
+                init,
+            },
+            optimiser: OptimiserSettings {
+                lr: model.lr,
+                batch_size: model.batch_size,
+            },
+            schedule: ScheduleSettings {
+                epochs: self.epochs,
+                lr_drop: self.lr_drop.clone(),
+            },
+            run: RunSettings {
+                seed: self.seed,
+                device: data.device.backend,
+            },
         }
     }
 }

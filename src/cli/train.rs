@@ -54,9 +54,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         image_size: args.image_size,
     };
     let loaded = cae::data::load_with_options(
-        settings.dataset,
-        &settings.data_dir,
-        settings.seed,
+        settings.data.dataset,
+        &settings.data.data_dir,
+        settings.run.seed,
         &options,
     )?;
     if !loaded.skipped.is_empty() {
@@ -66,9 +66,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     say!(
         "data: {} training and {} validation images ({}x{}x{}) from {}  [{:.1} s]",
         settings
+            .data
             .train_limit
             .map_or(splits.train.len(), |n| n.min(splits.train.len())),
         settings
+            .data
             .val_limit
             .map_or(splits.test.len(), |n| n.min(splits.test.len())),
         splits.train.channels,

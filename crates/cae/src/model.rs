@@ -22,6 +22,16 @@ pub struct ModelConfig {
     pub width: usize,
 }
 
+/// The model settings of a training run; the image shape comes from the dataset, and
+/// [`ModelConfig`] is the whole.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelSettings {
+    pub latent: usize,
+    pub channels: usize,
+    /// Start from these weights instead of the seed's initialisation.
+    pub init: Option<std::path::PathBuf>,
+}
+
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {

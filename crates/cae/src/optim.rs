@@ -12,6 +12,14 @@ use crate::io::weights::torch_name;
 use crate::model::Autoencoder;
 use cae_kernels::{self as kernels, Kernels};
 
+/// The optimiser settings of a training run (Adam's other constants are PyTorch's, see
+/// [`AdamConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OptimiserSettings {
+    pub lr: f64,
+    pub batch_size: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamConfig {
     pub lr: f64,

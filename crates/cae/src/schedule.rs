@@ -11,6 +11,15 @@ use serde::{Deserialize, Serialize};
 /// The factor when none is written.
 pub const DEFAULT_FACTOR: f64 = 0.1;
 
+/// How long a run trains, and how its learning rate falls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleSettings {
+    pub epochs: usize,
+    /// Lower the learning rate at these epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_drop: Option<LrDrop>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct LrDrop {

@@ -5,32 +5,36 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::data::DatasetKind;
-use crate::data::augment::NoiseSpec;
+use crate::data::{DataSettings, DatasetKind};
 use crate::device::Backend;
-use crate::schedule::LrDrop;
+use crate::model::ModelSettings;
+use crate::optim::OptimiserSettings;
+use crate::schedule::ScheduleSettings;
 
+/// Every setting of a training run, grouped by what it configures; each group lives beside
+/// its module ([`DataSettings`], [`ModelSettings`], [`OptimiserSettings`],
+/// [`ScheduleSettings`]) but for [`RunSettings`]. In `config.json` and checkpoints the groups
+/// are flattened into one object, as before they were grouped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainSettings {
-    pub dataset: DatasetKind,
-    pub data_dir: PathBuf,
-    pub latent: usize,
-    pub channels: usize,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub lr: f64,
+    #[serde(flatten)]
+    pub data: DataSettings,
+    #[serde(flatten)]
+    pub model: ModelSettings,
+    #[serde(flatten)]
+    pub optimiser: OptimiserSettings,
+    #[serde(flatten)]
+    pub schedule: ScheduleSettings,
+    #[serde(flatten)]
+    pub run: RunSettings,
+}
+
+/// What a run is besides its data, model and optimiser: the seed of its initialisation,
+/// shuffling and noise, and the backend it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
     pub seed: u64,
-    pub shuffle: bool,
-    pub train_limit: Option<usize>,
-    pub val_limit: Option<usize>,
-    pub init: Option<PathBuf>,
     pub device: Backend,
-    /// Corrupt the training inputs this way (the loss still targets the clean images).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub noise: Option<NoiseSpec>,
-    /// Lower the learning rate at these epochs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lr_drop: Option<LrDrop>,
 }
 
 impl TrainSettings {
@@ -38,38 +42,50 @@ impl TrainSettings {
     /// at lr 1e-3, seed 0, no shuffling, every image, on the CPU (the `cae train` defaults).
     pub fn tutorial(dataset: DatasetKind, data_dir: PathBuf) -> Self {
         Self {
-            dataset,
-            data_dir,
-            latent: 200,
-            channels: 16,
-            epochs: 10,
-            batch_size: 64,
-            lr: 1e-3,
-            seed: 0,
-            shuffle: false,
-            train_limit: None,
-            val_limit: None,
-            init: None,
-            device: Backend::Flex,
-            noise: None,
-            lr_drop: None,
+            data: DataSettings {
+                dataset,
+                data_dir,
+                train_limit: None,
+                val_limit: None,
+                shuffle: false,
+                noise: None,
+            },
+            model: ModelSettings {
+                latent: 200,
+                channels: 16,
+                init: None,
+            },
+            optimiser: OptimiserSettings {
+                lr: 1e-3,
+                batch_size: 64,
+            },
+            schedule: ScheduleSettings {
+                epochs: 10,
+                lr_drop: None,
+            },
+            run: RunSettings {
+                seed: 0,
+                device: Backend::Flex,
+            },
         }
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.epochs == 0 || self.batch_size == 0 {
+        if self.schedule.epochs == 0 || self.optimiser.batch_size == 0 {
             bail!("--epochs and --batch-size must be at least 1");
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            bail!("--lr must be a positive number, not {}", self.lr);
+        let lr = self.optimiser.lr;
+        if !(lr.is_finite() && lr > 0.0) {
+            bail!("--lr must be a positive number, not {lr}");
         }
         // Checked again with the image shape once the data is read; here so that a bad flag
         // is reported before a large folder is.
-        if self.latent == 0 || self.channels == 0 {
+        let ModelSettings {
+            latent, channels, ..
+        } = self.model;
+        if latent == 0 || channels == 0 {
             bail!(
-                "latent size and channels must be positive (got latent {}, channels {})",
-                self.latent,
-                self.channels
+                "latent size and channels must be positive (got latent {latent}, channels {channels})"
             );
         }
         Ok(())
@@ -77,9 +93,11 @@ impl TrainSettings {
 
     /// The learning rate of epoch `epoch` (1-based).
     pub fn lr_at(&self, epoch: usize) -> f64 {
-        self.lr_drop
+        let lr = self.optimiser.lr;
+        self.schedule
+            .lr_drop
             .as_ref()
-            .map_or(self.lr, |drop| drop.lr_at(self.lr, epoch))
+            .map_or(lr, |drop| drop.lr_at(lr, epoch))
     }
 
     /// Why a checkpoint written with `saved` cannot be continued with these settings, if it cannot.
@@ -87,14 +105,11 @@ impl TrainSettings {
     /// drops) may change on resume; the learning rate so that a diverged run can go on from its
     /// last good checkpoint with a lower one.
     pub fn resume_conflict(&self, saved: &TrainSettings) -> Option<String> {
-        let normalized = TrainSettings {
-            epochs: self.epochs,
-            data_dir: self.data_dir.clone(),
-            device: self.device,
-            lr: self.lr,
-            lr_drop: self.lr_drop.clone(),
-            ..saved.clone()
-        };
+        let mut normalized = saved.clone();
+        normalized.schedule = self.schedule.clone();
+        normalized.data.data_dir = self.data.data_dir.clone();
+        normalized.run.device = self.run.device;
+        normalized.optimiser.lr = self.optimiser.lr;
         (normalized != *self).then(|| {
             format!(
                 "the run was started with different settings: {}; resume with the same flags",
@@ -143,9 +158,9 @@ mod tests {
     fn a_resume_conflict_names_each_differing_flag_with_both_values() {
         let saved = TrainSettings::tutorial(DatasetKind::Folder, "data".into());
         let mut now = saved.clone();
-        now.latent = 100;
-        now.noise = Some("gaussian:0.1".parse().unwrap());
-        now.epochs = 20; // may change on resume
+        now.model.latent = 100;
+        now.data.noise = Some("gaussian:0.1".parse().unwrap());
+        now.schedule.epochs = 20; // may change on resume
         let message = now.resume_conflict(&saved).unwrap();
         assert!(message.contains("--latent was 200, now 100"), "{message}");
         assert!(
@@ -153,8 +168,8 @@ mod tests {
             "{message}"
         );
         assert!(!message.contains("--epochs"), "{message}");
-        now.latent = 200;
-        now.noise = None;
+        now.model.latent = 200;
+        now.data.noise = None;
         assert_eq!(now.resume_conflict(&saved), None);
     }
 }

@@ -15,6 +15,7 @@ use crate::data::batcher::{denormalize, normalized_batch};
 use crate::data::{ImageSet, Splits};
 use crate::eval::EVAL_BATCH;
 use crate::model::{Autoencoder, ModelConfig};
+use crate::optim::OptimiserSettings;
 use crate::run_folder::{
     CHECKPOINT_FILE, EPOCHS_COMPARE, EPOCHS_CSV, LOSSES_COMPARE, MODEL_FILE, RECON_COMPARE,
     RunFolder, SUMMARY_FILE, SWEEP_FILE,
@@ -39,10 +40,10 @@ impl SweepGrid {
     /// A grid of one point: the settings themselves.
     pub fn single(settings: &TrainSettings) -> Self {
         Self {
-            latents: vec![settings.latent],
-            channels: vec![settings.channels],
-            lrs: vec![settings.lr],
-            batch_sizes: vec![settings.batch_size],
+            latents: vec![settings.model.latent],
+            channels: vec![settings.model.channels],
+            lrs: vec![settings.optimiser.lr],
+            batch_sizes: vec![settings.optimiser.batch_size],
         }
     }
 }
@@ -75,13 +76,10 @@ pub fn plan(base: &TrainSettings, grid: &SweepGrid) -> Result<Vec<PlannedRun>> {
         for &channels in &grid.channels {
             for &lr in &grid.lrs {
                 for &batch_size in &grid.batch_sizes {
-                    let settings = TrainSettings {
-                        latent,
-                        channels,
-                        lr,
-                        batch_size,
-                        ..base.clone()
-                    };
+                    let mut settings = base.clone();
+                    settings.model.latent = latent;
+                    settings.model.channels = channels;
+                    settings.optimiser = OptimiserSettings { lr, batch_size };
                     settings.validate()?;
                     let values = [
                         ("latent", latent.to_string()),
@@ -184,12 +182,15 @@ pub fn run(options: &SweepOptions, observer: &mut dyn Observer) -> Result<Vec<Su
 
     let started = Instant::now();
     let base = &options.base;
-    let (splits, source) = crate::data::load_located(base.dataset, &base.data_dir, base.seed)?;
+    let (splits, source) =
+        crate::data::load_located(base.data.dataset, &base.data.data_dir, base.run.seed)?;
     observer.on_event(&Event::SweepData {
         train: base
+            .data
             .train_limit
             .map_or(splits.train.len(), |n| n.min(splits.train.len())),
         validation: base
+            .data
             .val_limit
             .map_or(splits.test.len(), |n| n.min(splits.test.len())),
         source: &source,
@@ -203,7 +204,7 @@ pub fn run(options: &SweepOptions, observer: &mut dyn Observer) -> Result<Vec<Su
         });
         train_run(run, &splits, &options.out.join(&run.name), observer)?;
     }
-    let device = base.device.device()?;
+    let device = base.run.device.device()?;
     let rows = summarize(&runs, &splits, &options.out, &device)?;
     write_summary_csv(&options.out.join(SUMMARY_FILE), &rows)?;
     Ok(rows)
@@ -211,8 +212,8 @@ pub fn run(options: &SweepOptions, observer: &mut dyn Observer) -> Result<Vec<Su
 
 /// `--init` weights fit one model shape only.
 fn check_init_fits(base: &TrainSettings, runs: &[PlannedRun]) -> Result<()> {
-    let shapes = |r: &PlannedRun| (r.settings.latent, r.settings.channels);
-    if base.init.is_some() && runs.iter().any(|r| shapes(r) != shapes(&runs[0])) {
+    let shapes = |r: &PlannedRun| (r.settings.model.latent, r.settings.model.channels);
+    if base.model.init.is_some() && runs.iter().any(|r| shapes(r) != shapes(&runs[0])) {
         bail!("--init weights fit one model shape; do not sweep --latent or --channels with it");
     }
     Ok(())
@@ -307,7 +308,7 @@ fn is_finished(dir: &Path, settings: &TrainSettings) -> Result<bool> {
         return Ok(false);
     }
     let folder = RunFolder::open(dir)?;
-    if folder.last_epoch().map_or(0, |r| r.epoch) < settings.epochs {
+    if folder.last_epoch().map_or(0, |r| r.epoch) < settings.schedule.epochs {
         return Ok(false);
     }
     check_same_settings(&folder, settings)?;
@@ -328,12 +329,10 @@ fn check_same_settings(folder: &RunFolder, settings: &TrainSettings) -> Result<(
         })?;
     // Stricter than resume_conflict, which lets the learning rate change: a finished run is
     // reused as it is, so every training setting must match.
-    let comparable = TrainSettings {
-        epochs: settings.epochs,
-        data_dir: settings.data_dir.clone(),
-        device: settings.device,
-        ..saved.clone()
-    };
+    let mut comparable = saved.clone();
+    comparable.schedule.epochs = settings.schedule.epochs;
+    comparable.data.data_dir = settings.data.data_dir.clone();
+    comparable.run.device = settings.run.device;
     if comparable != *settings {
         bail!(
             "cannot reuse the finished run {}: it was trained with other settings ({}); \
@@ -377,6 +376,7 @@ fn summarize(
     let showcase = normalized_batch(test, &test.first_of_each_class());
     let val_count = runs[0]
         .settings
+        .data
         .val_limit
         .map_or(test.len(), |n| n.min(test.len()));
     let mut rows = Vec::new();
@@ -411,10 +411,10 @@ fn summary_row(
     let s = &run.settings;
     Ok(SummaryRow {
         run: run.name.clone(),
-        latent: s.latent,
-        channels: s.channels,
-        lr: s.lr,
-        batch_size: s.batch_size,
+        latent: s.model.latent,
+        channels: s.model.channels,
+        lr: s.optimiser.lr,
+        batch_size: s.optimiser.batch_size,
         epochs: last.epoch,
         params: config.num_params(),
         train_loss: last.train_loss,

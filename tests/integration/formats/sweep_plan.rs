@@ -18,14 +18,10 @@ fn one_run_per_latent_named_by_latent() {
     let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["latent-50", "latent-200", "latent-1000"]);
     assert_eq!(runs[2].label, "latent 1000");
-    assert_eq!(runs[2].settings.latent, 1000);
-    assert_eq!(
-        runs[2].settings,
-        TrainSettings {
-            latent: 1000,
-            ..base()
-        }
-    );
+    assert_eq!(runs[2].settings.model.latent, 1000);
+    let mut expected = base();
+    expected.model.latent = 1000;
+    assert_eq!(runs[2].settings, expected);
 }
 
 #[test]
@@ -48,8 +44,11 @@ fn cartesian_product_names_only_the_varied_settings() {
         ]
     );
     assert_eq!(runs[1].label, "latent 200, lr 0.0005");
-    assert_eq!((runs[1].settings.latent, runs[1].settings.lr), (200, 5e-4));
-    assert_eq!(runs[3].settings.batch_size, 64);
+    assert_eq!(
+        (runs[1].settings.model.latent, runs[1].settings.optimiser.lr),
+        (200, 5e-4)
+    );
+    assert_eq!(runs[3].settings.optimiser.batch_size, 64);
 }
 
 #[test]
@@ -66,7 +65,12 @@ fn all_four_settings_can_vary() {
     assert_eq!(runs[15].name, "latent-16_channels-16_lr-0.01_batch-64");
     let s = &runs[15].settings;
     assert_eq!(
-        (s.latent, s.channels, s.lr, s.batch_size),
+        (
+            s.model.latent,
+            s.model.channels,
+            s.optimiser.lr,
+            s.optimiser.batch_size
+        ),
         (16, 16, 1e-2, 64)
     );
 }

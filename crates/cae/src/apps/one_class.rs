@@ -122,10 +122,10 @@ pub fn evaluate_class(
     crate::training::train(settings, one_class, run_dir, resume, observer)
         .with_context(|| format!("training on class {class} ({name})"))?;
 
-    let device = settings.device.device()?;
+    let device = settings.run.device.device()?;
     let model_path = run_dir.join(MODEL_FILE);
     let (model, config) = crate::io::weights::load_model(&model_path, &device)?;
-    if let Some(n) = settings.train_limit {
+    if let Some(n) = settings.data.train_limit {
         normal_train.truncate(n);
     }
     let source = format!(

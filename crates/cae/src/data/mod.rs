@@ -45,6 +45,22 @@ impl DatasetKind {
     }
 }
 
+/// The data settings of a training run: which images, how many, in which order, corrupted how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataSettings {
+    pub dataset: DatasetKind,
+    pub data_dir: std::path::PathBuf,
+    /// Only the first N training images.
+    pub train_limit: Option<usize>,
+    /// Only the first N validation images.
+    pub val_limit: Option<usize>,
+    /// A new order of the training images every epoch (from the seed and the epoch).
+    pub shuffle: bool,
+    /// Corrupt the training inputs this way (the loss still targets the clean images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<augment::NoiseSpec>,
+}
+
 /// A set of equally sized 8-bit images, stored planar (C, H, W) one after another.
 #[derive(Debug, Clone, Default)]
 pub struct ImageSet {

@@ -121,7 +121,7 @@ impl RunWriter {
             model: config,
             params: config.num_params(),
             adam: AdamConfig {
-                lr: settings.lr,
+                lr: settings.optimiser.lr,
                 ..AdamConfig::default()
             },
             normalization: Normalization {

@@ -33,9 +33,9 @@ pub fn train_step_pair(
 /// only on the seed and the epoch (so a resumed run sees the same order).
 pub(crate) fn epoch_order(n: usize, settings: &TrainSettings, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    if settings.shuffle {
+    if settings.data.shuffle {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(
-            settings.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            settings.run.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
         order.shuffle(&mut rng);
     }

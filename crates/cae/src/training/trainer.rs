@@ -38,8 +38,8 @@ pub struct TrainOutcome {
 /// The model configuration a dataset and the settings call for.
 pub fn model_config(settings: &TrainSettings, train: &ImageSet) -> ModelConfig {
     ModelConfig {
-        latent: settings.latent,
-        channels: settings.channels,
+        latent: settings.model.latent,
+        channels: settings.model.channels,
         in_channels: train.channels,
         height: train.height,
         width: train.width,
@@ -107,10 +107,10 @@ impl Trainer {
             pixels: normalized_batch(&splits.test, &showcase_images),
             images: showcase_images.len(),
         };
-        if let Some(n) = settings.train_limit {
+        if let Some(n) = settings.data.train_limit {
             splits.train.truncate(n);
         }
-        if let Some(n) = settings.val_limit {
+        if let Some(n) = settings.data.val_limit {
             splits.test.truncate(n);
         }
         if splits.train.is_empty() || splits.test.is_empty() {
@@ -121,11 +121,14 @@ impl Trainer {
             );
         }
         let folder = RunWriter::open(run_dir)?;
-        let device = settings.device.device()?.autodiff();
+        let device = settings.run.device.device()?.autodiff();
         let config = model_config(settings, &splits.train);
         config.validate()?;
-        if settings.device == Backend::Flex {
-            super::memory::check_fits(&config, settings.batch_size.min(splits.train.len()))?;
+        if settings.run.device == Backend::Flex {
+            super::memory::check_fits(
+                &config,
+                settings.optimiser.batch_size.min(splits.train.len()),
+            )?;
         }
 
         let (model, adam, state) = if resume && folder.resumable(observer)? {
@@ -151,7 +154,7 @@ impl Trainer {
 
     /// Runs the epochs not done yet, then saves the final model.
     pub fn run(mut self, observer: &mut dyn Observer) -> Result<TrainOutcome> {
-        for epoch in self.state.epochs_done + 1..=self.settings.epochs {
+        for epoch in self.state.epochs_done + 1..=self.settings.schedule.epochs {
             self.run_epoch(epoch, observer)?;
         }
         self.finish()
@@ -199,10 +202,10 @@ impl Trainer {
     ) -> Result<Vec<f64>, EpochStop> {
         let set = &self.train_set;
         let order = epoch_order(set.len(), &self.settings, epoch);
-        let batch_size = self.settings.batch_size;
-        let noise = self.settings.noise.map(|spec| TrainingNoise {
+        let batch_size = self.settings.optimiser.batch_size;
+        let noise = self.settings.data.noise.map(|spec| TrainingNoise {
             spec,
-            seed: self.settings.seed,
+            seed: self.settings.run.seed,
         });
         let shape = [set.channels, set.height, set.width];
         let mut model = self.model.take().expect("the trainer holds its model");
@@ -321,7 +324,7 @@ impl Trainer {
             .with_context(not_saved)?;
         record.seconds = started.elapsed().as_secs_f64();
         observer.on_event(&Event::EpochDone {
-            epochs: self.settings.epochs,
+            epochs: self.settings.schedule.epochs,
             record: &record,
         });
         self.state.history.train_batches.push(train_losses);
@@ -403,7 +406,7 @@ fn fresh(
 ) -> Result<(Autoencoder, Adam, RunState)> {
     let model = initial_model(settings, config, device)?;
     let adam = Adam::new(AdamConfig {
-        lr: settings.lr,
+        lr: settings.optimiser.lr,
         ..AdamConfig::default()
     });
     let state = RunState {
@@ -447,10 +450,10 @@ fn resumed(
     }
     let (adam, mut state) = (restored.adam, restored.state);
     // The epoch loop sets the rate itself, and says so when it changes.
-    if settings.lr != state.settings.lr {
+    if settings.optimiser.lr != state.settings.optimiser.lr {
         observer.on_event(&Event::ResumedWithLr {
-            lr: settings.lr,
-            previous: state.settings.lr,
+            lr: settings.optimiser.lr,
+            previous: state.settings.optimiser.lr,
         });
     }
     state.settings = settings.clone();
@@ -463,7 +466,7 @@ fn initial_model(
     config: &ModelConfig,
     device: &Device,
 ) -> Result<Autoencoder> {
-    let dict = match &settings.init {
+    let dict = match &settings.model.init {
         Some(path) => {
             let file = weights::read_weights(path)?;
             if let Some(saved) = file.config
@@ -478,7 +481,7 @@ fn initial_model(
                 .with_context(|| format!("--init {}", path.display()))?;
             file.tensors
         }
-        None => init::seed_state_dict(config, settings.seed),
+        None => init::seed_state_dict(config, settings.run.seed),
     };
     weights::build_model(config, &dict, device)
 }
