@@ -157,6 +157,7 @@ pub fn run() -> Result<()> {
     if output_is_stdout(&args) {
         MESSAGES_TO_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+    progress::DownloadBar::install();
     match Cli::parse().command {
         Command::Train(args) => train::run(args),
         Command::Sweep(args) => sweep::run(args),

@@ -118,3 +118,44 @@ fn progress_bar(show: bool, len: usize, prefix: String) -> ProgressBar {
     bar.set_prefix(prefix);
     bar
 }
+
+/// The bar of a dataset download, on stderr.
+pub struct DownloadBar(std::sync::Mutex<ProgressBar>);
+
+impl DownloadBar {
+    pub fn install() {
+        cae::data::download::set_progress(Box::new(DownloadBar(std::sync::Mutex::new(
+            ProgressBar::hidden(),
+        ))));
+    }
+}
+
+impl cae::data::download::DownloadProgress for DownloadBar {
+    fn started(&self, total: Option<u64>) {
+        let (bar, template) = match total {
+            Some(total) => (
+                ProgressBar::new(total),
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            ),
+            None => (
+                ProgressBar::no_length(),
+                "{spinner} {bytes} {bytes_per_sec}",
+            ),
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style);
+        }
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = bar;
+    }
+
+    fn advanced(&self, bytes: u64) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).inc(bytes);
+    }
+
+    fn finished(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finish_and_clear();
+    }
+}

@@ -519,3 +519,54 @@ fn archive_that_is_not_gzip_is_refused() {
     assert!(error.contains("cannot read the archive"), "{error}");
     assert_nothing_left(tmp.path());
 }
+
+/// What the progress receiver of this test binary saw, per thread (tests download in parallel).
+static SEEN: std::sync::Mutex<Vec<(thread::ThreadId, String)>> = std::sync::Mutex::new(Vec::new());
+
+struct Recorder;
+
+impl download::DownloadProgress for Recorder {
+    fn started(&self, total: Option<u64>) {
+        let event = format!("started {total:?}");
+        SEEN.lock().unwrap().push((thread::current().id(), event));
+    }
+    fn advanced(&self, bytes: u64) {
+        SEEN.lock()
+            .unwrap()
+            .push((thread::current().id(), format!("+{bytes}")));
+    }
+    fn finished(&self) {
+        SEEN.lock()
+            .unwrap()
+            .push((thread::current().id(), "finished".into()));
+    }
+}
+
+#[test]
+fn a_download_reports_its_progress_to_the_installed_receiver() {
+    download::set_progress(Box::new(Recorder));
+    let body = good_archive();
+    let url = serve(Reply::Body(body.clone()));
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("archive.tar.gz");
+    download::download(&url, &dest, Some(body.len() as u64), None, None).unwrap();
+
+    let me = thread::current().id();
+    let seen: Vec<String> = SEEN
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(thread, _)| *thread == me)
+        .map(|(_, event)| event.clone())
+        .collect();
+    assert_eq!(
+        seen.first().unwrap(),
+        &format!("started Some({})", body.len())
+    );
+    assert_eq!(seen.last().unwrap(), "finished");
+    let received: u64 = seen[1..seen.len() - 1]
+        .iter()
+        .map(|e| e.strip_prefix('+').unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(received, body.len() as u64);
+}

@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
@@ -194,7 +193,7 @@ fn stream(
     limit: Option<u64>,
     options: &DownloadOptions,
 ) -> Result<Digests> {
-    let progress = progress_bar(announced);
+    let progress = Reporter::start(announced);
     let mut digests = Digests::default();
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -212,9 +211,9 @@ fn stream(
         }
         out.write_all(&buf[..n])
             .context("cannot write the download")?;
-        progress.inc(n as u64);
+        progress.advance(n as u64);
     }
-    progress.finish_and_clear();
+    drop(progress);
     if let Some(announced) = announced
         && digests.bytes < announced
     {
@@ -252,21 +251,49 @@ fn is_timeout(error: &io::Error) -> bool {
             .is_some_and(|inner| matches!(inner, ureq::Error::Timeout(_)))
 }
 
-fn progress_bar(total: Option<u64>) -> ProgressBar {
-    let (bar, template) = match total {
-        Some(total) => (
-            ProgressBar::new(total),
-            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-        ),
-        None => (
-            ProgressBar::no_length(),
-            "{spinner} {bytes} {bytes_per_sec}",
-        ),
-    };
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        bar.set_style(style);
+/// Follows the downloads of this process, as bytes arrive. The library shows nothing itself:
+/// the `cae` command installs a progress bar with [`set_progress`].
+pub trait DownloadProgress: Send + Sync {
+    /// A download starts; `total` is the size the server announced.
+    fn started(&self, total: Option<u64>);
+    /// `bytes` more arrived.
+    fn advanced(&self, bytes: u64);
+    /// The download ended, completely or not.
+    fn finished(&self);
+}
+
+static PROGRESS: std::sync::OnceLock<Box<dyn DownloadProgress>> = std::sync::OnceLock::new();
+
+/// Sets what follows every download of this process (once; later calls are ignored).
+pub fn set_progress(progress: Box<dyn DownloadProgress>) {
+    let _ = PROGRESS.set(progress);
+}
+
+/// Reports to [`set_progress`]'s receiver, if there is one, and says `finished` when dropped.
+struct Reporter(Option<&'static dyn DownloadProgress>);
+
+impl Reporter {
+    fn start(total: Option<u64>) -> Self {
+        let progress = PROGRESS.get().map(|p| &**p);
+        if let Some(progress) = progress {
+            progress.started(total);
+        }
+        Self(progress)
     }
-    bar
+
+    fn advance(&self, bytes: u64) {
+        if let Some(progress) = self.0 {
+            progress.advanced(bytes);
+        }
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        if let Some(progress) = self.0 {
+            progress.finished();
+        }
+    }
 }
 
 #[derive(Default)]
