@@ -37,7 +37,7 @@ pub mod model;
 pub mod optim;
 pub mod report;
 pub mod run_folder;
-pub mod sampling;
+pub(crate) mod sampling;
 pub mod schedule;
 pub mod settings;
 pub mod sweep;

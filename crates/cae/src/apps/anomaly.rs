@@ -3,7 +3,7 @@
 //!
 //! - `mse`: mean squared reconstruction error, in the model's normalized [-1, 1] space;
 //! - `relative-mse`: the log MSE relative to what normal images with as much fine detail have
-//!   (see [`super::detail`]);
+//!   (see `apps::detail`);
 //! - `ssim`: 1 - SSIM between the image and its reconstruction, on [0, 1] pixels;
 //! - `latent-mahalanobis`: Mahalanobis distance of the code under the fitted latent Gaussian;
 //! - `combined`: the mean of relative-mse, ssim and latent-mahalanobis, each standardised by its
@@ -67,7 +67,7 @@ impl Score {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RawScores {
     pub mse: Vec<f64>,
-    /// The fine detail of each image ([`fine_detail`]), for `relative-mse`.
+    /// The fine detail of each image (`fine_detail`), for `relative-mse`.
     pub detail: Vec<f64>,
     /// 1 - SSIM.
     pub ssim: Vec<f64>,

@@ -53,7 +53,7 @@ impl DenoiseReport {
 }
 
 /// The model's outputs for `noisy` (normalized images); with `self_ensembled`, the mean over
-/// the image's flips and rotations ([`self_ensemble`]), at 8 times the cost for square images.
+/// the image's flips and rotations (`self_ensemble`), at 8 times the cost for square images.
 pub fn denoise_images(
     model: &Autoencoder,
     config: &ModelConfig,

@@ -43,11 +43,8 @@ impl Cholesky {
         Ok(Self { n, lower })
     }
 
-    pub fn dim(&self) -> usize {
-        self.n
-    }
-
     /// `L`, row-major.
+    #[cfg(test)]
     pub fn lower(&self) -> &[f64] {
         &self.lower
     }
