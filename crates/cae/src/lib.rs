@@ -10,7 +10,8 @@
 //! use cae::{DatasetKind, TrainSettings, Trainer};
 //!
 //! let settings = TrainSettings::tutorial(DatasetKind::Folder, "data/cifar10-jpg".into());
-//! let splits = cae::load_dataset(settings.dataset, &settings.data_dir, settings.seed)?;
+//! let data = &settings.data;
+//! let splits = cae::load_dataset(data.dataset, &data.data_dir, settings.run.seed)?;
 //! let outcome = Trainer::start(&settings, splits, "runs/first".as_ref(), false, &mut ())?
 //!     .run(&mut ())?;
 //! println!("validation PSNR {:.2} dB", outcome.last.val_psnr);

@@ -44,7 +44,6 @@ impl Cholesky {
     }
 
     /// `L`, row-major.
-    #[cfg(test)]
     pub fn lower(&self) -> &[f64] {
         &self.lower
     }
