@@ -536,8 +536,25 @@ fn fuzz_npy_reader() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("codes.npy");
     cae::io::npy::write_f32(&path, &[3, 4], &[0.25; 12]).unwrap();
-    let seed = fs::read(&path).unwrap();
-    fuzz("npy", &[seed], |_, bytes| {
+    let float32 = fs::read(&path).unwrap();
+    // The same array as float64 and float16: the header names the dtype, the data is wider or
+    // narrower (the header's padding absorbs the one-character change).
+    let header_end = float32.len() - 12 * 4;
+    let retyped = |descr: &[u8], value: &[u8]| -> Vec<u8> {
+        let mut bytes = replace_bytes(&float32[..header_end], b"<f4", descr);
+        bytes.extend(value.repeat(12));
+        bytes
+    };
+    let seeds = [
+        float32.clone(),
+        retyped(b"<f8", &0.25f64.to_le_bytes()),
+        retyped(b"<f2", &half::f16::from_f32(0.25).to_le_bytes()),
+    ];
+    for seed in &seeds[1..] {
+        fs::write(&path, seed).unwrap();
+        assert_eq!(cae::io::npy::read_f32(&path).unwrap().1, [0.25; 12]);
+    }
+    fuzz("npy", &seeds, |_, bytes| {
         fs::write(&path, bytes).unwrap();
         judge(cae::io::npy::read_f32(&path), &path, |(shape, values)| {
             assert_eq!(shape.iter().product::<usize>(), values.len())

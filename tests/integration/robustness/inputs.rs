@@ -650,6 +650,67 @@ fn non_finite_codes_are_refused_naming_the_row() {
     }
 }
 
+/// A `.npy` array as `np.save` writes it, in the dtype `descr` with `bytes` of data.
+fn npy_bytes(descr: &str, shape: (usize, usize), bytes: &[u8]) -> Vec<u8> {
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape:?}, }}");
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(bytes);
+    out
+}
+
+/// Codes saved from NumPy as float64 (its default) or float16 decode like float32 ones; a
+/// float64 beyond float32's range is refused naming the value.
+#[test]
+fn float64_and_float16_codes_are_read_as_float32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model.safetensors");
+    cae::io::weights::save_safetensors(&model, &small_dict(), Some(&small_config()), &[]).unwrap();
+    let codes: Vec<f32> = (0..16).map(|i| i as f32 * 0.25).collect();
+    let reference = tmp.path().join("codes32.npy");
+    cae::io::npy::write_f32(&reference, &[2, 8], &codes).unwrap();
+    let decoded = |codes: &Path, out: &str| -> Vec<u8> {
+        let out = tmp.path().join(out);
+        common::cae(&["decode", "--model", s(&model), s(codes), "--out", s(&out)]);
+        fs::read(out.join("000001.png")).unwrap()
+    };
+    let expected = decoded(&reference, "ref");
+    let f64s: Vec<u8> = codes
+        .iter()
+        .flat_map(|&v| f64::from(v).to_le_bytes())
+        .collect();
+    let f16s: Vec<u8> = codes
+        .iter()
+        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+        .collect();
+    for (descr, bytes) in [("<f8", f64s), ("<f2", f16s)] {
+        let path = tmp.path().join(format!("codes{}.npy", &descr[2..]));
+        fs::write(&path, npy_bytes(descr, (2, 8), &bytes)).unwrap();
+        assert_eq!(
+            cae::io::npy::read_f32(&path).unwrap(),
+            (vec![2, 8], codes.clone())
+        );
+        assert!(decoded(&path, &descr[1..]) == expected, "{descr}");
+    }
+    let mut huge: Vec<u8> = codes
+        .iter()
+        .flat_map(|&v| f64::from(v).to_le_bytes())
+        .collect();
+    huge[3 * 8..4 * 8].copy_from_slice(&1e300f64.to_le_bytes());
+    let path = tmp.path().join("huge.npy");
+    fs::write(&path, npy_bytes("<f8", (2, 8), &huge)).unwrap();
+    let out = tmp.path().join("huge-out");
+    cae_clean_error(
+        &["decode", "--model", s(&model), s(&path), "--out", s(&out)],
+        &[s(&path), "value 3 is 1e300, which float32 cannot hold"],
+    );
+}
+
 #[test]
 fn truncated_codes_are_refused_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();

@@ -67,10 +67,13 @@ fn header_text(descr: &str, shape: &[usize]) -> String {
     header
 }
 
-/// Reads a little-endian float32 (`<f4`) array in C order: its shape and values.
+/// Reads a little-endian float array in C order as float32: its shape and values. float32
+/// (`<f4`) is read as it is; float64 (`<f8`, NumPy's default, as `np.save` writes codes it
+/// computed) and float16 (`<f2`) are converted, and a float64 beyond float32's range is refused.
 pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse_f32(&bytes).with_context(|| format!("{} is not a float32 .npy array", path.display()))
+    parse_f32(&bytes)
+        .with_context(|| format!("{} is not a float .npy array cae reads", path.display()))
 }
 
 fn parse_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
@@ -92,12 +95,19 @@ fn parse_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
             .context("truncated header")?,
     )
     .context("header is not text")?;
-    if !header.contains("'descr': '<f4'") {
+    let width = if header.contains("'descr': '<f4'") {
+        4
+    } else if header.contains("'descr': '<f8'") {
+        8
+    } else if header.contains("'descr': '<f2'") {
+        2
+    } else {
         bail!(
-            "dtype must be little-endian float32 ('<f4'); header: {}",
+            "dtype must be little-endian float32, float64 or float16 ('<f4', '<f8', '<f2'); \
+             header: {}",
             header.trim()
         );
-    }
+    };
     if header.contains("'fortran_order': True") {
         bail!("Fortran-ordered arrays are not supported; save with np.ascontiguousarray");
     }
@@ -107,19 +117,35 @@ fn parse_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .context("shape overflows")?;
     let data = &bytes[data_start..];
-    if Some(data.len()) != count.checked_mul(4) {
+    if Some(data.len()) != count.checked_mul(width) {
         bail!(
             "shape {shape:?} needs {} bytes of data but the file has {}",
-            count.saturating_mul(4),
+            count.saturating_mul(width),
             data.len()
         );
     }
-    Ok((
-        shape,
-        data.chunks_exact(4)
+    let values = match width {
+        4 => data
+            .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect(),
-    ))
+        2 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => {
+            let mut values = Vec::with_capacity(count);
+            for (i, b) in data.chunks_exact(8).enumerate() {
+                let value = f64::from_le_bytes(b.try_into().expect("8 bytes"));
+                if value.is_finite() && value.abs() > f64::from(f32::MAX) {
+                    bail!("value {i} is {value:e}, which float32 cannot hold");
+                }
+                values.push(value as f32);
+            }
+            values
+        }
+    };
+    Ok((shape, values))
 }
 
 fn parse_shape(header: &str) -> Result<Vec<usize>> {
