@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 
 use cae::data::batcher::normalized_batch;
@@ -136,8 +136,7 @@ pub fn decode(args: DecodeArgs) -> Result<()> {
         );
     }
     let images = inference::decode(&model, &config, &codes, &device);
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    cae::io::create_output_dir(&args.out)?;
     let size = config.in_channels * config.height * config.width;
     for (i, image) in images.chunks(size).enumerate() {
         imageio::save_png(

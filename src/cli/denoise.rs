@@ -203,5 +203,5 @@ fn save_rows(path: &Path, rows: &[&Vec<f32>], config: &ModelConfig) -> Result<()
 }
 
 fn create_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+    cae::io::create_output_dir(dir)
 }

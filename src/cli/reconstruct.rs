@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 use cae::eval::psnr_from_normalized_mse;
@@ -33,8 +33,7 @@ pub fn run(args: ReconstructArgs) -> Result<()> {
         inputs.extend(imageio::read_model_input(path, &config, !args.no_resize)?);
     }
     let outputs = inference::reconstruct(&model, &config, &inputs, &device);
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    cae::io::create_output_dir(&args.out)?;
     let size = config.in_channels * config.height * config.width;
     let mut used = HashMap::new();
     let width = args

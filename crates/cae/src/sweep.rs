@@ -176,7 +176,7 @@ pub fn run(options: &SweepOptions, observer: &mut dyn Observer) -> Result<Vec<Su
     if !options.resume {
         refuse_existing_runs(&options.out, &runs)?;
     }
-    std::fs::create_dir_all(&options.out)
+    crate::io::create_output_dir(&options.out)
         .with_context(|| format!("cannot create the sweep folder {}", options.out.display()))?;
     write_sweep_json(&options.out, options, &runs)?;
 

@@ -905,6 +905,26 @@ fn outputs_that_are_not_regular_files_are_written_not_replaced() {
             .file_type()
             .is_symlink()
     );
+    // A file in a folder that does not exist, and a file where an output folder should go.
+    let args = encode(&tmp.path().join("missing").join("codes.csv"));
+    cae_clean_error(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &["the folder", "missing", "does not exist"],
+    );
+    let file = tmp.path().join("a-file");
+    fs::write(&file, "kept").unwrap();
+    cae_clean_error(
+        &[
+            "reconstruct",
+            "--model",
+            s(&model),
+            s(&image),
+            "--out",
+            s(&file),
+        ],
+        &[s(&file), "exists and is not a folder"],
+    );
+    assert_eq!(fs::read_to_string(&file).unwrap(), "kept");
 }
 
 /// Writing into a pipe whose reader is gone ends cae by SIGPIPE, quietly, as command-line tools

@@ -26,6 +26,15 @@ fn destination(path: &Path) -> Result<Destination> {
         return Ok(Destination::Stdout);
     }
     let Ok(entry) = fs::symlink_metadata(path) else {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+        {
+            bail!(
+                "cannot write {}: the folder {} does not exist",
+                path.display(),
+                parent.display()
+            );
+        }
         return Ok(Destination::Replace(path.to_path_buf()));
     };
     let is_link = entry.file_type().is_symlink();
