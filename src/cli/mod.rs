@@ -31,7 +31,7 @@ mod train;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use cae::data::DatasetKind;
 use cae::device::Backend;
@@ -158,8 +158,10 @@ pub fn run() -> Result<()> {
         MESSAGES_TO_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     progress::DownloadBar::install();
-    match Cli::parse().command {
-        Command::Train(args) => train::run(args),
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    match cli.command {
+        Command::Train(args) => train::run(args, subcommand(&matches, "train")),
         Command::Sweep(args) => sweep::run(args),
         Command::Report(args) => report::run(args),
         Command::Eval(args) => eval::run(args),
@@ -175,6 +177,25 @@ pub fn run() -> Result<()> {
         Command::Generate(args) => generate::generate(args),
         Command::Interpolate(args) => generate::interpolate(args),
     }
+}
+
+/// The flags of subcommand `name`, which clap has just matched.
+fn subcommand<'a>(matches: &'a clap::ArgMatches, name: &str) -> &'a clap::ArgMatches {
+    matches
+        .subcommand_matches(name)
+        .expect("the subcommand clap matched")
+}
+
+/// Whether the flag for settings-file key `key` (`batch-size`) was given on the command line,
+/// rather than taking its default: what `--config` must not override.
+pub fn given_on_command_line(matches: &clap::ArgMatches, key: &str) -> bool {
+    let id = match key {
+        // `--device` is the field `backend` of `DeviceArg`.
+        "device" => "backend".to_string(),
+        _ => key.replace('-', "_"),
+    };
+    matches.try_get_raw(&id).is_ok_and(|raw| raw.is_some())
+        && matches.value_source(&id) == Some(clap::parser::ValueSource::CommandLine)
 }
 
 /// `--device`, shared by every command that runs a model.

@@ -35,12 +35,20 @@ pub struct TrainArgs {
     /// Do not write report.html into the run folder.
     #[arg(long)]
     no_report: bool,
+    /// Take the training settings from this TOML file (as every run folder's config.toml
+    /// holds them); flags given on the command line override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
-    let settings = args
+pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
+    let mut settings = args
         .training
         .settings(&args.data, &args.model, args.init.clone());
+    if let Some(path) = &args.config {
+        let given = |key: &str| super::given_on_command_line(matches, key);
+        cae::config_file::apply(&mut settings, path, &given)?;
+    }
     settings.validate()?;
     let run_dir = args.out.unwrap_or_else(|| {
         PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())

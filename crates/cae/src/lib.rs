@@ -28,6 +28,7 @@
 
 pub mod apps;
 pub mod bench;
+pub mod config_file;
 pub mod data;
 pub mod device;
 pub mod eval;

@@ -2,6 +2,7 @@
 
 mod apps;
 mod bench;
+mod config_file;
 mod examples;
 mod init;
 mod report_browser;

@@ -1,7 +1,8 @@
 //! The run folder: the files a training run (and a sweep) writes, their names and formats,
 //! the lock that keeps a second process out, and reading a run back.
 //!
-//! A run folder holds `config.json` (every setting), `metrics.csv` (every batch's loss),
+//! A run folder holds `config.json` (every setting), `config.toml` (the same as a `--config`
+//! file), `metrics.csv` (every batch's loss),
 //! `epochs.csv` (one row per epoch), `loss.png`, `recon_epoch_NN.png` per epoch,
 //! `checkpoint.safetensors` (what `--resume` needs, [`checkpoint`]), `model.safetensors` once the run has
 //! finished, and `report.html`. Every file is written atomically ([`crate::io::atomic`]).
@@ -18,6 +19,9 @@ pub use writer::{RunWriter, write_epochs_csv, write_metrics_csv};
 
 /// Every setting, the model shape and the versions, as JSON.
 pub const CONFIG_JSON: &str = "config.json";
+/// Every training setting as a `--config` file ([`crate::config_file`]): `cae train --config
+/// RUN/config.toml --out NEW` repeats the run.
+pub const CONFIG_TOML: &str = "config.toml";
 /// `epoch,batch,split,loss` for every training and validation batch.
 pub const METRICS_CSV: &str = "metrics.csv";
 /// `epoch,train_loss,val_loss,val_psnr,seconds,images_per_second`.

@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use super::{
-    CHECKPOINT_FILE, CONFIG_JSON, EPOCHS_CSV, LOSS_PLOT, METRICS_CSV, MODEL_FILE, RunLock,
-    read_epochs_csv, recon_grids,
+    CHECKPOINT_FILE, CONFIG_JSON, CONFIG_TOML, EPOCHS_CSV, LOSS_PLOT, METRICS_CSV, MODEL_FILE,
+    RunLock, read_epochs_csv, recon_grids,
 };
 use crate::history::History;
 use crate::model::{Autoencoder, ModelConfig};
@@ -114,7 +114,8 @@ impl RunWriter {
         Ok(())
     }
 
-    /// `config.json`: every setting, the model shape and size, Adam, normalization, versions.
+    /// `config.json`: every setting, the model shape and size, Adam, normalization, versions;
+    /// and `config.toml`, the settings as a `--config` file.
     pub fn write_config_json(&self, settings: &TrainSettings, config: &ModelConfig) -> Result<()> {
         let json = ConfigJson {
             settings,
@@ -136,6 +137,10 @@ impl RunWriter {
         atomic::write_bytes(
             &self.dir.join(CONFIG_JSON),
             serde_json::to_string_pretty(&json)?.as_bytes(),
+        )?;
+        atomic::write_bytes(
+            &self.dir.join(CONFIG_TOML),
+            crate::config_file::to_toml(settings).as_bytes(),
         )
     }
 
