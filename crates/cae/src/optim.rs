@@ -83,6 +83,8 @@ impl Adam {
     }
 
     fn update(&mut self, name: String, param: Tensor<1>, grad: Tensor<1>) -> Tensor<1> {
+        // The fused update is one of cae's CPU kernels, so it follows the kernels' own switch
+        // (Flex, unless `CAE_KERNELS=burn` rules them all out) rather than a second one.
         if kernels::kernels_for(&param.device()) == Kernels::Cae {
             self.update_fused(name, param, grad)
         } else {
