@@ -162,7 +162,7 @@ pub fn run() -> Result<()> {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     match cli.command {
         Command::Train(args) => train::run(args, subcommand(&matches, "train")),
-        Command::Sweep(args) => sweep::run(args),
+        Command::Sweep(args) => sweep::run(args, subcommand(&matches, "sweep")),
         Command::Report(args) => report::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Reconstruct(args) => reconstruct::run(args),

@@ -41,18 +41,41 @@ pub struct SweepArgs {
     /// Do not write report.html into the sweep folder.
     #[arg(long)]
     no_report: bool,
+    /// Take the training settings from this TOML file (as a run folder's config.toml holds
+    /// them); flags given on the command line override it, and the swept lists come from the
+    /// flags (a setting not swept there keeps the file's value).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
-pub fn run(args: SweepArgs) -> Result<()> {
+pub fn run(args: SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
     let first = ModelFlags {
         latent: args.latent[0],
         channels: args.channels[0],
         batch_size: args.batch_size[0],
         lr: args.lr[0],
     };
-    let base = args
+    let mut base = args
         .training
         .settings(&args.data, &first, args.init.clone());
+    let given = |key: &str| super::given_on_command_line(matches, key);
+    let (mut latent, mut channels, mut batch_size, mut lr) =
+        (args.latent, args.channels, args.batch_size, args.lr);
+    if let Some(path) = &args.config {
+        cae::config_file::apply(&mut base, path, &given)?;
+        if !given("latent") {
+            latent = vec![base.model.latent];
+        }
+        if !given("channels") {
+            channels = vec![base.model.channels];
+        }
+        if !given("batch-size") {
+            batch_size = vec![base.optimiser.batch_size];
+        }
+        if !given("lr") {
+            lr = vec![base.optimiser.lr];
+        }
+    }
     let out = args.out.unwrap_or_else(|| {
         let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
         PathBuf::from("runs").join(format!("sweep-{stamp}"))
@@ -60,10 +83,10 @@ pub fn run(args: SweepArgs) -> Result<()> {
     let options = SweepOptions {
         base,
         grid: SweepGrid {
-            latents: args.latent,
-            channels: args.channels,
-            lrs: args.lr,
-            batch_sizes: args.batch_size,
+            latents: latent,
+            channels,
+            lrs: lr,
+            batch_sizes: batch_size,
         },
         out: out.clone(),
         resume: args.resume,

@@ -135,3 +135,41 @@ fn a_bad_config_file_is_refused_naming_the_key_and_the_file() {
         &["cannot read the settings file", "missing.toml"],
     );
 }
+
+#[test]
+fn a_sweep_takes_its_settings_from_a_config_file_and_its_lists_from_the_flags() {
+    let data = cifar_subset();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("base.toml");
+    fs::write(
+        &config,
+        format!(
+            "[data]\ndataset = \"folder\"\ndata-dir = \"{}\"\ntrain-limit = 64\nval-limit = 20\n\n\
+             [model]\nchannels = 4\n\n[schedule]\nepochs = 1\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let sweep = tmp.path().join("sweep");
+    cae(&[
+        "sweep",
+        "--config",
+        s(&config),
+        "--latent",
+        "8,16",
+        "--out",
+        s(&sweep),
+        "--no-report",
+    ]);
+    for latent in [8, 16] {
+        let run = fs::read_to_string(sweep.join(format!("latent-{latent}/config.toml"))).unwrap();
+        for line in [
+            format!("latent = {latent}"),
+            "channels = 4".into(),
+            "train-limit = 64".into(),
+            "epochs = 1".into(),
+        ] {
+            assert!(run.contains(&line), "`{line}` missing from:\n{run}");
+        }
+    }
+}
