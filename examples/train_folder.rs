@@ -41,8 +41,14 @@ fn main() -> Result<()> {
         &settings.data.data_dir,
         settings.run.seed,
     )?;
-    let outcome = Trainer::start(&settings, splits, &run_dir, false, &mut EpochLines)?
-        .run(&mut EpochLines)?;
+    let outcome = Trainer::start(
+        &settings,
+        splits,
+        &run_dir,
+        Default::default(),
+        &mut EpochLines,
+    )?
+    .run(&mut EpochLines)?;
     println!(
         "model: {}",
         outcome.run_dir.join(cae::run_folder::MODEL_FILE).display()

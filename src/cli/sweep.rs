@@ -41,6 +41,9 @@ pub struct SweepArgs {
     /// Do not write report.html into the sweep folder.
     #[arg(long)]
     no_report: bool,
+    /// Do not write TensorBoard event files into the run folders.
+    #[arg(long)]
+    no_tensorboard: bool,
     /// Take the training settings from this TOML file (as a run folder's config.toml holds
     /// them); flags given on the command line override it, and the swept lists come from the
     /// flags (a setting not swept there keeps the file's value).
@@ -90,6 +93,7 @@ pub fn run(args: SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
         },
         out: out.clone(),
         resume: args.resume,
+        tensorboard: !args.no_tensorboard,
     };
     let started = Instant::now();
     let rows = cae::sweep::run(&options, &mut super::progress::Terminal::new())?;

@@ -35,6 +35,9 @@ pub struct TrainArgs {
     /// Do not write report.html into the run folder.
     #[arg(long)]
     no_report: bool,
+    /// Do not write TensorBoard event files into the run folder.
+    #[arg(long)]
+    no_tensorboard: bool,
     /// Take the training settings from this TOML file (as every run folder's config.toml
     /// holds them); flags given on the command line override it.
     #[arg(long)]
@@ -91,7 +94,10 @@ pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         &settings,
         splits,
         &run_dir,
-        args.resume,
+        cae::RunOptions {
+            resume: args.resume,
+            tensorboard: !args.no_tensorboard,
+        },
         &mut super::progress::Terminal::new(),
     )?;
     say!(

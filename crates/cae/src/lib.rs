@@ -12,7 +12,7 @@
 //! let settings = TrainSettings::tutorial(DatasetKind::Folder, "data/cifar10-jpg".into());
 //! let data = &settings.data;
 //! let splits = cae::load_dataset(data.dataset, &data.data_dir, settings.run.seed)?;
-//! let outcome = Trainer::start(&settings, splits, "runs/first".as_ref(), false, &mut ())?
+//! let outcome = Trainer::start(&settings, splits, "runs/first".as_ref(), Default::default(), &mut ())?
 //!     .run(&mut ())?;
 //! println!("validation PSNR {:.2} dB", outcome.last.val_psnr);
 //! # Ok::<(), anyhow::Error>(())
@@ -54,4 +54,4 @@ pub use io::npy::write_f32 as write_npy;
 pub use io::weights::{load_model, save_model};
 pub use model::{Autoencoder, ModelConfig};
 pub use settings::TrainSettings;
-pub use training::{Event, Observer, Phase, TrainOutcome, Trainer};
+pub use training::{Event, Observer, Phase, RunOptions, TrainOutcome, Trainer};

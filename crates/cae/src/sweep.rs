@@ -21,7 +21,7 @@ use crate::run_folder::{
     RunFolder, SUMMARY_FILE, SWEEP_FILE,
 };
 use crate::settings::TrainSettings;
-use crate::training::{Event, Observer};
+use crate::training::{Event, Observer, RunOptions};
 use crate::{eval::inference, eval::metrics, io::atomic, io::weights};
 
 /// The values to sweep; every combination becomes one run.
@@ -137,6 +137,8 @@ pub struct SweepOptions {
     pub out: PathBuf,
     /// Continue an interrupted sweep: skip finished runs, resume half-finished ones.
     pub resume: bool,
+    /// Write TensorBoard event files into every run folder.
+    pub tensorboard: bool,
 }
 
 /// One line of `summary.csv`.
@@ -202,7 +204,13 @@ pub fn run(options: &SweepOptions, observer: &mut dyn Observer) -> Result<Vec<Su
             count: runs.len(),
             label: &run.label,
         });
-        train_run(run, &splits, &options.out.join(&run.name), observer)?;
+        train_run(
+            run,
+            &splits,
+            &options.out.join(&run.name),
+            options.tensorboard,
+            observer,
+        )?;
     }
     let device = base.run.device.device()?;
     let rows = summarize(&runs, &splits, &options.out, &device)?;
@@ -348,6 +356,7 @@ fn train_run(
     run: &PlannedRun,
     splits: &Splits,
     dir: &Path,
+    tensorboard: bool,
     observer: &mut dyn Observer,
 ) -> Result<()> {
     let progress = run_progress(dir, &run.settings)?;
@@ -360,8 +369,17 @@ fn train_run(
         RunProgress::NotStarted => {}
     }
     let resume = progress == RunProgress::Partial;
-    crate::training::train(&run.settings, splits.clone(), dir, resume, observer)
-        .with_context(|| format!("run {} of the sweep failed", run.name))?;
+    crate::training::train(
+        &run.settings,
+        splits.clone(),
+        dir,
+        RunOptions {
+            resume,
+            tensorboard,
+        },
+        observer,
+    )
+    .with_context(|| format!("run {} of the sweep failed", run.name))?;
     Ok(())
 }
 

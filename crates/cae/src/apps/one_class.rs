@@ -119,8 +119,17 @@ pub fn evaluate_class(
         test: class_subset(&splits.test, class),
     };
     let resume = run_dir.join(CHECKPOINT_FILE).exists();
-    crate::training::train(settings, one_class, run_dir, resume, observer)
-        .with_context(|| format!("training on class {class} ({name})"))?;
+    crate::training::train(
+        settings,
+        one_class,
+        run_dir,
+        crate::training::RunOptions {
+            resume,
+            tensorboard: true,
+        },
+        observer,
+    )
+    .with_context(|| format!("training on class {class} ({name})"))?;
 
     let device = settings.run.device.device()?;
     let model_path = run_dir.join(MODEL_FILE);

@@ -11,6 +11,7 @@ use super::{
     RunLock, read_epochs_csv, recon_grids,
 };
 use crate::history::History;
+use crate::io::tensorboard::{self as tb, EventWriter};
 use crate::model::{Autoencoder, ModelConfig};
 use crate::optim::{Adam, AdamConfig};
 use crate::run_folder::checkpoint::{self, RunState};
@@ -24,6 +25,8 @@ use crate::{io::atomic, io::weights, viz};
 pub struct RunWriter {
     dir: PathBuf,
     _lock: RunLock,
+    /// The TensorBoard event file this start (or resume) of the run writes, if any.
+    tensorboard: Option<EventWriter>,
 }
 
 impl RunWriter {
@@ -36,7 +39,16 @@ impl RunWriter {
         Ok(Self {
             dir: dir.to_path_buf(),
             _lock: lock,
+            tensorboard: None,
         })
+    }
+
+    /// Starts a TensorBoard event file for the steps from `first_step` on (a resumed run's
+    /// first batch): TensorBoard then drops anything an earlier, interrupted session logged
+    /// from there, and the curves go on without duplicate steps.
+    pub fn start_tensorboard(&mut self, first_step: i64) -> Result<()> {
+        self.tensorboard = Some(EventWriter::create(&self.dir, first_step)?);
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -147,7 +159,7 @@ impl RunWriter {
     /// Writes the files of a finished epoch, the checkpoint last: until it is replaced, the run
     /// resumes from the epoch before, and the other files are rewritten then.
     pub fn save_epoch(
-        &self,
+        &mut self,
         model: &Autoencoder,
         config: &ModelConfig,
         adam: &Adam,
@@ -157,7 +169,50 @@ impl RunWriter {
         write_metrics_csv(&self.dir.join(METRICS_CSV), history)?;
         write_epochs_csv(&self.dir.join(EPOCHS_CSV), history)?;
         viz::loss_plot::save_loss_plot(&self.dir.join(LOSS_PLOT), &history.loss_history())?;
+        self.write_tensorboard(model, state)?;
         checkpoint::save(&self.checkpoint_path(), model, config, adam, state)
+    }
+
+    /// The last epoch of `state` as TensorBoard events: every training batch's loss at its
+    /// step (batches since the run began), and at the epoch's last step its mean training and
+    /// validation loss, validation PSNR, learning rate, speed, reconstruction grid and a
+    /// histogram of every parameter.
+    fn write_tensorboard(&mut self, model: &Autoencoder, state: &RunState) -> Result<()> {
+        let Some(events) = self.tensorboard.as_mut() else {
+            return Ok(());
+        };
+        let history = &state.history;
+        let (Some(record), Some(batches)) = (history.epochs.last(), history.train_batches.last())
+        else {
+            return Ok(());
+        };
+        let per_epoch = batches.len() as i64;
+        let first = (record.epoch as i64 - 1) * per_epoch;
+        for (i, &loss) in batches.iter().enumerate() {
+            events.summary(
+                first + i as i64 + 1,
+                vec![tb::scalar("train/batch_loss", loss)],
+            )?;
+        }
+        let step = first + per_epoch;
+        let mut values = vec![
+            tb::scalar("train/loss", record.train_loss),
+            tb::scalar("val/loss", record.val_loss),
+            tb::scalar("val/psnr", record.val_psnr),
+            tb::scalar("learning_rate", state.adam.lr),
+            tb::scalar("images_per_second", record.images_per_second),
+        ];
+        let grid = self.dir.join(super::recon_file(record.epoch));
+        if let (Ok(png), Ok((width, height))) =
+            (std::fs::read(&grid), image::image_dimensions(&grid))
+        {
+            values.push(tb::png_image("reconstructions", png, width, height, 3));
+        }
+        for (name, tensor) in weights::state_dict(model) {
+            values.push(tb::histogram(&format!("weights/{name}"), &tensor.data));
+        }
+        events.summary(step, values)?;
+        events.flush()
     }
 
     /// `model.safetensors`: the final weights.

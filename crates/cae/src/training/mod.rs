@@ -10,4 +10,4 @@ mod trainer;
 pub use divergence::Interrupted;
 pub use events::{Event, Observer, Phase};
 pub use step::{train_step, train_step_pair};
-pub use trainer::{TrainOutcome, Trainer, model_config, train};
+pub use trainer::{RunOptions, TrainOutcome, Trainer, model_config, train};

@@ -46,16 +46,35 @@ pub fn model_config(settings: &TrainSettings, train: &ImageSet) -> ModelConfig {
     }
 }
 
+/// How a run starts, besides its settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Continue the run in the folder from its checkpoint.
+    pub resume: bool,
+    /// Write TensorBoard event files into the run folder as it goes.
+    pub tensorboard: bool,
+}
+
+impl Default for RunOptions {
+    /// A new run, with TensorBoard event files.
+    fn default() -> Self {
+        Self {
+            resume: false,
+            tensorboard: true,
+        }
+    }
+}
+
 /// Trains as `settings` say on `splits`, writing every artifact into `run_dir`: the whole run,
 /// [`Trainer::start`] then [`Trainer::run`].
 pub fn train(
     settings: &TrainSettings,
     splits: Splits,
     run_dir: &Path,
-    resume: bool,
+    options: RunOptions,
     observer: &mut dyn Observer,
 ) -> Result<TrainOutcome> {
-    Trainer::start(settings, splits, run_dir, resume, observer)?.run(observer)
+    Trainer::start(settings, splits, run_dir, options, observer)?.run(observer)
 }
 
 /// Why an epoch ended before its end.
@@ -91,12 +110,12 @@ pub struct Trainer {
 
 impl Trainer {
     /// Opens `run_dir` (locked while the trainer lives) and starts a run there, or with
-    /// `resume` continues the one its checkpoint holds.
+    /// `options.resume` continues the one its checkpoint holds.
     pub fn start(
         settings: &TrainSettings,
         mut splits: Splits,
         run_dir: &Path,
-        resume: bool,
+        options: RunOptions,
         observer: &mut dyn Observer,
     ) -> Result<Self> {
         settings.validate()?;
@@ -120,7 +139,7 @@ impl Trainer {
                 splits.test.len()
             );
         }
-        let folder = RunWriter::open(run_dir)?;
+        let mut folder = RunWriter::open(run_dir)?;
         let device = settings.run.device.device()?.autodiff();
         let config = model_config(settings, &splits.train);
         config.validate()?;
@@ -131,13 +150,17 @@ impl Trainer {
             )?;
         }
 
-        let (model, adam, state) = if resume && folder.resumable(observer)? {
+        let (model, adam, state) = if options.resume && folder.resumable(observer)? {
             resumed(settings, &config, &folder, &device, observer)?
         } else {
             folder.refuse_existing_run()?;
             fresh(settings, &config, &device)?
         };
         folder.write_config_json(settings, &config)?;
+        if options.tensorboard {
+            let per_epoch = splits.train.len().div_ceil(settings.optimiser.batch_size);
+            folder.start_tensorboard((state.epochs_done * per_epoch) as i64 + 1)?;
+        }
         Ok(Self {
             settings: settings.clone(),
             config,

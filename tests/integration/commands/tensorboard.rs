@@ -1,0 +1,162 @@
+//! TensorBoard event files in the run folder: every record's CRCs hold, the events decode, and
+//! TensorBoard's own reader (`EventAccumulator`, Python's `tensorboard` package) finds the
+//! scalars, the reconstruction grids and the weight histograms; a resumed run continues the
+//! curves without duplicate steps.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use cae::io::tensorboard::{Event, read_records};
+use prost::Message;
+
+use crate::common::{cae, cifar_subset, s};
+
+/// 96 images in batches of 32: three batches an epoch.
+fn train(run: &Path, extra: &[&str]) {
+    let data = cifar_subset();
+    let mut args = vec![
+        "train",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        s(&data),
+        "--train-limit",
+        "96",
+        "--val-limit",
+        "40",
+        "--batch-size",
+        "32",
+        "--latent",
+        "16",
+        "--channels",
+        "4",
+        "--out",
+        s(run),
+        "--no-report",
+    ];
+    args.extend(extra);
+    cae(&args);
+}
+
+fn events(run: &Path) -> Vec<Event> {
+    let mut files: Vec<_> = fs::read_dir(run)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("events.out.tfevents.")
+        })
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|file| read_records(&fs::read(file).unwrap()).unwrap())
+        .map(|record| Event::decode(record.as_slice()).unwrap())
+        .collect()
+}
+
+/// What TensorBoard's reader makes of the run folder: tag -> steps, for scalars, images and
+/// histograms.
+fn tensorboard_view(run: &Path) -> serde_json::Value {
+    let script = r#"
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+acc = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+acc.Reload()
+tags = acc.Tags()
+print(json.dumps({
+    "scalars": {t: [e.step for e in acc.Scalars(t)] for t in tags["scalars"]},
+    "images": {t: [e.step for e in acc.Images(t)] for t in tags["images"]},
+    "histograms": {t: [e.step for e in acc.Histograms(t)] for t in tags["histograms"]},
+}))
+"#;
+    let output = Command::new("python3")
+        .args(["-c", script, s(run)])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "TensorBoard's reader failed (pip install tensorboard): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn training_writes_events_tensorboard_reads_and_a_resume_continues_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    train(&run, &["--epochs", "1"]);
+    let first = events(&run);
+    assert_eq!(first[0].file_version.as_deref(), Some("brain.Event:2"));
+    let scalars = |events: &[Event], tag: &str| -> Vec<i64> {
+        events
+            .iter()
+            .filter(|e| {
+                e.summary
+                    .as_ref()
+                    .is_some_and(|s| s.value.iter().any(|v| v.tag == tag))
+            })
+            .map(|e| e.step)
+            .collect()
+    };
+    assert_eq!(scalars(&first, "train/batch_loss"), [1, 2, 3]);
+    assert_eq!(scalars(&first, "val/loss"), [3]);
+
+    train(&run, &["--epochs", "2", "--resume"]);
+    let view = tensorboard_view(&run);
+    assert_eq!(
+        view["scalars"]["train/batch_loss"],
+        serde_json::json!([1, 2, 3, 4, 5, 6])
+    );
+    for tag in [
+        "train/loss",
+        "val/loss",
+        "val/psnr",
+        "learning_rate",
+        "images_per_second",
+    ] {
+        assert_eq!(
+            view["scalars"][tag],
+            serde_json::json!([3, 6]),
+            "{tag}: {view}"
+        );
+    }
+    assert_eq!(
+        view["images"]["reconstructions"],
+        serde_json::json!([3, 6]),
+        "{view}"
+    );
+    let histograms = view["histograms"].as_object().unwrap();
+    assert_eq!(histograms.len(), 28, "one per parameter: {view}");
+    assert_eq!(
+        histograms["weights/encoder.net.0.weight"],
+        serde_json::json!([3, 6])
+    );
+
+    // The values are the run's: the last validation loss is epochs.csv's.
+    let last = events(&run)
+        .into_iter()
+        .filter_map(|e| e.summary)
+        .flat_map(|s| s.value)
+        .rfind(|v| v.tag == "val/loss")
+        .unwrap();
+    let epochs = fs::read_to_string(run.join("epochs.csv")).unwrap();
+    let val_loss: f64 = epochs
+        .lines()
+        .last()
+        .unwrap()
+        .split(',')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(last.simple_value, Some(val_loss as f32));
+
+    let quiet = tmp.path().join("quiet");
+    train(&quiet, &["--epochs", "1", "--no-tensorboard"]);
+    assert!(events(&quiet).is_empty());
+}
