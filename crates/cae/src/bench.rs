@@ -135,12 +135,19 @@ pub struct LayerTiming {
     pub weight_grad_ms: f64,
     /// Multiply-adds of one of the three passes, times two, over the median forward time.
     pub forward_gflops: f64,
+    /// The same over the input gradient's and the weight gradient's median times.
+    pub input_grad_gflops: f64,
+    pub weight_grad_gflops: f64,
+    /// Each pass's GFLOP/s (forward, input grad, weight grad) as a percentage of the FMA peak
+    /// measured in the same run.
+    pub percent_of_peak: [f64; 3],
     /// The kernel of each pass: forward, input gradient, weight gradient.
     pub kernels: [&'static str; 3],
 }
 
-/// Times every convolution and transposed convolution of the seed model with cae's kernels.
-pub fn layers(config: &BenchConfig) -> Vec<LayerTiming> {
+/// Times every convolution and transposed convolution of the seed model with cae's kernels,
+/// and sets each pass against `peak_gflops` (see [`cae_kernels::peak::fma_peak_gflops`]).
+pub fn layers(config: &BenchConfig, peak_gflops: f64) -> Vec<LayerTiming> {
     use cae_kernels::{Conv3x3, dispatch};
     let model_config = ModelConfig {
         latent: config.latent,
@@ -205,12 +212,17 @@ pub fn layers(config: &BenchConfig) -> Vec<LayerTiming> {
                 (conv_ms, adjoint_ms)
             };
             let macs = g.weight_len() * g.feature_height() * g.feature_width() * g.batch;
+            let gflops = |ms: f64| 2.0 * macs as f64 / (ms * 1e6);
+            let passes = [forward_ms, input_grad_ms, weight_grad_ms].map(gflops);
             LayerTiming {
                 layer,
                 forward_ms,
                 input_grad_ms,
                 weight_grad_ms,
-                forward_gflops: 2.0 * macs as f64 / (forward_ms * 1e6),
+                forward_gflops: passes[0],
+                input_grad_gflops: passes[1],
+                weight_grad_gflops: passes[2],
+                percent_of_peak: passes.map(|g| 100.0 * g / peak_gflops),
                 kernels: {
                     let (conv, adjoint) = (dispatch::forward_path(&g), dispatch::adjoint_path(&g));
                     let (forward, input_grad) = if transposed {

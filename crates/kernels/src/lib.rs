@@ -25,6 +25,7 @@ pub mod dispatch;
 pub mod flex;
 pub mod geometry;
 pub mod im2col;
+pub mod peak;
 pub mod reduce;
 pub mod relu_gate;
 pub mod transpose;

@@ -46,9 +46,22 @@ fn bench_layers_names_every_layer_and_its_kernels() {
     assert_eq!(layers.len(), 12, "six convolutions and six transposed");
     let known = ["direct", "channels-last", "im2col", "col2im"];
     for layer in &layers {
-        for field in ["forward_ms", "input_grad_ms", "weight_grad_ms"] {
+        for field in [
+            "forward_ms",
+            "input_grad_ms",
+            "weight_grad_ms",
+            "input_grad_gflops",
+        ] {
             assert!(layer[field].as_f64().unwrap() > 0.0, "{layer}");
         }
+        let percents = layer["percent_of_peak"].as_array().unwrap();
+        assert_eq!(percents.len(), 3, "{layer}");
+        assert!(
+            percents
+                .iter()
+                .all(|p| p.as_f64().is_some_and(|p| p > 0.0 && p.is_finite())),
+            "{layer}"
+        );
         let kernels = layer["kernels"].as_array().unwrap();
         assert_eq!(kernels.len(), 3, "{layer}");
         assert!(

@@ -1,0 +1,125 @@
+//! The machine's float32 FMA peak, measured: what a kernel's GFLOP/s are set against. Every
+//! thread of rayon's pool runs, at the same time, independent chains of fused multiply-adds on
+//! the widest vectors the CPU has (enough chains to cover the FMA latency on every port), and
+//! the rates the threads time for themselves are added up (timing the whole from outside also
+//! counted thread wake-ups: one measurement of 2 cores came out at half the other's).
+
+use std::hint::black_box;
+use std::time::Instant;
+
+/// The widest vectors this CPU offers for float32 FMAs, and what cae's own kernels use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimdLevel {
+    Avx512,
+    Avx2Fma,
+    Portable,
+}
+
+impl SimdLevel {
+    /// The CPU's level (AVX-512F, else AVX2 with FMA, else none).
+    pub fn of_cpu() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                return Self::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Self::Avx2Fma;
+            }
+        }
+        Self::Portable
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Avx512 => "avx512",
+            Self::Avx2Fma => "avx2+fma",
+            Self::Portable => "portable",
+        }
+    }
+}
+
+/// FMAs each chain runs per measurement.
+const ITERATIONS: usize = 10_000_000;
+
+/// The measured FMA peak in GFLOP/s over all of rayon's threads (an FMA counts two flops), the
+/// best of three tries.
+pub fn fma_peak_gflops() -> f64 {
+    let level = SimdLevel::of_cpu();
+    (0..3)
+        .map(|_| {
+            rayon::broadcast(|_| {
+                let started = Instant::now();
+                let flops = chains(level);
+                flops / started.elapsed().as_secs_f64() / 1e9
+            })
+            .into_iter()
+            .sum::<f64>()
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Runs the FMA chains of one thread; returns their flops.
+fn chains(level: SimdLevel) -> f64 {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level was detected on this CPU.
+        SimdLevel::Avx512 => unsafe { x86::avx512() },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level was detected on this CPU.
+        SimdLevel::Avx2Fma => unsafe { x86::avx2() },
+        _ => scalar(),
+    }
+}
+
+fn scalar() -> f64 {
+    let mut acc = [1.0f32; 8];
+    let (a, b) = (black_box(0.999_999f32), black_box(1e-7f32));
+    for _ in 0..ITERATIONS {
+        for x in &mut acc {
+            *x = x.mul_add(a, b);
+        }
+    }
+    black_box(acc);
+    (ITERATIONS * 8 * 2) as f64
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+    use std::hint::black_box;
+
+    use super::ITERATIONS;
+
+    /// Independent accumulators: two FMA ports times a latency of four cycles needs eight;
+    /// twelve leave room and fit in AVX2's sixteen registers.
+    const CHAINS: usize = 12;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn avx2() -> f64 {
+        let a = _mm256_set1_ps(black_box(0.999_999));
+        let b = _mm256_set1_ps(black_box(1e-7));
+        let mut acc = [_mm256_set1_ps(1.0); CHAINS];
+        for _ in 0..ITERATIONS {
+            for x in &mut acc {
+                *x = _mm256_fmadd_ps(*x, a, b);
+            }
+        }
+        black_box(acc);
+        (ITERATIONS * CHAINS * 8 * 2) as f64
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn avx512() -> f64 {
+        let a = _mm512_set1_ps(black_box(0.999_999));
+        let b = _mm512_set1_ps(black_box(1e-7));
+        let mut acc = [_mm512_set1_ps(1.0); CHAINS];
+        for _ in 0..ITERATIONS {
+            for x in &mut acc {
+                *x = _mm512_fmadd_ps(*x, a, b);
+            }
+        }
+        black_box(acc);
+        (ITERATIONS * CHAINS * 16 * 2) as f64
+    }
+}
