@@ -107,7 +107,6 @@ fn check_fits(images: usize, target: &Target, root: &Path) -> Result<()> {
     if let Some(available) = crate::device::host_memory_available()
         && bytes > available as f64
     {
-        let gib = |b: f64| b / f64::from(1u32 << 30);
         bail!(
             "{}: {images} images of {}x{}x{} take {:.1} GiB, more than the {:.1} GiB of memory \
              available; choose a smaller --image-size",
@@ -115,8 +114,8 @@ fn check_fits(images: usize, target: &Target, root: &Path) -> Result<()> {
             target.channels,
             target.height,
             target.width,
-            gib(bytes),
-            gib(available as f64)
+            crate::device::gib(bytes),
+            crate::device::gib(available as f64)
         );
     }
     Ok(())

@@ -203,8 +203,8 @@ impl LoadOptions {
                     one_image < available as f64,
                     "--image-size {width}x{height}: one image takes {:.1} GiB while resized, \
                      more than the {:.1} GiB of memory available",
-                    one_image / f64::from(1u32 << 30),
-                    available as f64 / f64::from(1u32 << 30)
+                    crate::device::gib(one_image),
+                    crate::device::gib(available as f64)
                 );
             }
         }

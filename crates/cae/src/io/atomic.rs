@@ -154,11 +154,7 @@ where
 
 /// The temporary folder of [`create_dir_with`] for `target`.
 pub fn staging_dir(target: &Path) -> PathBuf {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    target.with_file_name(format!(".{name}{STAGING_MARK}{}", std::process::id()))
+    hidden_beside(target, STAGING_MARK)
 }
 
 /// Marks the folders of [`create_dir_with`]: `.<name>.partial-<pid>`.
@@ -173,11 +169,16 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn temp_path(path: &Path) -> PathBuf {
+    hidden_beside(path, TEMP_MARK)
+}
+
+/// `.<name><mark><pid>` beside `path`: this process's temporary stand-in for it.
+fn hidden_beside(path: &Path, mark: &str) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}{TEMP_MARK}{}", std::process::id()))
+    path.with_file_name(format!(".{name}{mark}{}", std::process::id()))
 }
 
 /// Marks the files of [`write_with`]: `.<name>.tmp-<pid>`.

@@ -8,6 +8,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
+use super::Precision;
+
 const MAGIC: &[u8] = b"\x93NUMPY";
 
 /// Writes a C-order float32 array of `shape` (its product must equal `data.len()`).
@@ -95,12 +97,12 @@ fn parse_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
             .context("truncated header")?,
     )
     .context("header is not text")?;
-    let width = if header.contains("'descr': '<f4'") {
-        4
+    let precision = if header.contains("'descr': '<f4'") {
+        Precision::F32
     } else if header.contains("'descr': '<f8'") {
-        8
+        Precision::F64
     } else if header.contains("'descr': '<f2'") {
-        2
+        Precision::F16
     } else {
         bail!(
             "dtype must be little-endian float32, float64 or float16 ('<f4', '<f8', '<f2'); \
@@ -116,6 +118,7 @@ fn parse_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .context("shape overflows")?;
+    let width = precision.width();
     let data = &bytes[data_start..];
     if Some(data.len()) != count.checked_mul(width) {
         bail!(
@@ -124,27 +127,9 @@ fn parse_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
             data.len()
         );
     }
-    let values = match width {
-        4 => data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        2 => data
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        _ => {
-            let mut values = Vec::with_capacity(count);
-            for (i, b) in data.chunks_exact(8).enumerate() {
-                let value = f64::from_le_bytes(b.try_into().expect("8 bytes"));
-                if value.is_finite() && value.abs() > f64::from(f32::MAX) {
-                    bail!("value {i} is {value:e}, which float32 cannot hold");
-                }
-                values.push(value as f32);
-            }
-            values
-        }
-    };
+    let values = precision.to_f32(data).map_err(|(i, value)| {
+        anyhow::anyhow!("value {i} is {value:e}, which float32 cannot hold")
+    })?;
     Ok((shape, values))
 }
 

@@ -9,6 +9,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::tensor::Dtype;
 
+use super::Precision;
 use crate::model::{Autoencoder, Conv, ConvTranspose, Decoder, Dense, Encoder, ModelConfig};
 
 /// A float tensor on the host, row-major, in PyTorch's layout.
@@ -321,7 +322,7 @@ fn read_safetensors(bytes: &[u8]) -> Result<WeightFile> {
             ),
         };
         converted.note(precision);
-        let data = precision.to_f32(&name, view.data())?;
+        let data = tensor_values(precision, &name, view.data())?;
         dict.insert(name, HostTensor::new(view.shape().to_vec(), data));
     }
     let (_, metadata) =
@@ -364,58 +365,13 @@ fn check_config_range(config: &ModelConfig) -> Result<()> {
     Ok(())
 }
 
-/// The floating-point formats a weight file may store; all are read as float32, as people save
-/// models after `.half()`, `.bfloat16()` or `.double()`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Precision {
-    F32,
-    F16,
-    BF16,
-    F64,
-}
-
-impl Precision {
-    fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "float32",
-            Precision::F16 => "float16",
-            Precision::BF16 => "bfloat16",
-            Precision::F64 => "float64",
-        }
-    }
-
-    /// The little-endian `bytes` of tensor `name` as float32 values. float16 and bfloat16
-    /// convert exactly; a finite float64 beyond float32's range is refused, naming the tensor.
-    fn to_f32(self, name: &str, bytes: &[u8]) -> Result<Vec<f32>> {
-        Ok(match self {
-            Precision::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Precision::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Precision::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Precision::F64 => {
-                let mut values = Vec::with_capacity(bytes.len() / 8);
-                for b in bytes.chunks_exact(8) {
-                    let value = f64::from_le_bytes(b.try_into().expect("8 bytes"));
-                    if value.is_finite() && value.abs() > f64::from(f32::MAX) {
-                        bail!(
-                            "tensor `{name}` holds the float64 value {value:e}, which float32 \
-                             cannot hold"
-                        );
-                    }
-                    values.push(value as f32);
-                }
-                values
-            }
-        })
-    }
+/// The values of tensor `name` stored in `precision`, as float32.
+fn tensor_values(precision: Precision, name: &str, bytes: &[u8]) -> Result<Vec<f32>> {
+    precision.to_f32(bytes).map_err(|(_, value)| {
+        anyhow::anyhow!(
+            "tensor `{name}` holds the float64 value {value:e}, which float32 cannot hold"
+        )
+    })
 }
 
 /// Which non-float32 precisions a file's tensors were converted from.
@@ -474,7 +430,7 @@ fn read_pt(path: &Path, bytes: &[u8]) -> Result<WeightFile> {
                 tensor.shape()
             );
         }
-        let data = precision.to_f32(&name, &bytes)?;
+        let data = tensor_values(precision, &name, &bytes)?;
         dict.insert(name, HostTensor::new(tensor.shape().to_vec(), data));
     }
     Ok(WeightFile {

@@ -52,15 +52,14 @@ pub fn check_fits(config: &ModelConfig, batch_size: usize) -> Result<()> {
     };
     let needed = training_bytes(config, batch_size);
     if needed > available as f64 {
-        let gib = |bytes: f64| bytes / f64::from(1u32 << 30);
         bail!(
             "this run needs about {:.1} GiB of memory ({:.3e} parameters with their gradients \
              and Adam moments, and the layer outputs of a batch of {batch_size}), more than the \
              {:.1} GiB of memory available; lower --latent, --channels, --batch-size or the \
              image size",
-            gib(needed),
+            crate::device::gib(needed),
             parameters(config),
-            gib(available as f64)
+            crate::device::gib(available as f64)
         );
     }
     Ok(())
