@@ -9,6 +9,8 @@
 #
 # --install-torch creates .venv-torch with torch from PyPI (several GB) when it is missing;
 # TORCH_PYTHON=/path/to/python uses an existing interpreter that has torch.
+#
+# CAE_SIMD=avx512|avx2|portable holds both sides to one vector level (see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${CAE_SHARED:-$(pwd)/../shared}
@@ -40,12 +42,24 @@ if ! "$python" -c "import torch" 2>/dev/null; then
   python=.venv-torch/bin/python
 fi
 
+# CAE_SIMD=avx512|avx2|portable holds cae's kernels to one level; the same is asked of PyTorch
+# (ATEN_CPU_CAPABILITY), so that both sides run the same instructions.
+case ${CAE_SIMD:-} in
+  "") ;;
+  avx512) export ATEN_CPU_CAPABILITY=avx512 ;;
+  avx2) export ATEN_CPU_CAPABILITY=avx2 ;;
+  portable) export ATEN_CPU_CAPABILITY=default ;;
+  *) echo "CAE_SIMD=$CAE_SIMD is not a level: use avx512, avx2 or portable" >&2; exit 2 ;;
+esac
 cargo build --release -q
+cae=${CARGO_TARGET_DIR:-target}/release/cae
+echo "CPU: $(lscpu | sed -n 's/^Model name: *//p')"
+echo "PyTorch: $("$python" -c 'import torch; print(torch.__version__, "CPU capability", torch.backends.cpu.get_cpu_capability())')"
 ratios=$(mktemp)
 trap 'rm -f "$ratios"' EXIT
 for round in $(seq "$rounds"); do
 [ "$rounds" -gt 1 ] && echo "== round $round of $rounds"
-cae_out=$(./target/release/cae bench --json)
+cae_out=$("$cae" bench --json)
 echo "cae:     $cae_out"
 # The PyTorch benchmark runs as a child so that its peak resident memory can be read too.
 torch_out=$("$python" - "$shared/bench/torch_bench.py" $compile <<'PY'
@@ -71,7 +85,7 @@ for line in sys.argv[2].splitlines():
 print()
 print("| system | train images/s | inference images/s |")
 print("| --- | --- | --- |")
-print(f"| cae (Burn Flex) | {cae['train']['images_per_second']:.0f} | {cae['inference']['images_per_second']:.0f} |")
+print(f"| cae (Burn Flex, SIMD {cae.get('simd', '?')}) | {cae['train']['images_per_second']:.0f} | {cae['inference']['images_per_second']:.0f} |")
 for tag in ("eager", "compiled"):
     if (tag, "train") in rates:
         t, i = rates[(tag, "train")], rates[(tag, "inference")]

@@ -50,10 +50,11 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     say!(
-        "cae {} on {} ({} threads), latent {}",
+        "cae {} on {} ({} threads, SIMD {}), latent {}",
         env!("CARGO_PKG_VERSION"),
         args.device.backend,
         report.threads,
+        report.simd,
         config.latent
     );
     let t = &report.train;
@@ -87,8 +88,8 @@ fn print_layers(config: &BenchConfig, json: bool) -> Result<()> {
         return Ok(());
     }
     say!(
-        "SIMD: {} (measured FMA peak {peak:.0} GFLOP/s on {} threads); cae's vector kernels need avx512, other CPUs run im2col + gemm",
-        cae_kernels::peak::SimdLevel::of_cpu().name(),
+        "SIMD: {} (measured FMA peak {peak:.0} GFLOP/s on {} threads at this level; CAE_SIMD=avx512|avx2|portable chooses it)",
+        cae_kernels::simd::SimdLevel::active().name(),
         rayon::current_num_threads()
     );
     let title = format!("layer (batch {})", config.batch_size);

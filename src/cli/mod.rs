@@ -160,6 +160,8 @@ pub fn run() -> Result<()> {
     progress::DownloadBar::install();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    // A `CAE_SIMD` level this CPU lacks is refused before any work starts.
+    cae_kernels::simd::SimdLevel::requested().map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Train(args) => train::run(args, subcommand(&matches, "train")),
         Command::Sweep(args) => sweep::run(args, subcommand(&matches, "sweep")),

@@ -50,6 +50,8 @@ pub struct BenchReport {
     /// Peak resident memory of this process (VmHWM), when the OS reports it.
     pub peak_rss_mib: Option<f64>,
     pub threads: usize,
+    /// The vector level cae's CPU kernels ran at (`CAE_SIMD`).
+    pub simd: &'static str,
 }
 
 /// Runs the benchmark on `device` (a plain device; autodiff is added for training).
@@ -79,6 +81,7 @@ pub fn run(config: &BenchConfig, device: &Device) -> BenchReport {
         inference: summarize(&infer_times, config.infer_batch),
         peak_rss_mib: peak_rss_mib(),
         threads: std::thread::available_parallelism().map_or(1, usize::from),
+        simd: cae_kernels::simd::SimdLevel::active().name(),
     }
 }
 

@@ -117,25 +117,13 @@ fn cae_kernels_match_burn_forward_and_backward() {
     }
 }
 
-/// The same comparison on the portable path, as on a CPU without AVX-512: this test binary
-/// runs that test again with `CAE_NO_AVX512=1` (read once per process).
+/// The same comparison at every other level this CPU supports (the portable path included):
+/// this test binary runs that test again with `CAE_SIMD` set.
 #[test]
-fn portable_path_matches_burn_too() {
-    if std::env::var_os("CAE_NO_AVX512").is_some() {
-        return; // this is the portable run already
-    }
-    let test = "burn_parity::cae_kernels_match_burn_forward_and_backward";
-    let run = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", test, "--test-threads", "1"])
-        .env("CAE_NO_AVX512", "1")
-        .output()
-        .expect("rerun the test binary");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success() && stdout.contains(&format!("test {test} ... ok")),
-        "portable run failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+fn every_level_matches_burn_too() {
+    crate::simd::rerun_at_every_other_level(&[
+        "burn_parity::cae_kernels_match_burn_forward_and_backward",
+    ]);
 }
 
 #[test]

@@ -1,8 +1,8 @@
-//! AVX-512 kernels vectorized over feature channels, for any stride and map size: 16 feature
-//! channels to a vector register, input values broadcast one at a time.
+//! Vector kernels vectorized over feature channels, for any stride and map size: a vector of
+//! feature channels to a register, input values broadcast one at a time.
 //!
-//! [`super::direct`] vectorizes over 16 output columns, which needs stride 1 and maps at least
-//! 16 wide; the stride-2 and 8x8 layers and every weight gradient then fell back to im2col and
+//! [`super::direct`] vectorizes over output columns, which needs stride 1 and maps at least a
+//! vector wide; the stride-2 and 8x8 layers and every weight gradient then fell back to im2col and
 //! ran at a third to a half of the stride-1 layers' rate (`cae bench --layers`). Here the
 //! weight gradient is a sum of outer products over output positions, `dW[tap, 16 co] +=
 //! x[tap at p] * dY[p, 16 co]`, with up to 27 taps in registers; the forward pass and the
@@ -14,21 +14,28 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use crate::buffers::{per_image, with_scratch};
-use crate::direct::{cpu_has_avx512, pad_images, padded_plane};
+use crate::direct::{pad_images, padded_plane};
 use crate::geometry::Conv3x3;
 use crate::reduce::sum_in_order;
+use crate::simd::{Isa, SimdLevel, instantiate};
 use crate::transpose::{as_uninit, transpose};
-
-/// Feature channels per vector register.
-const LANES: usize = 16;
 
 /// Values (padded images and their gradients) of one group of images in the weight gradient:
 /// 512 KiB, a quarter of a core's L2 cache.
 const GROUP_BUDGET: usize = 128 * 1024;
 
-/// Whether this CPU runs these kernels and the feature channels fill whole vectors.
+/// Feature channels per vector register at the active level (0 without vector kernels).
+fn lanes() -> usize {
+    match SimdLevel::active() {
+        SimdLevel::Portable => 0,
+        level => level.lanes(),
+    }
+}
+
+/// Whether this process runs these kernels and the feature channels fill whole vectors.
 pub fn available(g: &Conv3x3) -> bool {
-    g.feature_channels.is_multiple_of(LANES) && g.feature_channels > 0 && cpu_has_avx512()
+    let lanes = lanes();
+    lanes > 0 && g.feature_channels.is_multiple_of(lanes) && g.feature_channels > 0
 }
 
 /// Whether [`forward`] runs this geometry: [`available`], and stride 1 or 2.
@@ -38,10 +45,8 @@ pub fn forward_available(g: &Conv3x3) -> bool {
 
 /// Whether [`adjoint`] runs this geometry: stride 2 and image channels in multiples of 16.
 pub fn adjoint_available(g: &Conv3x3) -> bool {
-    g.stride == 2
-        && g.image_channels.is_multiple_of(LANES)
-        && g.image_channels > 0
-        && cpu_has_avx512()
+    let lanes = lanes();
+    g.stride == 2 && lanes > 0 && g.image_channels.is_multiple_of(lanes) && g.image_channels > 0
 }
 
 /// A run of output positions of one image: `count` positions from `out_position`, spaced by
@@ -89,7 +94,7 @@ impl Pass {
     pub fn forward(g: &Conv3x3, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Self {
         assert!(
             forward_available(g),
-            "channels-last kernels need AVX-512, stride 1 or 2 and feature channels in multiples of 16"
+            "channels-last kernels need a vector level, stride 1 or 2 and feature channels in whole vectors"
         );
         assert_eq!(weight.len(), g.weight_len(), "weight size");
         let (ci, co) = (g.image_channels, g.feature_channels);
@@ -151,7 +156,7 @@ impl Pass {
     pub fn adjoint(g: &Conv3x3, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Self {
         assert!(
             adjoint_available(g),
-            "the channels-last adjoint needs AVX-512, stride 2 and image channels in multiples of 16"
+            "the channels-last adjoint needs a vector level, stride 2 and image channels in whole vectors"
         );
         assert_eq!(weight.len(), g.weight_len(), "weight size");
         let (ci, co) = (g.image_channels, g.feature_channels);
@@ -243,12 +248,15 @@ impl Pass {
         let padded_len = g.image_channels * padded_plane(g);
         with_scratch([padded_len, self.output_len, 0], |padded, out_last, _| {
             pad_images(g, input, padded);
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the constructors checked AVX-512F; every tap offset stays inside the
+            // SAFETY: the constructors checked the level; every tap offset stays inside the
             // padded input and every segment inside `out_last`.
-            unsafe {
-                avx512::run_image(self, padded, out_last)
-            };
+            match SimdLevel::active() {
+                #[cfg(target_arch = "x86_64")]
+                SimdLevel::Avx512 => unsafe { avx512::run_image(self, padded, out_last) },
+                #[cfg(target_arch = "x86_64")]
+                SimdLevel::Avx2Fma => unsafe { avx2::run_image(self, padded, out_last) },
+                _ => unreachable!("checked by the constructors"),
+            }
             transpose(
                 out_last,
                 self.output_len / self.channels,
@@ -280,7 +288,7 @@ pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32>
 pub fn accumulate_weight_grad(g: &Conv3x3, images: &[f32], grads: &[f32], by_tap: &mut [f32]) {
     assert!(
         available(g),
-        "channels-last kernels need AVX-512 and feature channels in multiples of 16"
+        "channels-last kernels need a vector level and feature channels in whole vectors"
     );
     let (ci, co) = (g.image_channels, g.feature_channels);
     let count = images.len() / g.image_len();
@@ -305,11 +313,18 @@ pub fn accumulate_weight_grad(g: &Conv3x3, images: &[f32], grads: &[f32], by_tap
             {
                 transpose(grad, co, g.feature_len() / co, as_uninit(last));
             }
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `available` checked AVX-512F; buffers have the sizes read.
-            unsafe {
-                avx512::weight_grad_images(g, count, padded, grad_last, by_tap)
-            };
+            // SAFETY: `available` checked the level; buffers have the sizes read.
+            match SimdLevel::active() {
+                #[cfg(target_arch = "x86_64")]
+                SimdLevel::Avx512 => unsafe {
+                    avx512::weight_grad_images(g, count, padded, grad_last, by_tap)
+                },
+                #[cfg(target_arch = "x86_64")]
+                SimdLevel::Avx2Fma => unsafe {
+                    avx2::weight_grad_images(g, count, padded, grad_last, by_tap)
+                },
+                _ => unreachable!("checked by `available`"),
+            }
         }
     });
 }
@@ -326,138 +341,175 @@ pub fn weight_from_taps(g: &Conv3x3, by_tap: &[f32]) -> Vec<f32> {
     out
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    use super::{Conv3x3, LANES, Pass, Segment, padded_plane};
-
-    /// One image: every segment of `pass` into `out_last (positions, channels)` from the
-    /// padded input.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn run_image(pass: &Pass, padded: &[f32], out_last: &mut [f32]) {
-        let vectors = pass.channels / LANES;
-        let strides = (pass.input_stride, pass.output_stride);
-        let mut v = 0;
-        while v < vectors {
-            let left = vectors - v;
-            for segment in &pass.segments {
-                let at = (padded, out_last.as_mut_ptr(), segment, v);
-                // Positions per tile times vectors per tile: 16 sums in registers.
-                unsafe {
-                    match (vectors_per_tile(left), strides) {
-                        (4, (1, 1)) => segment_tiles::<4, 4, 1, 1>(pass, at),
-                        (4, (2, 1)) => segment_tiles::<4, 4, 2, 1>(pass, at),
-                        (4, _) => segment_tiles::<4, 4, 1, 2>(pass, at),
-                        (2, (1, 1)) => segment_tiles::<8, 2, 1, 1>(pass, at),
-                        (2, (2, 1)) => segment_tiles::<8, 2, 2, 1>(pass, at),
-                        (2, _) => segment_tiles::<8, 2, 1, 2>(pass, at),
-                        (_, (1, 1)) => segment_tiles::<16, 1, 1, 1>(pass, at),
-                        (_, (2, 1)) => segment_tiles::<16, 1, 2, 1>(pass, at),
-                        (_, _) => segment_tiles::<16, 1, 1, 2>(pass, at),
-                    }
-                }
-            }
-            v += vectors_per_tile(left);
-        }
-    }
-
-    fn vectors_per_tile(left: usize) -> usize {
-        match left {
-            1 => 1,
-            2 | 3 => 2,
-            _ => 4,
-        }
-    }
-
-    type At<'a> = (&'a [f32], *mut f32, &'a Segment, usize);
-
-    /// One segment in blocks of `P` positions, then its remainder one at a time.
-    #[inline(always)]
-    unsafe fn segment_tiles<const P: usize, const V: usize, const SI: usize, const SO: usize>(
-        pass: &Pass,
-        (padded, out_last, segment, v0): At,
-    ) {
-        let mut i = 0;
-        while i + P <= segment.count {
-            unsafe { tile::<P, V, SI, SO>(pass, padded, out_last, segment, v0, i) };
-            i += P;
-        }
-        while i < segment.count {
-            unsafe { tile::<1, V, SI, SO>(pass, padded, out_last, segment, v0, i) };
-            i += 1;
-        }
-    }
-
-    /// Positions `i..i + P` of `segment` times `V` vectors of channels from vector `v0`,
-    /// summed over the segment's taps in registers.
-    #[inline(always)]
-    unsafe fn tile<const P: usize, const V: usize, const SI: usize, const SO: usize>(
-        pass: &Pass,
-        padded: &[f32],
-        out_last: *mut f32,
-        segment: &Segment,
-        v0: usize,
-        i: usize,
-    ) {
-        // SAFETY: only called from `#[target_feature(enable = "avx512f")]` functions; the
-        // pass's offsets were built for the padded input and output it is given.
-        unsafe {
-            let c = pass.channels;
-            let x = padded.as_ptr().add(segment.input_at + i * SI);
-            let w = pass.weights.as_ptr().add(v0 * LANES);
-            let mut acc = [[_mm512_setzero_ps(); V]; P];
-            for j in 0..V {
-                let b = _mm512_loadu_ps(pass.bias.as_ptr().add((v0 + j) * LANES));
-                for acc in acc.iter_mut() {
-                    acc[j] = b;
-                }
-            }
-            for &(offset, row) in &pass.taps[segment.taps] {
-                let mut wv = [_mm512_setzero_ps(); V];
-                for (j, wv) in wv.iter_mut().enumerate() {
-                    *wv = _mm512_loadu_ps(w.add(row + j * LANES));
-                }
-                for (b, acc) in acc.iter_mut().enumerate() {
-                    let xb = _mm512_set1_ps(*x.add(offset + b * SI));
-                    for j in 0..V {
-                        acc[j] = _mm512_fmadd_ps(xb, wv[j], acc[j]);
-                    }
-                }
-            }
-            let p0 = segment.out_position + i * SO;
-            for (b, acc) in acc.iter().enumerate() {
-                for (j, &value) in acc.iter().enumerate() {
-                    let value = if pass.relu {
-                        crate::relu_gate::relu_avx512(value)
-                    } else {
-                        value
-                    };
-                    let dst = out_last.add((p0 + b * SO) * c + (v0 + j) * LANES);
-                    _mm512_storeu_ps(dst, value);
-                }
-            }
-        }
-    }
-
-    /// Adds the weight gradient of `count` images to `partial (ci, 3, 3, co)`, from their
-    /// padded inputs `(count, ci, H + 2, W + 2)` and channels-last output gradients
-    /// `(count, positions, co)`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn weight_grad_images(
+instantiate! {
+    fn run_image<>(pass: &Pass, padded: &[f32], out_last: &mut [f32]);
+    fn weight_grad_images<>(
         g: &Conv3x3,
         count: usize,
         padded: &[f32],
         grad_last: &[f32],
         partial: &mut [f32],
-    ) {
-        let (ci, vectors) = (g.image_channels, g.feature_channels / LANES);
-        let mut v = 0;
+    );
+}
+
+/// Positions and vectors of channels in one tile of the forward kernels, given the vectors of
+/// channels still to do and the registers there are: 16 sums of 32 registers (AVX-512), 12 of
+/// 16 (AVX2), leaving room for the weight vectors and a broadcast input. On AVX2 (Zen 3,
+/// `cae bench --layers`) 6 x 2 ran the stride-2 layers at 1.5 ms where 4 x 4 took 1.7-3.5 ms
+/// and 8 x 2 1.6-2.6 ms.
+fn tile_shape(registers: usize, vectors_left: usize) -> (usize, usize) {
+    match (registers >= 32, vectors_left) {
+        (true, 1) => (16, 1),
+        (true, 2 | 3) => (8, 2),
+        (true, _) => (4, 4),
+        (false, 1) => (12, 1),
+        (false, _) => (6, 2),
+    }
+}
+
+/// One image: every segment of `pass` into `out_last (positions, channels)` from the padded
+/// input.
+///
+/// # Safety
+/// Only from a function compiled for `S` (see [`instantiate`]); the pass built for the padded
+/// input and output it is given.
+#[inline(always)]
+unsafe fn run_image<S: Isa>(pass: &Pass, padded: &[f32], out_last: &mut [f32]) {
+    let vectors = pass.channels / S::LANES;
+    let strides = (pass.input_stride, pass.output_stride);
+    let mut v = 0;
+    while v < vectors {
+        let shape = tile_shape(S::REGISTERS, vectors - v);
+        for segment in &pass.segments {
+            let at = (padded, out_last.as_mut_ptr(), segment, v);
+            // SAFETY: the caller's contract.
+            unsafe {
+                match (shape, strides) {
+                    ((4, 4), (1, 1)) => segment_tiles::<S, 4, 4, 1, 1>(pass, at),
+                    ((4, 4), (2, 1)) => segment_tiles::<S, 4, 4, 2, 1>(pass, at),
+                    ((4, 4), _) => segment_tiles::<S, 4, 4, 1, 2>(pass, at),
+                    ((8, 2), (1, 1)) => segment_tiles::<S, 8, 2, 1, 1>(pass, at),
+                    ((8, 2), (2, 1)) => segment_tiles::<S, 8, 2, 2, 1>(pass, at),
+                    ((8, 2), _) => segment_tiles::<S, 8, 2, 1, 2>(pass, at),
+                    ((16, 1), (1, 1)) => segment_tiles::<S, 16, 1, 1, 1>(pass, at),
+                    ((16, 1), (2, 1)) => segment_tiles::<S, 16, 1, 2, 1>(pass, at),
+                    ((16, 1), _) => segment_tiles::<S, 16, 1, 1, 2>(pass, at),
+                    ((6, 2), (1, 1)) => segment_tiles::<S, 6, 2, 1, 1>(pass, at),
+                    ((6, 2), (2, 1)) => segment_tiles::<S, 6, 2, 2, 1>(pass, at),
+                    ((6, 2), _) => segment_tiles::<S, 6, 2, 1, 2>(pass, at),
+                    ((_, _), (1, 1)) => segment_tiles::<S, 12, 1, 1, 1>(pass, at),
+                    ((_, _), (2, 1)) => segment_tiles::<S, 12, 1, 2, 1>(pass, at),
+                    ((_, _), _) => segment_tiles::<S, 12, 1, 1, 2>(pass, at),
+                }
+            }
+        }
+        v += shape.1;
+    }
+}
+
+type At<'a> = (&'a [f32], *mut f32, &'a Segment, usize);
+
+/// One segment in blocks of `P` positions, then its remainder one at a time.
+#[inline(always)]
+unsafe fn segment_tiles<
+    S: Isa,
+    const P: usize,
+    const V: usize,
+    const SI: usize,
+    const SO: usize,
+>(
+    pass: &Pass,
+    (padded, out_last, segment, v0): At,
+) {
+    let mut i = 0;
+    while i + P <= segment.count {
+        unsafe { tile::<S, P, V, SI, SO>(pass, padded, out_last, segment, v0, i) };
+        i += P;
+    }
+    while i < segment.count {
+        unsafe { tile::<S, 1, V, SI, SO>(pass, padded, out_last, segment, v0, i) };
+        i += 1;
+    }
+}
+
+/// Positions `i..i + P` of `segment` times `V` vectors of channels from vector `v0`, summed
+/// over the segment's taps in registers.
+#[inline(always)]
+unsafe fn tile<S: Isa, const P: usize, const V: usize, const SI: usize, const SO: usize>(
+    pass: &Pass,
+    padded: &[f32],
+    out_last: *mut f32,
+    segment: &Segment,
+    v0: usize,
+    i: usize,
+) {
+    // SAFETY: only called from functions compiled for `S`; the pass's offsets were built for
+    // the padded input and output it is given.
+    unsafe {
+        let c = pass.channels;
+        let x = padded.as_ptr().add(segment.input_at + i * SI);
+        let w = pass.weights.as_ptr().add(v0 * S::LANES);
+        let mut acc = [[S::zero(); V]; P];
+        for j in 0..V {
+            let b = S::load(pass.bias.as_ptr().add((v0 + j) * S::LANES));
+            for acc in acc.iter_mut() {
+                acc[j] = b;
+            }
+        }
+        for &(offset, row) in &pass.taps[segment.taps] {
+            let mut wv = [S::zero(); V];
+            for (j, wv) in wv.iter_mut().enumerate() {
+                *wv = S::load(w.add(row + j * S::LANES));
+            }
+            for (b, acc) in acc.iter_mut().enumerate() {
+                let xb = S::splat(*x.add(offset + b * SI));
+                for j in 0..V {
+                    acc[j] = S::fma(xb, wv[j], acc[j]);
+                }
+            }
+        }
+        let p0 = segment.out_position + i * SO;
+        for (b, acc) in acc.iter().enumerate() {
+            for (j, &value) in acc.iter().enumerate() {
+                let value = if pass.relu { S::relu(value) } else { value };
+                let dst = out_last.add((p0 + b * SO) * c + (v0 + j) * S::LANES);
+                S::store(dst, value);
+            }
+        }
+    }
+}
+
+/// Adds the weight gradient of `count` images to `partial (ci, 3, 3, co)`, from their padded
+/// inputs `(count, ci, H + 2, W + 2)` and channels-last output gradients `(count, positions,
+/// co)`.
+///
+/// # Safety
+/// Only from a function compiled for `S` (see [`instantiate`]); buffers of the sizes the
+/// geometry implies.
+#[inline(always)]
+unsafe fn weight_grad_images<S: Isa>(
+    g: &Conv3x3,
+    count: usize,
+    padded: &[f32],
+    grad_last: &[f32],
+    partial: &mut [f32],
+) {
+    let (ci, vectors) = (g.image_channels, g.feature_channels / S::LANES);
+    let at = (g, count, padded, grad_last);
+    let mut v = 0;
+    // SAFETY: the caller's contract.
+    unsafe {
         while v < vectors {
-            if vectors - v >= 2 {
-                // 2 vectors x 9 taps = 18 accumulators, one image channel at a time.
+            if S::REGISTERS < 32 {
+                // 1 vector x 9 taps: 9 sums, the gradient vector and a broadcast input.
                 for c in 0..ci {
-                    unsafe { weight_grad_tile::<1, 2>(g, count, padded, grad_last, partial, c, v) };
+                    weight_grad_tile::<S, 1, 1>(at, partial, c, v);
+                }
+                v += 1;
+            } else if vectors - v >= 2 {
+                // 2 vectors x 9 taps = 18 sums, one image channel at a time.
+                for c in 0..ci {
+                    weight_grad_tile::<S, 1, 2>(at, partial, c, v);
                 }
                 v += 2;
             } else {
@@ -465,15 +517,9 @@ mod avx512 {
                 let mut c = 0;
                 while c < ci {
                     match ci - c {
-                        1 => unsafe {
-                            weight_grad_tile::<1, 1>(g, count, padded, grad_last, partial, c, v)
-                        },
-                        2 => unsafe {
-                            weight_grad_tile::<2, 1>(g, count, padded, grad_last, partial, c, v)
-                        },
-                        _ => unsafe {
-                            weight_grad_tile::<3, 1>(g, count, padded, grad_last, partial, c, v)
-                        },
+                        1 => weight_grad_tile::<S, 1, 1>(at, partial, c, v),
+                        2 => weight_grad_tile::<S, 2, 1>(at, partial, c, v),
+                        _ => weight_grad_tile::<S, 3, 1>(at, partial, c, v),
                     }
                     c += 3;
                 }
@@ -481,57 +527,53 @@ mod avx512 {
             }
         }
     }
+}
 
-    /// Accumulates the 9 taps of `C` image channels from `c0` times `V` vectors of feature
-    /// channels from vector `v0`, over every output position of `count` images, in registers.
-    #[inline(always)]
-    unsafe fn weight_grad_tile<const C: usize, const V: usize>(
-        g: &Conv3x3,
-        count: usize,
-        padded: &[f32],
-        grad_last: &[f32],
-        partial: &mut [f32],
-        c0: usize,
-        v0: usize,
-    ) {
-        // SAFETY: only called from `#[target_feature(enable = "avx512f")]` functions, with
-        // buffers of the sizes the geometry implies.
-        unsafe {
-            let (co, s) = (g.feature_channels, g.stride);
-            let (fh, fw) = (g.feature_height(), g.feature_width());
-            let (wp, plane) = (g.image_width + 2, padded_plane(g));
-            let zero = _mm512_setzero_ps();
-            let mut acc = [[[zero; V]; 9]; C];
-            for n in 0..count {
-                let x = padded.as_ptr().add((n * g.image_channels + c0) * plane);
-                let dy = grad_last.as_ptr().add(n * fh * fw * co + v0 * LANES);
-                for oy in 0..fh {
-                    for ox in 0..fw {
-                        let at = oy * s * wp + ox * s;
-                        let row = dy.add((oy * fw + ox) * co);
-                        let mut d = [zero; V];
-                        for (j, d) in d.iter_mut().enumerate() {
-                            *d = _mm512_loadu_ps(row.add(j * LANES));
-                        }
-                        for (c, acc) in acc.iter_mut().enumerate() {
-                            for (tap, acc) in acc.iter_mut().enumerate() {
-                                let value = *x.add(c * plane + tap / 3 * wp + tap % 3 + at);
-                                let xb = _mm512_set1_ps(value);
-                                for j in 0..V {
-                                    acc[j] = _mm512_fmadd_ps(xb, d[j], acc[j]);
-                                }
+/// Accumulates the 9 taps of `C` image channels from `c0` times `V` vectors of feature
+/// channels from vector `v0`, over every output position of `count` images, in registers.
+#[inline(always)]
+unsafe fn weight_grad_tile<S: Isa, const C: usize, const V: usize>(
+    (g, count, padded, grad_last): (&Conv3x3, usize, &[f32], &[f32]),
+    partial: &mut [f32],
+    c0: usize,
+    v0: usize,
+) {
+    // SAFETY: only called from functions compiled for `S`, with buffers of the sizes the
+    // geometry implies.
+    unsafe {
+        let (co, s) = (g.feature_channels, g.stride);
+        let (fh, fw) = (g.feature_height(), g.feature_width());
+        let (wp, plane) = (g.image_width + 2, padded_plane(g));
+        let mut acc = [[[S::zero(); V]; 9]; C];
+        for n in 0..count {
+            let x = padded.as_ptr().add((n * g.image_channels + c0) * plane);
+            let dy = grad_last.as_ptr().add(n * fh * fw * co + v0 * S::LANES);
+            for oy in 0..fh {
+                for ox in 0..fw {
+                    let at = oy * s * wp + ox * s;
+                    let row = dy.add((oy * fw + ox) * co);
+                    let mut d = [S::zero(); V];
+                    for (j, d) in d.iter_mut().enumerate() {
+                        *d = S::load(row.add(j * S::LANES));
+                    }
+                    for (c, acc) in acc.iter_mut().enumerate() {
+                        for (tap, acc) in acc.iter_mut().enumerate() {
+                            let value = *x.add(c * plane + tap / 3 * wp + tap % 3 + at);
+                            let xb = S::splat(value);
+                            for j in 0..V {
+                                acc[j] = S::fma(xb, d[j], acc[j]);
                             }
                         }
                     }
                 }
             }
-            for (c, acc) in acc.iter().enumerate() {
-                for (tap, acc) in acc.iter().enumerate() {
-                    for (j, acc) in acc.iter().enumerate() {
-                        let k = (c0 + c) * 9 + tap;
-                        let dst = partial.as_mut_ptr().add(k * co + (v0 + j) * LANES);
-                        _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), *acc));
-                    }
+        }
+        for (c, acc) in acc.iter().enumerate() {
+            for (tap, acc) in acc.iter().enumerate() {
+                for (j, acc) in acc.iter().enumerate() {
+                    let k = (c0 + c) * 9 + tap;
+                    let dst = partial.as_mut_ptr().add(k * co + (v0 + j) * S::LANES);
+                    S::store(dst, S::add(S::load(dst), *acc));
                 }
             }
         }

@@ -1,12 +1,12 @@
-//! Direct (no im2col) AVX-512 kernels for the stride-1 3x3 convolutions on maps at least 16
-//! wide, where im2col's nine-fold copy cost more than a fifth of a training step: the forward
-//! pass (which also serves the stride-1 adjoint, with flipped weights) and a weight gradient
-//! for feature channels that do not fill vectors (elsewhere [`super::channels_last`]'s is
-//! faster).
+//! Direct (no im2col) vector kernels for the stride-1 3x3 convolutions on maps at least one
+//! vector wide, where im2col's nine-fold copy cost more than a fifth of a training step: the
+//! forward pass (which also serves the stride-1 adjoint, with flipped weights) and a weight
+//! gradient for feature channels that do not fill vectors (elsewhere
+//! [`super::channels_last`]'s is faster).
 //!
 //! Each image is copied once into a zero-bordered buffer; the kernels then read shifted rows of
-//! it directly, 16 output columns to a vector register. Callers fall back to the im2col path
-//! when [`available`] is false (no AVX-512) or the geometry does not fit.
+//! it directly, one vector of output columns to a register. Callers fall back to the im2col
+//! path when [`available`] is false (no vector level, or the geometry does not fit).
 
 use rayon::prelude::*;
 
@@ -15,32 +15,30 @@ use std::mem::MaybeUninit;
 use crate::buffers::{per_image, with_scratch};
 use crate::geometry::Conv3x3;
 use crate::reduce::sum_in_order;
+use crate::simd::{Isa, Scalar, SimdLevel, instantiate};
 
-/// Output channels per block of the forward kernel (two position vectors each); layers with
-/// at most [`SMALL_CO_BLOCK`] output channels use blocks of that many (four positions each), so
-/// that a 3-channel output does not compute five unused channels.
-const CO_BLOCK: usize = 8;
-const SMALL_CO_BLOCK: usize = 4;
+/// Output channels per block of the forward kernel and positions (vectors of columns) sharing
+/// each weight broadcast, per level, the second for layers with at most 4 output channels (so
+/// that a 3-channel output does not compute unused ones). AVX-512: 8 x 2 (16 sums of 32
+/// registers) and 4 x 4. AVX2 (16 registers): 6 x 2 and 4 x 2; measured with `cae bench
+/// --layers` on Zen 3, 4 x 3 (12 sums, 3 inputs, a broadcast) ran the 16- to 64-channel layers
+/// at 4.4-4.7 ms against 2.6-3.1 ms for 6 x 2 (4 x 2: 3.2-3.7, 8 x 1: 3.3-3.6): with every
+/// register taken LLVM spilled a sum and shuffled the others between registers each step.
+const AVX512_BLOCKS: [(usize, usize); 2] = [(8, 2), (4, 4)];
+const AVX2_BLOCKS: [(usize, usize); 2] = [(6, 2), (4, 2)];
+/// The second shape of each level: layers with at most this many output channels.
+const SMALL_BLOCK_CHANNELS: usize = 4;
 
-/// Whether this CPU runs the direct kernels and the geometry suits them.
+/// Whether this process runs the direct kernels and the geometry suits them: stride 1 and maps
+/// at least one vector wide; AVX2 (whose masked loads are slow) also needs whole vectors.
 pub fn available(g: &Conv3x3) -> bool {
-    g.stride == 1 && g.image_width >= 16 && cpu_has_avx512()
-}
-
-/// Asked once per process: every convolution call checks it, and reading the environment
-/// takes a global lock.
-pub(crate) fn cpu_has_avx512() -> bool {
-    static HAS_AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS_AVX512.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::env::var_os("CAE_NO_AVX512").is_none() && is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+    let level = SimdLevel::active();
+    let lanes = level.lanes();
+    match level {
+        SimdLevel::Avx512 => g.stride == 1 && g.image_width >= lanes,
+        SimdLevel::Avx2Fma => g.stride == 1 && g.image_width.is_multiple_of(lanes),
+        SimdLevel::Portable => false,
+    }
 }
 
 pub(crate) fn padded_plane(g: &Conv3x3) -> usize {
@@ -48,37 +46,74 @@ pub(crate) fn padded_plane(g: &Conv3x3) -> usize {
 }
 
 /// Copies `(channels, H, W)` images into `(channels, H + 2, W + 2)` with zero borders. Only
-/// the border is zeroed: the whole-buffer fill cost as much as the copy. With AVX-512 the rows
-/// are copied in masked vectors: a `memcpy` call per row was a tenth of a training step.
+/// the border is zeroed: the whole-buffer fill cost as much as the copy. With a vector level
+/// the rows are copied in (masked) vectors: a `memcpy` call per row was a tenth of a training
+/// step.
 pub(crate) fn pad_images(g: &Conv3x3, images: &[f32], padded: &mut [f32]) {
-    let (h, w) = (g.image_height, g.image_width);
-    let wp = w + 2;
     assert!(
-        images.len() / (h * w) * padded_plane(g) <= padded.len(),
+        images.len() / (g.image_height * g.image_width) * padded_plane(g) <= padded.len(),
         "padded buffer size"
     );
+    // SAFETY: the level was checked on this CPU; the buffer sizes were checked above.
+    match SimdLevel::active() {
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { avx512::pad_with(g, images, padded) },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2Fma => unsafe { avx2::pad_with(g, images, padded) },
+        // SAFETY: `Scalar` needs no instruction set.
+        _ => unsafe { pad_with::<Scalar>(g, images, padded) },
+    }
+}
+
+instantiate! {
+    fn pad_with<>(g: &Conv3x3, images: &[f32], padded: &mut [f32]);
+    fn forward_image<const B: usize, const NP: usize, const MASKED: bool>(
+        g: &Conv3x3,
+        padded: &[f32],
+        taps: &[usize],
+        packed: &[f32],
+        bias: &[f32],
+        relu: bool,
+        out: &mut [MaybeUninit<f32>],
+    );
+    fn weight_grad_images<const O: usize>(
+        g: &Conv3x3,
+        count: usize,
+        padded: &[f32],
+        grads: &[f32],
+        partial: &mut [f32],
+    );
+}
+
+/// [`pad_images`] with rows copied in vectors, masked at the end of a row.
+///
+/// # Safety
+/// Only from a function compiled for `S` (see [`instantiate`]).
+#[inline(always)]
+unsafe fn pad_with<S: Isa>(g: &Conv3x3, images: &[f32], padded: &mut [f32]) {
+    let (h, w) = (g.image_height, g.image_width);
+    let wp = w + 2;
     for (src, dst) in images.chunks(h * w).zip(padded.chunks_mut(padded_plane(g))) {
         dst[..wp + 1].fill(0.0);
         for (y, row) in src.chunks(w).enumerate() {
             let line = &mut dst[(y + 1) * wp + 1..][..wp];
-            copy_row(row, &mut line[..w]);
+            for x0 in (0..w).step_by(S::LANES) {
+                // SAFETY: whole vectors and the mask stay inside the row and the line.
+                unsafe {
+                    let (from, to) = (row.as_ptr().add(x0), line.as_mut_ptr().add(x0));
+                    if w - x0 >= S::LANES {
+                        S::store(to, S::load(from));
+                    } else {
+                        let m = S::first(w - x0);
+                        S::store_masked(to, m, S::load_masked(from, m));
+                    }
+                }
+            }
             // The right border of this row and the left border of the next.
             line[w..].fill(0.0);
         }
         dst[(h + 1) * wp + 1..].fill(0.0);
     }
-}
-
-/// `dst.copy_from_slice(src)`, inlined for the short rows of a feature map.
-fn copy_row(src: &[f32], dst: &mut [f32]) {
-    assert_eq!(src.len(), dst.len(), "row lengths");
-    #[cfg(target_arch = "x86_64")]
-    if cpu_has_avx512() {
-        // SAFETY: AVX-512F checked; both slices hold `src.len()` values.
-        unsafe { avx512::copy_row(src, dst) };
-        return;
-    }
-    dst.copy_from_slice(src);
 }
 
 /// The forward pass of [`crate::dispatch::forward`] for geometries where [`available`] holds.
@@ -102,24 +137,31 @@ pub fn forward(
 /// A layer's weight and bias packed for the forward kernel, ready to run image by image.
 pub struct Packed {
     geometry: Conv3x3,
+    level: SimdLevel,
+    /// Offset in the padded input of each (image channel, tap), in the order of `weights`.
+    taps: Vec<usize>,
     weights: Vec<f32>,
     bias: Vec<f32>,
-    block_len: usize,
     relu: bool,
 }
 
+const NEEDS: &str =
+    "direct kernels need a vector level and stride 1 on maps at least a vector wide";
+
 impl Packed {
     pub fn new(g: &Conv3x3, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Self {
-        assert!(
-            available(g),
-            "direct kernels need AVX-512 and stride 1 on maps >= 16 wide"
-        );
+        assert!(available(g), "{NEEDS}");
         assert_eq!(weight.len(), g.weight_len(), "weight size");
+        let level = SimdLevel::active();
         let (ci, co) = (g.image_channels, g.feature_channels);
-        let block_len = if co <= SMALL_CO_BLOCK {
-            SMALL_CO_BLOCK
+        let blocks = match level {
+            SimdLevel::Avx512 => AVX512_BLOCKS,
+            _ => AVX2_BLOCKS,
+        };
+        let block_len = if co <= SMALL_BLOCK_CHANNELS {
+            blocks[1].0
         } else {
-            CO_BLOCK
+            blocks[0].0
         };
         let blocks = co.div_ceil(block_len);
         // weights[((block * ci + c) * 9 + tap) * block_len + j] = weight[block * block_len + j, c, tap]
@@ -135,11 +177,16 @@ impl Packed {
             }
             bias_padded[o] = bias.map_or(0.0, |b| b[o]);
         }
+        let wp = g.image_width + 2;
+        let taps = (0..ci * 9)
+            .map(|k| k / 9 * padded_plane(g) + k % 9 / 3 * wp + k % 3)
+            .collect();
         Packed {
             geometry: *g,
+            level,
+            taps,
             weights,
             bias: bias_padded,
-            block_len,
             relu,
         }
     }
@@ -153,18 +200,31 @@ impl Packed {
             [0, 0, g.image_channels * padded_plane(g)],
             |_, _, padded| {
                 pad_images(g, img, padded);
-                let (weights, bias, relu) = (&self.weights, &self.bias, self.relu);
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `new` checked AVX-512F; buffers have the sizes the kernel reads.
-                unsafe {
-                    if self.block_len == SMALL_CO_BLOCK {
-                        avx512::forward_image::<SMALL_CO_BLOCK, 4>(
-                            g, padded, weights, bias, relu, out,
+                let args = (g, padded, self.taps.as_slice(), self.weights.as_slice());
+                let (bias, relu) = (self.bias.as_slice(), self.relu);
+                // The kernel of one level with one of its block shapes.
+                macro_rules! run {
+                    ($isa:ident, $blocks:ident[$i:literal], $masked:literal) => {{
+                        const B: (usize, usize) = $blocks[$i];
+                        let (g, padded, taps, weights) = args;
+                        $isa::forward_image::<{ B.0 }, { B.1 }, $masked>(
+                            g, padded, taps, weights, bias, relu, out,
                         )
-                    } else {
-                        avx512::forward_image::<CO_BLOCK, 2>(g, padded, weights, bias, relu, out)
-                    }
-                };
+                    }};
+                }
+                let small = g.feature_channels <= SMALL_BLOCK_CHANNELS;
+                // SAFETY: `new` checked the level; buffers have the sizes the kernel reads.
+                match self.level {
+                    #[cfg(target_arch = "x86_64")]
+                    SimdLevel::Avx512 if small => unsafe { run!(avx512, AVX512_BLOCKS[1], true) },
+                    #[cfg(target_arch = "x86_64")]
+                    SimdLevel::Avx512 => unsafe { run!(avx512, AVX512_BLOCKS[0], true) },
+                    #[cfg(target_arch = "x86_64")]
+                    SimdLevel::Avx2Fma if small => unsafe { run!(avx2, AVX2_BLOCKS[1], false) },
+                    #[cfg(target_arch = "x86_64")]
+                    SimdLevel::Avx2Fma => unsafe { run!(avx2, AVX2_BLOCKS[0], false) },
+                    _ => unreachable!("{NEEDS}"),
+                }
             },
         );
     }
@@ -173,11 +233,9 @@ impl Packed {
 /// The weight gradient of [`crate::dispatch::weight_grad`] for geometries where [`available`]
 /// holds.
 pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32> {
-    assert!(
-        available(g),
-        "direct kernels need AVX-512 and stride 1 on maps >= 16 wide"
-    );
+    assert!(available(g), "{NEEDS}");
     g.check_weight_grad(image, feature_grad);
+    let level = SimdLevel::active();
     let per_task = g.batch.div_ceil(2 * rayon::current_num_threads()).max(1);
     let partials: Vec<Vec<f32>> = feature_grad
         .par_chunks(per_task * g.feature_len())
@@ -188,11 +246,19 @@ pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32>
             let len = count * g.image_channels * padded_plane(g);
             with_scratch([0, 0, len], |_, _, padded| {
                 pad_images(g, images, padded);
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `available` checked AVX-512F; buffers have the sizes the kernel reads.
-                unsafe {
-                    avx512::weight_grad_images(g, count, padded, grads, &mut partial)
-                };
+                // SAFETY: `available` checked the level; buffers have the sizes the kernel
+                // reads. Output channels per pass: 2 x 9 sums with AVX-512, 9 with AVX2.
+                match level {
+                    #[cfg(target_arch = "x86_64")]
+                    SimdLevel::Avx512 => unsafe {
+                        avx512::weight_grad_images::<2>(g, count, padded, grads, &mut partial)
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    SimdLevel::Avx2Fma => unsafe {
+                        avx2::weight_grad_images::<1>(g, count, padded, grads, &mut partial)
+                    },
+                    _ => unreachable!("{NEEDS}"),
+                }
             });
             partial
         })
@@ -200,88 +266,78 @@ pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32>
     sum_in_order(&partials, g.weight_len())
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    use std::mem::MaybeUninit;
-
-    use super::{Conv3x3, padded_plane};
-
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn copy_row(src: &[f32], dst: &mut [f32]) {
-        let w = src.len();
-        for x0 in (0..w).step_by(16) {
-            let m = mask(w, x0);
-            // SAFETY: the mask keeps both accesses inside the slices.
-            unsafe {
-                let v = _mm512_maskz_loadu_ps(m, src.as_ptr().add(x0));
-                _mm512_mask_storeu_ps(dst.as_mut_ptr().add(x0), m, v);
-            }
-        }
-    }
-
-    /// Lanes of the 16-wide chunk starting at column `x0` that lie inside a row of `w`.
-    fn mask(w: usize, x0: usize) -> __mmask16 {
-        let valid = (w - x0).min(16);
-        if valid == 16 {
-            0xFFFF
-        } else {
-            ((1u32 << valid) - 1) as __mmask16
-        }
-    }
-
-    /// One image: `out (co, H, W)` from its padded input `(ci, H + 2, W + 2)`, with the weight
-    /// packed in blocks of `B` output channels. `NP` 16-column positions share each weight
-    /// broadcast; with few output channels, more positions keep enough sums in flight.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn forward_image<const B: usize, const NP: usize>(
-        g: &Conv3x3,
-        padded: &[f32],
-        packed: &[f32],
-        bias: &[f32],
-        relu: bool,
-        out: &mut [MaybeUninit<f32>],
-    ) {
-        let (h, w, ci, co) = (
-            g.image_height,
-            g.image_width,
-            g.image_channels,
-            g.feature_channels,
-        );
-        let (wp, plane) = (w + 2, padded_plane(g));
-        let chunks = w.div_ceil(16);
-        let positions = h * chunks;
-        let src = padded.as_ptr();
-        let zero = _mm512_setzero_ps();
+/// One image: `out (co, H, W)` from its padded input `(ci, H + 2, W + 2)`, with the weight
+/// packed in blocks of `B` output channels and `taps` the input offset of each of its rows.
+/// `NP` vectors of columns share each weight broadcast; with few output channels, more
+/// positions keep enough sums in flight. `MASKED` loads and stores the last vector of a row
+/// masked; without it rows hold whole vectors.
+///
+/// # Safety
+/// Only from a function compiled for `S` (see [`instantiate`]); buffers of the geometry's
+/// sizes, the weight packed by [`Packed::new`] in blocks of `B`.
+#[inline(always)]
+unsafe fn forward_image<S: Isa, const B: usize, const NP: usize, const MASKED: bool>(
+    g: &Conv3x3,
+    padded: &[f32],
+    taps: &[usize],
+    packed: &[f32],
+    bias: &[f32],
+    relu: bool,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let (h, w, ci, co) = (
+        g.image_height,
+        g.image_width,
+        g.image_channels,
+        g.feature_channels,
+    );
+    let wp = w + 2;
+    let chunks = w.div_ceil(S::LANES);
+    let positions = h * chunks;
+    let src = padded.as_ptr();
+    let dst = out.as_mut_ptr().cast::<f32>();
+    // SAFETY: the caller's contract; every offset below stays inside the padded input, the
+    // packed weight and the output.
+    unsafe {
         for block in 0..co.div_ceil(B) {
             let weights = packed[block * ci * 9 * B..].as_ptr();
             let mut t = 0;
             while t < positions {
-                // Positions past the end repeat the last one with an empty mask.
-                let mut at = [(0usize, 0usize, 0 as __mmask16); NP];
+                // Positions past the end repeat the last one with nothing to store.
+                let mut at = [(0usize, 0usize, 0usize); NP];
                 for (i, at) in at.iter_mut().enumerate() {
                     let u = (t + i).min(positions - 1);
-                    let (y, x) = (u / chunks, (u % chunks) * 16);
-                    *at = (y, x, if t + i < positions { mask(w, x) } else { 0 });
+                    let (y, x) = (u / chunks, (u % chunks) * S::LANES);
+                    let valid = if t + i < positions {
+                        (w - x).min(S::LANES)
+                    } else {
+                        0
+                    };
+                    *at = (y, x, valid);
                 }
-                let mut acc = [[zero; B]; NP];
-                for c in 0..ci {
-                    let base = c * plane;
-                    for tap in 0..9 {
-                        let (ky, kx) = (tap / 3, tap % 3);
-                        let mut v = [zero; NP];
-                        for (v, &(y, x, m)) in v.iter_mut().zip(&at) {
-                            *v = unsafe {
-                                _mm512_maskz_loadu_ps(m, src.add(base + (y + ky) * wp + x + kx))
-                            };
-                        }
-                        let wt = unsafe { weights.add((c * 9 + tap) * B) };
-                        for j in 0..B {
-                            let wj = _mm512_set1_ps(unsafe { *wt.add(j) });
-                            for (acc, v) in acc.iter_mut().zip(&v) {
-                                acc[j] = _mm512_fmadd_ps(wj, *v, acc[j]);
-                            }
+                // (No closures around intrinsics: one not inlined loses the target features.)
+                let mut masks = [S::first(0); NP];
+                for (m, &(_, _, valid)) in masks.iter_mut().zip(&at) {
+                    *m = S::first(valid);
+                }
+                let mut acc = [[S::zero(); B]; NP];
+                // One loop over (channel, tap) through the offset table: with the nine taps
+                // unrolled, LLVM hoisted their loads and spilled half the sums on AVX2.
+                for (k, &tap) in taps.iter().enumerate() {
+                    let mut v = [S::zero(); NP];
+                    for ((v, &(y, x, _)), &m) in v.iter_mut().zip(&at).zip(&masks) {
+                        let from = src.add(tap + y * wp + x);
+                        *v = if MASKED {
+                            S::load_masked(from, m)
+                        } else {
+                            S::load(from)
+                        };
+                    }
+                    let wt = weights.add(k * B);
+                    for j in 0..B {
+                        let wj = S::splat(*wt.add(j));
+                        for (acc, v) in acc.iter_mut().zip(&v) {
+                            acc[j] = S::fma(wj, *v, acc[j]);
                         }
                     }
                 }
@@ -290,82 +346,100 @@ mod avx512 {
                     if o >= co {
                         break;
                     }
-                    let b = _mm512_set1_ps(bias[o]);
-                    for (acc, &(y, x, m)) in acc.iter().zip(&at) {
-                        let mut r = _mm512_add_ps(acc[j], b);
+                    let b = S::splat(bias[o]);
+                    for ((acc, &(y, x, valid)), &m) in acc.iter().zip(&at).zip(&masks) {
+                        let mut r = S::add(acc[j], b);
                         if relu {
-                            r = unsafe { crate::relu_gate::relu_avx512(r) };
+                            r = S::relu(r);
                         }
-                        let dst = out.as_mut_ptr().cast::<f32>();
-                        unsafe { _mm512_mask_storeu_ps(dst.add(o * h * w + y * w + x), m, r) };
+                        let to = dst.add(o * h * w + y * w + x);
+                        if MASKED {
+                            S::store_masked(to, m, r);
+                        } else if valid > 0 {
+                            S::store(to, r);
+                        }
                     }
                 }
                 t += NP;
             }
         }
     }
+}
 
-    /// Adds to `partial (co, ci, 3, 3)` the weight gradient of `count` images, given their
-    /// padded inputs `(count, ci, H + 2, W + 2)` and output gradients `(count, co, H, W)`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn weight_grad_images(
-        g: &Conv3x3,
-        count: usize,
-        padded: &[f32],
-        grads: &[f32],
-        partial: &mut [f32],
-    ) {
-        let (h, w, ci, co) = (
-            g.image_height,
-            g.image_width,
-            g.image_channels,
-            g.feature_channels,
-        );
-        let (wp, plane) = (w + 2, padded_plane(g));
-        let chunks = w.div_ceil(16);
-        let (src, dy) = (padded.as_ptr(), grads.as_ptr());
-        let zero = _mm512_setzero_ps();
+/// Adds to `partial (co, ci, 3, 3)` the weight gradient of `count` images, given their padded
+/// inputs `(count, ci, H + 2, W + 2)` and output gradients `(count, co, H, W)`, `O` output
+/// channels at a time (9 sums each).
+///
+/// # Safety
+/// Only from a function compiled for `S` (see [`instantiate`]); buffers of the geometry's
+/// sizes.
+#[inline(always)]
+unsafe fn weight_grad_images<S: Isa, const O: usize>(
+    g: &Conv3x3,
+    count: usize,
+    padded: &[f32],
+    grads: &[f32],
+    partial: &mut [f32],
+) {
+    let (h, w, ci, co) = (
+        g.image_height,
+        g.image_width,
+        g.image_channels,
+        g.feature_channels,
+    );
+    let (wp, plane) = (w + 2, padded_plane(g));
+    let chunks = w.div_ceil(S::LANES);
+    let (src, dy) = (padded.as_ptr(), grads.as_ptr());
+    // SAFETY: the caller's contract; the masks keep every load inside its row.
+    unsafe {
         let mut o = 0;
         while o < co {
-            // Two output channels at a time; a lone last one pairs with itself, masked off.
-            let o1 = if o + 1 < co { o + 1 } else { o };
-            let second = o + 1 < co;
+            // Channels past the last repeat it with zero gradients, and are not stored.
+            let channel = |k: usize| (o + k).min(co - 1);
+            let live = |k: usize| o + k < co;
             for c in 0..ci {
-                let mut acc0 = [zero; 9];
-                let mut acc1 = [zero; 9];
+                let mut acc = [[S::zero(); 9]; O];
                 for n in 0..count {
                     let x_base = (n * ci + c) * plane;
-                    let g0 = (n * co + o) * h * w;
-                    let g1 = (n * co + o1) * h * w;
                     for y in 0..h {
                         for chunk in 0..chunks {
-                            let x0 = chunk * 16;
-                            let m = mask(w, x0);
-                            let d0 = unsafe { _mm512_maskz_loadu_ps(m, dy.add(g0 + y * w + x0)) };
-                            let m1 = if second { m } else { 0 };
-                            let d1 = unsafe { _mm512_maskz_loadu_ps(m1, dy.add(g1 + y * w + x0)) };
+                            let x0 = chunk * S::LANES;
+                            let (full, m) = (w - x0 >= S::LANES, S::first(w - x0));
+                            let mut d = [S::zero(); O];
+                            for (k, d) in d.iter_mut().enumerate() {
+                                if live(k) {
+                                    let at = dy.add((n * co + channel(k)) * h * w + y * w + x0);
+                                    *d = if full {
+                                        S::load(at)
+                                    } else {
+                                        S::load_masked(at, m)
+                                    };
+                                }
+                            }
                             for tap in 0..9 {
                                 let (ky, kx) = (tap / 3, tap % 3);
-                                let xv = unsafe {
-                                    _mm512_maskz_loadu_ps(
-                                        m,
-                                        src.add(x_base + (y + ky) * wp + x0 + kx),
-                                    )
+                                let at = src.add(x_base + (y + ky) * wp + x0 + kx);
+                                let xv = if full {
+                                    S::load(at)
+                                } else {
+                                    S::load_masked(at, m)
                                 };
-                                acc0[tap] = _mm512_fmadd_ps(d0, xv, acc0[tap]);
-                                acc1[tap] = _mm512_fmadd_ps(d1, xv, acc1[tap]);
+                                for (acc, d) in acc.iter_mut().zip(&d) {
+                                    acc[tap] = S::fma(*d, xv, acc[tap]);
+                                }
                             }
                         }
                     }
                 }
                 for tap in 0..9 {
-                    partial[(o * ci + c) * 9 + tap] += _mm512_reduce_add_ps(acc0[tap]);
-                    if second {
-                        partial[(o1 * ci + c) * 9 + tap] += _mm512_reduce_add_ps(acc1[tap]);
+                    for (k, acc) in acc.iter().enumerate() {
+                        if live(k) {
+                            partial[(channel(k) * ci + c) * 9 + tap] += S::sum(acc[tap]);
+                        }
                     }
                 }
             }
-            o += 2;
+            o += O;
         }
     }
 }

@@ -222,6 +222,9 @@ mod tests {
             (1, 3, 16),
             (1, 4, 37),
             (2, 5, 33),
+            // Whole AVX2 vectors of columns (the AVX2 direct kernels need them).
+            (1, 6, 8),
+            (1, 2, 24),
         ] {
             // Feature channels in multiples of 16 reach the channels-last kernels.
             for (ci, co, batch) in [
@@ -233,6 +236,8 @@ mod tests {
                 (9, 64, 2),
                 (16, 8, 2),
                 (32, 16, 1),
+                // Three AVX2 vectors of channels (one and a half AVX-512 ones).
+                (8, 24, 2),
             ] {
                 all.push(Conv3x3 {
                     batch,
@@ -348,7 +353,7 @@ mod tests {
     type WeightGrad = fn(&Conv3x3, &[f32], &[f32]) -> Vec<f32>;
 
     /// Runs a fast path on every test geometry it takes and compares it with im2col; fails
-    /// if no geometry reached it on a CPU that has AVX-512.
+    /// if no geometry reached it at a vector level.
     fn agrees_with_im2col(seed: u64, takes: fn(&Conv3x3) -> bool, fast: (Forward, WeightGrad)) {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
         let mut compared = 0;
@@ -369,8 +374,7 @@ mod tests {
             assert!(worst < 1e-3, "{g:?} weight grad: {worst}");
             compared += 1;
         }
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f") && std::env::var_os("CAE_NO_AVX512").is_none() {
+        if crate::simd::SimdLevel::active() != crate::simd::SimdLevel::Portable {
             assert!(compared > 0, "no geometry reached the kernels");
         }
     }
@@ -390,33 +394,21 @@ mod tests {
         agrees_with_im2col(4, takes, fast);
     }
 
-    /// The definition and transpose tests on the portable path, as on a CPU without AVX-512:
-    /// the test binary runs them again with `CAE_NO_AVX512=1` (read once per process).
+    /// The kernel tests at every other level this CPU supports (the portable path included):
+    /// the test binary runs them again with `CAE_SIMD` set (read once per process).
     #[test]
-    fn portable_path_passes_the_same_tests() {
-        if std::env::var_os("CAE_NO_AVX512").is_some() {
-            return; // this is the portable run already
-        }
-        let tests = [
+    fn every_level_passes_the_same_tests() {
+        crate::simd::rerun_at_every_other_level(&[
             "dispatch::tests::forward_matches_the_definition",
             "dispatch::tests::adjoint_and_weight_grad_are_the_transposes",
             "dispatch::tests::relu_keeps_nan_where_it_reaches",
-        ];
-        let run = std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .arg("--exact")
-            .args(tests)
-            .args(["--test-threads", "1"])
-            .env("CAE_NO_AVX512", "1")
-            .output()
-            .expect("rerun the test binary");
-        let stdout = String::from_utf8_lossy(&run.stdout);
-        assert!(run.status.success(), "portable run failed:\n{stdout}");
-        for test in tests {
-            assert!(
-                stdout.contains(&format!("test {test} ... ok")),
-                "{test} did not run:\n{stdout}"
-            );
-        }
+            "dispatch::tests::direct_and_im2col_paths_agree",
+            "dispatch::tests::channels_last_and_im2col_paths_agree",
+            "dispatch::tests::batch_sums_do_not_depend_on_thread_timing",
+            "backward::tests::grouped_backward_matches_the_separate_passes",
+            "transpose::tests::transposes_every_shape",
+            "channels_last::tests::weight_grad_sums_every_group_of_images",
+        ]);
     }
 
     /// Sums over the batch come out bit for bit the same on every call, whatever the threads'

@@ -28,6 +28,7 @@ pub mod im2col;
 pub mod peak;
 pub mod reduce;
 pub mod relu_gate;
+pub mod simd;
 pub mod transpose;
 
 use std::sync::OnceLock;

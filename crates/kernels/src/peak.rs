@@ -1,51 +1,21 @@
 //! The machine's float32 FMA peak, measured: what a kernel's GFLOP/s are set against. Every
 //! thread of rayon's pool runs, at the same time, independent chains of fused multiply-adds on
-//! the widest vectors the CPU has (enough chains to cover the FMA latency on every port), and
+//! the vectors of the active level (enough chains to cover the FMA latency on every port), and
 //! the rates the threads time for themselves are added up (timing the whole from outside also
 //! counted thread wake-ups: one measurement of 2 cores came out at half the other's).
 
 use std::hint::black_box;
 use std::time::Instant;
 
-/// The widest vectors this CPU offers for float32 FMAs, and what cae's own kernels use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SimdLevel {
-    Avx512,
-    Avx2Fma,
-    Portable,
-}
-
-impl SimdLevel {
-    /// The CPU's level (AVX-512F, else AVX2 with FMA, else none).
-    pub fn of_cpu() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                return Self::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Self::Avx2Fma;
-            }
-        }
-        Self::Portable
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Avx512 => "avx512",
-            Self::Avx2Fma => "avx2+fma",
-            Self::Portable => "portable",
-        }
-    }
-}
+use crate::simd::SimdLevel;
 
 /// FMAs each chain runs per measurement.
 const ITERATIONS: usize = 10_000_000;
 
-/// The measured FMA peak in GFLOP/s over all of rayon's threads (an FMA counts two flops), the
-/// best of three tries.
+/// The measured FMA peak in GFLOP/s over all of rayon's threads (an FMA counts two flops) at
+/// the level the kernels run at ([`SimdLevel::active`]), the best of three tries.
 pub fn fma_peak_gflops() -> f64 {
-    let level = SimdLevel::of_cpu();
+    let level = SimdLevel::active();
     (0..3)
         .map(|_| {
             rayon::broadcast(|_| {

@@ -17,22 +17,6 @@ pub fn relu(v: f32) -> f32 {
     if v.is_nan() || v > 0.0 { v } else { 0.0 }
 }
 
-/// [`relu`] of 16 lanes: `_mm512_max_ps(v, 0)` with the NaN lanes of `v` put back (alone it
-/// returns its second operand where the first is NaN).
-///
-/// # Safety
-/// Only for functions compiled with AVX-512F enabled, into which it is inlined.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(crate) unsafe fn relu_avx512(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    // SAFETY: the caller runs with AVX-512F.
-    unsafe {
-        let nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-        _mm512_mask_mov_ps(_mm512_max_ps(v, _mm512_setzero_ps()), nan, v)
-    }
-}
-
 /// The gradient `grad (batch, channels, positions)` kept where `relu_output` is positive or
 /// NaN and zeroed elsewhere, and its [`crate::reduce::channel_sums`], in one parallel pass.
 pub fn relu_backward_and_channel_sums(
