@@ -88,7 +88,7 @@ fn print_layers(config: &BenchConfig, json: bool) -> Result<()> {
         return Ok(());
     }
     say!(
-        "SIMD: {} (measured FMA peak {peak:.0} GFLOP/s on {} threads at this level; CAE_SIMD=avx512|avx2|portable chooses it)",
+        "SIMD: {} (measured FMA peak {peak:.0} GFLOP/s on {} threads; CAE_SIMD=avx512|avx2|portable chooses the level, portable runs im2col + gemm)",
         cae_kernels::simd::SimdLevel::active().name(),
         rayon::current_num_threads()
     );
