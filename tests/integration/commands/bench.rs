@@ -70,3 +70,51 @@ fn bench_layers_names_every_layer_and_its_kernels() {
         );
     }
 }
+
+/// `CAE_SIMD` picks the level the kernels run at, and `cae bench` reports it.
+#[test]
+fn bench_runs_at_every_level_the_cpu_has() {
+    use cae_kernels::simd::SimdLevel;
+    let args = [
+        "bench",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--batch-size",
+        "4",
+        "--infer-batch",
+        "4",
+        "--json",
+    ];
+    for level in SimdLevel::supported() {
+        let output = common::cae_command(&args)
+            .env("CAE_SIMD", level.name())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{}: {stderr}", level.name());
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["simd"], level.name());
+    }
+}
+
+/// An unknown level, or one this CPU lacks, is refused before any work, saying what it has.
+#[test]
+fn a_simd_level_the_cpu_lacks_is_refused() {
+    use cae_kernels::simd::SimdLevel;
+    let run = |level: &str| {
+        common::cae_command(&["bench", "--layers", "--steps", "1", "--json"])
+            .env("CAE_SIMD", level)
+            .output()
+            .unwrap()
+    };
+    common::assert_clean_failure(
+        &run("sse9"),
+        &["CAE_SIMD=\"sse9\"", "avx512, avx2 or portable"],
+    );
+    if SimdLevel::of_cpu() < SimdLevel::Avx512 {
+        let has = format!("it runs {}", SimdLevel::supported()[0].name());
+        common::assert_clean_failure(&run("avx512"), &["CAE_SIMD=avx512", "this CPU lacks", &has]);
+    }
+}
