@@ -1,8 +1,8 @@
 //! The instruction sets cae's vector kernels are compiled for, the level a process runs at
 //! (`CAE_SIMD`), and the vector operations the kernels are written in.
 //!
-//! Each kernel is written once, generic over [`Isa`], and instantiated per instruction set in
-//! a function compiled for it (`#[target_feature]`); the [`Isa`] methods are
+//! Each kernel is written once, generic over `Isa`, and instantiated per instruction set in
+//! a function compiled for it (`#[target_feature]`); the `Isa` methods are
 //! `#[inline(always)]` wrappers of single intrinsics, so that after inlining the kernel is
 //! exactly the code written with raw intrinsics (checked in the disassembly: see
 //! `docs/perf/kernels-codegen.md`). The level is read once per call of a kernel entry, never

@@ -29,19 +29,12 @@ fn bench_reports_json_figures() {
     assert!(report["peak_rss_mib"].as_f64().unwrap() > 1.0);
 }
 
+/// One untimed-warm-up step at batch 4: enough to check what is reported.
+const QUICK: &[&str] = &["--steps", "1", "--warmup", "0", "--batch-size", "4"];
+
 #[test]
 fn bench_layers_names_every_layer_and_its_kernels() {
-    let stdout = cae(&[
-        "bench",
-        "--layers",
-        "--steps",
-        "1",
-        "--warmup",
-        "0",
-        "--batch-size",
-        "4",
-        "--json",
-    ]);
+    let stdout = cae(&[&["bench", "--layers", "--json"], QUICK].concat());
     let layers: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
     assert_eq!(layers.len(), 12, "six convolutions and six transposed");
     let known = ["direct", "channels-last", "im2col", "col2im"];
@@ -75,18 +68,7 @@ fn bench_layers_names_every_layer_and_its_kernels() {
 #[test]
 fn bench_runs_at_every_level_the_cpu_has() {
     use cae_kernels::simd::SimdLevel;
-    let args = [
-        "bench",
-        "--steps",
-        "1",
-        "--warmup",
-        "0",
-        "--batch-size",
-        "4",
-        "--infer-batch",
-        "4",
-        "--json",
-    ];
+    let args = [&["bench", "--infer-batch", "4", "--json"], QUICK].concat();
     for level in SimdLevel::supported() {
         let output = common::cae_command(&args)
             .env("CAE_SIMD", level.name())
