@@ -409,7 +409,8 @@ unsafe fn run_image<S: Isa>(pass: &Pass, padded: &[f32], out_last: &mut [f32]) {
 
 type At<'a> = (&'a [f32], *mut f32, &'a Segment, usize);
 
-/// One segment in blocks of `P` positions, then its remainder one at a time.
+/// One segment in blocks of `P` positions, then its remainder one at a time (or, for
+/// [`BALANCED_TILE`], in near-equal blocks).
 #[inline(always)]
 unsafe fn segment_tiles<
     S: Isa,
@@ -422,6 +423,18 @@ unsafe fn segment_tiles<
     (padded, out_last, segment, v0): At,
 ) {
     let mut i = 0;
+    if P == BALANCED_TILE {
+        // The segment in tiles of as equal sizes as allow at most `P` positions: on AVX2 a
+        // 16-position row took 6 + 6 + four single positions, which ran at a third of the rate.
+        let tiles = segment.count.div_ceil(P);
+        for t in 0..tiles {
+            let size = segment.count / tiles + usize::from(t < segment.count % tiles);
+            let at = (padded, out_last, segment, v0);
+            unsafe { tile_of_size::<S, V, SI, SO>(size, pass, at, i) };
+            i += size;
+        }
+        return;
+    }
     while i + P <= segment.count {
         unsafe { tile::<S, P, V, SI, SO>(pass, padded, out_last, segment, v0, i) };
         i += P;
@@ -429,6 +442,29 @@ unsafe fn segment_tiles<
     while i < segment.count {
         unsafe { tile::<S, 1, V, SI, SO>(pass, padded, out_last, segment, v0, i) };
         i += 1;
+    }
+}
+
+/// The tile shape whose segments are split evenly ([`segment_tiles`]): AVX2's 6 positions.
+const BALANCED_TILE: usize = 6;
+
+/// [`tile`] of `size` (1 to [`BALANCED_TILE`]) positions from `i`.
+#[inline(always)]
+unsafe fn tile_of_size<S: Isa, const V: usize, const SI: usize, const SO: usize>(
+    size: usize,
+    pass: &Pass,
+    (padded, out_last, segment, v0): At,
+    i: usize,
+) {
+    unsafe {
+        match size {
+            6 => tile::<S, 6, V, SI, SO>(pass, padded, out_last, segment, v0, i),
+            5 => tile::<S, 5, V, SI, SO>(pass, padded, out_last, segment, v0, i),
+            4 => tile::<S, 4, V, SI, SO>(pass, padded, out_last, segment, v0, i),
+            3 => tile::<S, 3, V, SI, SO>(pass, padded, out_last, segment, v0, i),
+            2 => tile::<S, 2, V, SI, SO>(pass, padded, out_last, segment, v0, i),
+            _ => tile::<S, 1, V, SI, SO>(pass, padded, out_last, segment, v0, i),
+        }
     }
 }
 
@@ -500,16 +536,25 @@ unsafe fn weight_grad_images<S: Isa>(
     // SAFETY: the caller's contract.
     unsafe {
         while v < vectors {
-            if S::REGISTERS < 32 {
+            if S::REGISTERS < 32 && vectors - v >= 2 {
+                // 2 vectors x 5 taps, then x 4: 10 and 8 sums of 16 registers, each broadcast
+                // input used twice (1 vector x 9 taps, one load per FMA, ran at 49% of the
+                // FMA peak on Zen 3).
+                for c in 0..ci {
+                    weight_grad_tile::<S, 1, 2, 0, 5>(at, partial, c, v);
+                    weight_grad_tile::<S, 1, 2, 5, 4>(at, partial, c, v);
+                }
+                v += 2;
+            } else if S::REGISTERS < 32 {
                 // 1 vector x 9 taps: 9 sums, the gradient vector and a broadcast input.
                 for c in 0..ci {
-                    weight_grad_tile::<S, 1, 1>(at, partial, c, v);
+                    weight_grad_tile::<S, 1, 1, 0, 9>(at, partial, c, v);
                 }
                 v += 1;
             } else if vectors - v >= 2 {
                 // 2 vectors x 9 taps = 18 sums, one image channel at a time.
                 for c in 0..ci {
-                    weight_grad_tile::<S, 1, 2>(at, partial, c, v);
+                    weight_grad_tile::<S, 1, 2, 0, 9>(at, partial, c, v);
                 }
                 v += 2;
             } else {
@@ -517,9 +562,9 @@ unsafe fn weight_grad_images<S: Isa>(
                 let mut c = 0;
                 while c < ci {
                     match ci - c {
-                        1 => weight_grad_tile::<S, 1, 1>(at, partial, c, v),
-                        2 => weight_grad_tile::<S, 2, 1>(at, partial, c, v),
-                        _ => weight_grad_tile::<S, 3, 1>(at, partial, c, v),
+                        1 => weight_grad_tile::<S, 1, 1, 0, 9>(at, partial, c, v),
+                        2 => weight_grad_tile::<S, 2, 1, 0, 9>(at, partial, c, v),
+                        _ => weight_grad_tile::<S, 3, 1, 0, 9>(at, partial, c, v),
                     }
                     c += 3;
                 }
@@ -529,10 +574,16 @@ unsafe fn weight_grad_images<S: Isa>(
     }
 }
 
-/// Accumulates the 9 taps of `C` image channels from `c0` times `V` vectors of feature
+/// Accumulates taps `T0..T0 + T` of `C` image channels from `c0` times `V` vectors of feature
 /// channels from vector `v0`, over every output position of `count` images, in registers.
 #[inline(always)]
-unsafe fn weight_grad_tile<S: Isa, const C: usize, const V: usize>(
+unsafe fn weight_grad_tile<
+    S: Isa,
+    const C: usize,
+    const V: usize,
+    const T0: usize,
+    const T: usize,
+>(
     (g, count, padded, grad_last): (&Conv3x3, usize, &[f32], &[f32]),
     partial: &mut [f32],
     c0: usize,
@@ -544,7 +595,7 @@ unsafe fn weight_grad_tile<S: Isa, const C: usize, const V: usize>(
         let (co, s) = (g.feature_channels, g.stride);
         let (fh, fw) = (g.feature_height(), g.feature_width());
         let (wp, plane) = (g.image_width + 2, padded_plane(g));
-        let mut acc = [[[S::zero(); V]; 9]; C];
+        let mut acc = [[[S::zero(); V]; T]; C];
         for n in 0..count {
             let x = padded.as_ptr().add((n * g.image_channels + c0) * plane);
             let dy = grad_last.as_ptr().add(n * fh * fw * co + v0 * S::LANES);
@@ -557,7 +608,8 @@ unsafe fn weight_grad_tile<S: Isa, const C: usize, const V: usize>(
                         *d = S::load(row.add(j * S::LANES));
                     }
                     for (c, acc) in acc.iter_mut().enumerate() {
-                        for (tap, acc) in acc.iter_mut().enumerate() {
+                        for (t, acc) in acc.iter_mut().enumerate() {
+                            let tap = T0 + t;
                             let value = *x.add(c * plane + tap / 3 * wp + tap % 3 + at);
                             let xb = S::splat(value);
                             for j in 0..V {
@@ -569,9 +621,9 @@ unsafe fn weight_grad_tile<S: Isa, const C: usize, const V: usize>(
             }
         }
         for (c, acc) in acc.iter().enumerate() {
-            for (tap, acc) in acc.iter().enumerate() {
+            for (t, acc) in acc.iter().enumerate() {
                 for (j, acc) in acc.iter().enumerate() {
-                    let k = (c0 + c) * 9 + tap;
+                    let k = (c0 + c) * 9 + T0 + t;
                     let dst = partial.as_mut_ptr().add(k * co + (v0 + j) * S::LANES);
                     S::store(dst, S::add(S::load(dst), *acc));
                 }
