@@ -160,3 +160,55 @@ fn training_writes_events_tensorboard_reads_and_a_resume_continues_them() {
     train(&quiet, &["--epochs", "1", "--no-tensorboard"]);
     assert!(events(&quiet).is_empty());
 }
+
+/// Records, at every training batch, the batch-loss steps already in the run's event files.
+struct BatchStepsOnDisk {
+    run: std::path::PathBuf,
+    seen: Vec<Vec<i64>>,
+}
+
+impl cae::Observer for BatchStepsOnDisk {
+    fn on_event(&mut self, event: &cae::Event<'_>) {
+        if let cae::Event::Batch {
+            phase: cae::Phase::Train,
+            ..
+        } = event
+        {
+            let steps = events(&self.run)
+                .iter()
+                .filter(|e| {
+                    e.summary
+                        .as_ref()
+                        .is_some_and(|s| s.value.iter().any(|v| v.tag == "train/batch_loss"))
+                })
+                .map(|e| e.step)
+                .collect();
+            self.seen.push(steps);
+        }
+    }
+}
+
+/// `tensorboard --logdir` shows a running epoch: each batch's loss is on disk before the next
+/// batch starts, not only when the epoch ends.
+#[test]
+fn batch_losses_reach_the_event_file_as_the_epoch_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut settings = cae::TrainSettings::tutorial(cae::DatasetKind::Folder, cifar_subset());
+    settings.data.train_limit = Some(96);
+    settings.data.val_limit = Some(40);
+    settings.optimiser.batch_size = 32;
+    settings.model.latent = 16;
+    settings.model.channels = 4;
+    settings.schedule.epochs = 1;
+    let splits = cae::load_dataset(settings.data.dataset, &settings.data.data_dir, 0).unwrap();
+    let mut observer = BatchStepsOnDisk {
+        run: run.clone(),
+        seen: Vec::new(),
+    };
+    cae::Trainer::start(&settings, splits, &run, Default::default(), &mut observer)
+        .unwrap()
+        .run(&mut observer)
+        .unwrap();
+    assert_eq!(observer.seen, [vec![1], vec![1, 2], vec![1, 2, 3]]);
+}

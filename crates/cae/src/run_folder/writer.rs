@@ -27,6 +27,9 @@ pub struct RunWriter {
     _lock: RunLock,
     /// The TensorBoard event file this start (or resume) of the run writes, if any.
     tensorboard: Option<EventWriter>,
+    /// A failure to log a batch, reported when the epoch is saved (the batch loop has no way
+    /// to stop with an error; the run's other files must not be left behind either).
+    tensorboard_failure: Option<anyhow::Error>,
 }
 
 impl RunWriter {
@@ -40,6 +43,7 @@ impl RunWriter {
             dir: dir.to_path_buf(),
             _lock: lock,
             tensorboard: None,
+            tensorboard_failure: None,
         })
     }
 
@@ -156,6 +160,22 @@ impl RunWriter {
         )
     }
 
+    /// Logs one training batch's loss to TensorBoard at `step` (batches since the run began),
+    /// flushed at once so that `tensorboard --logdir` shows a running epoch live. A failure
+    /// stops the logging and fails the next [`Self::save_epoch`].
+    pub fn log_batch_loss(&mut self, step: i64, loss: f64) {
+        let Some(events) = self.tensorboard.as_mut() else {
+            return;
+        };
+        let written = events
+            .summary(step, vec![tb::scalar("train/batch_loss", loss)])
+            .and_then(|()| events.flush());
+        if let Err(error) = written {
+            self.tensorboard = None;
+            self.tensorboard_failure = Some(error);
+        }
+    }
+
     /// Writes the files of a finished epoch, the checkpoint last: until it is replaced, the run
     /// resumes from the epoch before, and the other files are rewritten then.
     pub fn save_epoch(
@@ -169,14 +189,17 @@ impl RunWriter {
         write_metrics_csv(&self.dir.join(METRICS_CSV), history)?;
         write_epochs_csv(&self.dir.join(EPOCHS_CSV), history)?;
         viz::loss_plot::save_loss_plot(&self.dir.join(LOSS_PLOT), &history.loss_history())?;
+        if let Some(error) = self.tensorboard_failure.take() {
+            return Err(error.context("cannot log to TensorBoard"));
+        }
         self.write_tensorboard(model, state)?;
         checkpoint::save(&self.checkpoint_path(), model, config, adam, state)
     }
 
-    /// The last epoch of `state` as TensorBoard events: every training batch's loss at its
-    /// step (batches since the run began), and at the epoch's last step its mean training and
-    /// validation loss, validation PSNR, learning rate, speed, reconstruction grid and a
-    /// histogram of every parameter.
+    /// The last epoch of `state` as TensorBoard events at the epoch's last step (its batches
+    /// were logged as they ran, [`Self::log_batch_loss`]): the mean training and validation
+    /// loss, validation PSNR, learning rate, speed, reconstruction grid and a histogram of every
+    /// parameter.
     fn write_tensorboard(&mut self, model: &Autoencoder, state: &RunState) -> Result<()> {
         let Some(events) = self.tensorboard.as_mut() else {
             return Ok(());
@@ -186,15 +209,7 @@ impl RunWriter {
         else {
             return Ok(());
         };
-        let per_epoch = batches.len() as i64;
-        let first = (record.epoch as i64 - 1) * per_epoch;
-        for (i, &loss) in batches.iter().enumerate() {
-            events.summary(
-                first + i as i64 + 1,
-                vec![tb::scalar("train/batch_loss", loss)],
-            )?;
-        }
-        let step = first + per_epoch;
+        let step = record.epoch as i64 * batches.len() as i64;
         let mut values = vec![
             tb::scalar("train/loss", record.train_loss),
             tb::scalar("val/loss", record.val_loss),

@@ -237,7 +237,8 @@ impl Trainer {
             phase: Phase::Train,
             images: set.len(),
         });
-        let mut losses = Vec::with_capacity(order.len().div_ceil(batch_size));
+        let per_epoch = order.len().div_ceil(batch_size);
+        let mut losses = Vec::with_capacity(per_epoch);
         for (i, batch) in Prefetcher::new(set.clone(), order, batch_size, 3).enumerate() {
             let dims = [batch.len, shape[0], shape[1], shape[2]];
             let noisy = noise.map(|n| n.corrupt_batch(&batch.data, epoch, i));
@@ -258,6 +259,8 @@ impl Trainer {
                 }));
             }
             losses.push(loss);
+            let step = (epoch - 1) * per_epoch + i + 1;
+            self.folder.log_batch_loss(step as i64, loss);
             observer.on_event(&Event::Batch {
                 phase: Phase::Train,
                 images: batch.len,
