@@ -6,6 +6,7 @@ use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 
 use cae::apps::anomaly::Score;
 use cae::data::DatasetKind;
+use cae::io::onnx::Part;
 
 /// A library enum that a flag takes by name.
 pub trait Choice: Copy + Send + Sync + 'static {
@@ -61,5 +62,21 @@ impl Choice for Score {
 
     fn name(self) -> &'static str {
         Score::name(self)
+    }
+}
+
+impl Choice for Part {
+    const ALL: &'static [Self] = &Part::ALL;
+
+    fn name(self) -> &'static str {
+        Part::name(self)
+    }
+
+    fn help(self) -> Option<&'static str> {
+        Some(match self {
+            Part::Full => "images -> reconstruction",
+            Part::Encoder => "images -> codes",
+            Part::Decoder => "codes -> reconstruction",
+        })
     }
 }

@@ -2,10 +2,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use cae::{io::torch_pt, io::weights};
+use cae::{io::onnx, io::torch_pt, io::weights};
+
+use super::choice::choice;
 
 #[derive(Args)]
 pub struct ImportArgs {
@@ -45,12 +47,28 @@ pub struct ExportArgs {
     /// cae weights (or any weight file cae reads).
     #[arg(long)]
     model: PathBuf,
-    /// The PyTorch state_dict file to write; load it with `model.load_state_dict(torch.load(path))`.
+    /// The file to write: a `.onnx` file is an ONNX model (opset 17, weights embedded, dynamic
+    /// batch); any other name a PyTorch state_dict, for `model.load_state_dict(torch.load(path))`.
     #[arg(long)]
     to: PathBuf,
+    /// Which part of the model an ONNX export holds [default: full].
+    #[arg(long, value_parser = choice::<onnx::Part>())]
+    part: Option<onnx::Part>,
 }
 
 pub fn export(args: ExportArgs) -> Result<()> {
+    let is_onnx = args
+        .to
+        .extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("onnx"));
+    if let (Some(part), false) = (args.part, is_onnx) {
+        bail!(
+            "--part {} applies to ONNX exports only: {} would be a PyTorch state_dict of the \
+             whole model; name the target <name>.onnx for ONNX",
+            part.name(),
+            args.to.display()
+        );
+    }
     let file = weights::read_weights(&args.model)?;
     super::note_conversion(&args.model, file.converted_from);
     let config = file
@@ -58,6 +76,20 @@ pub fn export(args: ExportArgs) -> Result<()> {
         .with_context(|| format!("weight file {}", args.model.display()))?;
     weights::check_state_dict(&config, &file.tensors)
         .with_context(|| format!("weight file {}", args.model.display()))?;
+    if is_onnx {
+        let part = args.part.unwrap_or(onnx::Part::Full);
+        onnx::save_onnx(&args.to, &config, &file.tensors, part)?;
+        say!(
+            "exported the {} model ({} -> {}; ONNX opset {}, batch dimension `{}`) to {}",
+            part.name(),
+            part.input_name(),
+            part.output_name(),
+            onnx::OPSET,
+            onnx::BATCH_DIM,
+            args.to.display()
+        );
+        return Ok(());
+    }
     torch_pt::save_pt(&args.to, &file.tensors)?;
     say!(
         "exported {} tensors to {}",

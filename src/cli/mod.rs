@@ -67,7 +67,7 @@ enum Command {
     Decode(codes::DecodeArgs),
     /// Convert PyTorch (.pt or safetensors) weights of the tutorial's model into a cae model file.
     Import(convert::ImportArgs),
-    /// Write a model's weights as a PyTorch state_dict (.pt).
+    /// Write a model's weights as a PyTorch state_dict (.pt), or the model as ONNX (.onnx).
     Export(convert::ExportArgs),
     /// Time training steps and inference of the seed model (compare with bench/compare.sh).
     Bench(bench::BenchArgs),

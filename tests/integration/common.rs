@@ -96,6 +96,39 @@ pub fn cae_clean_error(args: &[&str], needles: &[&str]) -> String {
     assert_clean_failure(&cae_output(args), needles)
 }
 
+/// The largest absolute difference between two slices of the same length.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// `cae train` for one epoch on 128 training and 64 validation images into `run`, with `args`
+/// (the dataset and any other flags); returns its stdout.
+pub fn train_quick(run: &Path, args: &[&str]) -> String {
+    let quick = [
+        "--train-limit",
+        "128",
+        "--val-limit",
+        "64",
+        "--epochs",
+        "1",
+        "--out",
+        s(run),
+    ];
+    cae(&[&["train"][..], args, &quick].concat())
+}
+
+/// [`train_quick`] of a 1x28x28 Fashion-MNIST model with latent 32 and the `extra` flags;
+/// returns its model file.
+pub fn train_fashion_mnist(run: &Path, extra: &[&str]) -> PathBuf {
+    let fashion = ["--dataset", "fashion-mnist", "--latent", "32"];
+    train_quick(run, &[&fashion[..], extra].concat());
+    run.join("model.safetensors")
+}
+
 /// A path as a command-line argument.
 pub fn s(path: &std::path::Path) -> &str {
     path.to_str().unwrap()

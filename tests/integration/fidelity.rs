@@ -2,6 +2,8 @@
 
 use crate::common;
 
+use common::max_abs_diff;
+
 use std::path::Path;
 
 use burn::optim::GradientsParams;
@@ -31,14 +33,6 @@ fn reference(name: &str) -> StateDict {
 fn batch_tensor(dict: &StateDict, device: &Device) -> Tensor<4> {
     let t = &dict["input"];
     Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn assert_close_abs(what: &str, actual: &HostTensor, expected: &HostTensor, tol: f32) {

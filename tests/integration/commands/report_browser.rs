@@ -337,23 +337,8 @@ fn train_writes_its_report_unless_told_not_to() {
     let dir = tempfile::tempdir().unwrap();
     let data = common::cifar_jpg_dir();
     let train = |out: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--dataset",
-            "folder",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--train-limit",
-            "128",
-            "--val-limit",
-            "64",
-            "--epochs",
-            "1",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        cae(&args)
+        let folder = ["--dataset", "folder", "--data-dir", data.to_str().unwrap()];
+        common::train_quick(out, &[&folder[..], extra].concat())
     };
     let run = dir.path().join("run");
     let stdout = train(&run, &[]);

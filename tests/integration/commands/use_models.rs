@@ -247,23 +247,7 @@ fn encode_dataset_to_npy_and_decode_back() {
 #[test]
 fn fashion_mnist_trains_and_is_used_through_the_same_commands() {
     let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    cae(&[
-        "train",
-        "--dataset",
-        "fashion-mnist",
-        "--train-limit",
-        "128",
-        "--val-limit",
-        "64",
-        "--epochs",
-        "1",
-        "--latent",
-        "32",
-        "--out",
-        s(&run),
-    ]);
-    let model = run.join("model.safetensors");
+    let model = common::train_fashion_mnist(&dir.path().join("run"), &[]);
     let config = cae::io::weights::read_weights(&model)
         .unwrap()
         .config

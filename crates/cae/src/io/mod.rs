@@ -1,11 +1,12 @@
 //! File formats: weight files ([`weights`]: safetensors state dicts under PyTorch's names, and
-//! [`torch_pt`]: PyTorch's `.pt`), [`npy`] arrays, images ([`imageio`]), TensorBoard event
-//! files ([`tensorboard`]), and the atomic write
+//! [`torch_pt`]: PyTorch's `.pt`), ONNX graphs ([`onnx`]), [`npy`] arrays, images
+//! ([`imageio`]), TensorBoard event files ([`tensorboard`]), and the atomic write
 //! every file goes through ([`atomic`]).
 
 pub mod atomic;
 pub mod imageio;
 pub mod npy;
+pub mod onnx;
 pub mod tensorboard;
 pub mod torch_pt;
 pub mod weights;

@@ -268,7 +268,7 @@ pub fn read_weights(path: &Path) -> Result<WeightFile> {
 
 /// NaN or infinite weights make every output NaN (before the ReLU kept NaN, finite-looking
 /// ones): refused on load, naming the tensor.
-fn refuse_non_finite(dict: &StateDict) -> Result<()> {
+pub(crate) fn refuse_non_finite(dict: &StateDict) -> Result<()> {
     for (name, tensor) in dict {
         let bad = tensor.data.iter().filter(|v| !v.is_finite()).count();
         if bad > 0 {
