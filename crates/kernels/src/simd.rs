@@ -285,6 +285,36 @@ mod x86 {
 
     use super::Isa;
 
+    /// The `Isa` methods that are one intrinsic of the same name pattern at every x86 level.
+    macro_rules! same_named_ops {
+        ($v:ty, $zero:ident, $splat:ident, $load:ident, $store:ident, $fma:ident, $add:ident) => {
+            #[inline(always)]
+            unsafe fn zero() -> $v {
+                unsafe { $zero() }
+            }
+            #[inline(always)]
+            unsafe fn splat(value: f32) -> $v {
+                unsafe { $splat(value) }
+            }
+            #[inline(always)]
+            unsafe fn load(from: *const f32) -> $v {
+                unsafe { $load(from) }
+            }
+            #[inline(always)]
+            unsafe fn store(to: *mut f32, value: $v) {
+                unsafe { $store(to, value) }
+            }
+            #[inline(always)]
+            unsafe fn fma(a: $v, b: $v, c: $v) -> $v {
+                unsafe { $fma(a, b, c) }
+            }
+            #[inline(always)]
+            unsafe fn add(a: $v, b: $v) -> $v {
+                unsafe { $add(a, b) }
+            }
+        };
+    }
+
     #[derive(Clone, Copy)]
     pub(crate) struct Avx512;
 
@@ -295,22 +325,16 @@ mod x86 {
         type V = __m512;
         type Mask = __mmask16;
 
-        #[inline(always)]
-        unsafe fn zero() -> __m512 {
-            unsafe { _mm512_setzero_ps() }
-        }
-        #[inline(always)]
-        unsafe fn splat(value: f32) -> __m512 {
-            unsafe { _mm512_set1_ps(value) }
-        }
-        #[inline(always)]
-        unsafe fn load(from: *const f32) -> __m512 {
-            unsafe { _mm512_loadu_ps(from) }
-        }
-        #[inline(always)]
-        unsafe fn store(to: *mut f32, value: __m512) {
-            unsafe { _mm512_storeu_ps(to, value) }
-        }
+        same_named_ops!(
+            __m512,
+            _mm512_setzero_ps,
+            _mm512_set1_ps,
+            _mm512_loadu_ps,
+            _mm512_storeu_ps,
+            _mm512_fmadd_ps,
+            _mm512_add_ps
+        );
+
         #[inline(always)]
         unsafe fn first(count: usize) -> __mmask16 {
             if count >= 16 {
@@ -326,14 +350,6 @@ mod x86 {
         #[inline(always)]
         unsafe fn store_masked(to: *mut f32, mask: __mmask16, value: __m512) {
             unsafe { _mm512_mask_storeu_ps(to, mask, value) }
-        }
-        #[inline(always)]
-        unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
-            unsafe { _mm512_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        unsafe fn add(a: __m512, b: __m512) -> __m512 {
-            unsafe { _mm512_add_ps(a, b) }
         }
         /// `max(v, 0)` returns its second operand where the first is NaN: the NaN lanes are
         /// put back.
@@ -413,22 +429,16 @@ mod x86 {
         type V = __m256;
         type Mask = __m256i;
 
-        #[inline(always)]
-        unsafe fn zero() -> __m256 {
-            unsafe { _mm256_setzero_ps() }
-        }
-        #[inline(always)]
-        unsafe fn splat(value: f32) -> __m256 {
-            unsafe { _mm256_set1_ps(value) }
-        }
-        #[inline(always)]
-        unsafe fn load(from: *const f32) -> __m256 {
-            unsafe { _mm256_loadu_ps(from) }
-        }
-        #[inline(always)]
-        unsafe fn store(to: *mut f32, value: __m256) {
-            unsafe { _mm256_storeu_ps(to, value) }
-        }
+        same_named_ops!(
+            __m256,
+            _mm256_setzero_ps,
+            _mm256_set1_ps,
+            _mm256_loadu_ps,
+            _mm256_storeu_ps,
+            _mm256_fmadd_ps,
+            _mm256_add_ps
+        );
+
         #[inline(always)]
         unsafe fn first(count: usize) -> __m256i {
             let skip = 8 - count.min(8);
@@ -441,14 +451,6 @@ mod x86 {
         #[inline(always)]
         unsafe fn store_masked(to: *mut f32, mask: __m256i, value: __m256) {
             unsafe { _mm256_maskstore_ps(to, mask, value) }
-        }
-        #[inline(always)]
-        unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
-            unsafe { _mm256_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        unsafe fn add(a: __m256, b: __m256) -> __m256 {
-            unsafe { _mm256_add_ps(a, b) }
         }
         #[inline(always)]
         unsafe fn relu(v: __m256) -> __m256 {
@@ -486,7 +488,8 @@ mod x86 {
                     t[2 * i] = _mm256_unpacklo_ps(a[2 * i], a[2 * i + 1]);
                     t[2 * i + 1] = _mm256_unpackhi_ps(a[2 * i], a[2 * i + 1]);
                 }
-                // a[4i + j] now holds, in each 128-bit half k, column 4k + j of rows 4i..4i+4.
+                // Then by 64-bit pairs, as for AVX-512: a[4i + j] then holds, in each 128-bit
+                // half k, column 4k + j of rows 4i..4i+4; the halves are swapped last.
                 for i in 0..2 {
                     let (t0, t1, t2, t3) = (
                         _mm256_castps_pd(t[4 * i]),
