@@ -6,10 +6,11 @@
 //! Burn's own operations. Both paths are tested against each other and against the PyTorch
 //! reference.
 
-//! The crate is split by job: [`mod@geometry`] (the shapes), [`mod@dispatch`] (which kernel runs
-//! a pass), the kernels themselves ([`mod@direct`], [`mod@channels_last`], [`mod@im2col`],
+//! The crate is split by job: [`mod@geometry`] (the shapes), [`mod@simd`] (the vector levels,
+//! `CAE_SIMD`, and the operations every kernel is written in once), [`mod@dispatch`] (which
+//! kernel runs a pass), the kernels themselves ([`mod@direct`], [`mod@channels_last`], [`mod@im2col`],
 //! [`mod@backward`] for a layer's grouped backward pass, [`mod@transpose`] for the channels-last
-//! copies), their helpers ([`mod@buffers`], [`mod@reduce`], [`mod@relu_gate`]), and the Burn
+//! copies), their helpers ([`mod@buffers`], [`mod@reduce`], [`mod@relu_gate`]), [`mod@peak`] (the measured FMA peak), and the Burn
 //! side: [`mod@backend`] (the extension trait), [`mod@flex`] (its Flex implementation) and
 //! [`mod@autodiff`] (the autodiff node).
 
