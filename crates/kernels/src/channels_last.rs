@@ -17,7 +17,7 @@ use crate::buffers::{per_image, with_scratch};
 use crate::direct::{pad_images, padded_plane};
 use crate::geometry::Conv3x3;
 use crate::reduce::sum_in_order;
-use crate::simd::{Isa, SimdLevel, instantiate};
+use crate::simd::{Isa, SimdLevel, at_level, instantiate};
 use crate::transpose::{as_uninit, transpose};
 
 /// Values (padded images and their gradients) of one group of images in the weight gradient:
@@ -250,13 +250,11 @@ impl Pass {
             pad_images(g, input, padded);
             // SAFETY: the constructors checked the level; every tap offset stays inside the
             // padded input and every segment inside `out_last`.
-            match SimdLevel::active() {
-                #[cfg(target_arch = "x86_64")]
-                SimdLevel::Avx512 => unsafe { avx512::run_image(self, padded, out_last) },
-                #[cfg(target_arch = "x86_64")]
-                SimdLevel::Avx2Fma => unsafe { avx2::run_image(self, padded, out_last) },
-                _ => unreachable!("checked by the constructors"),
-            }
+            at_level!(
+                SimdLevel::active(),
+                run_image(self, padded, out_last),
+                unreachable!("checked by the constructors")
+            );
             transpose(
                 out_last,
                 self.output_len / self.channels,
@@ -314,17 +312,11 @@ pub fn accumulate_weight_grad(g: &Conv3x3, images: &[f32], grads: &[f32], by_tap
                 transpose(grad, co, g.feature_len() / co, as_uninit(last));
             }
             // SAFETY: `available` checked the level; buffers have the sizes read.
-            match SimdLevel::active() {
-                #[cfg(target_arch = "x86_64")]
-                SimdLevel::Avx512 => unsafe {
-                    avx512::weight_grad_images(g, count, padded, grad_last, by_tap)
-                },
-                #[cfg(target_arch = "x86_64")]
-                SimdLevel::Avx2Fma => unsafe {
-                    avx2::weight_grad_images(g, count, padded, grad_last, by_tap)
-                },
-                _ => unreachable!("checked by `available`"),
-            }
+            at_level!(
+                SimdLevel::active(),
+                weight_grad_images(g, count, padded, grad_last, by_tap),
+                unreachable!("checked by `available`")
+            );
         }
     });
 }

@@ -15,7 +15,7 @@ use std::mem::MaybeUninit;
 use crate::buffers::{per_image, with_scratch};
 use crate::geometry::Conv3x3;
 use crate::reduce::sum_in_order;
-use crate::simd::{Isa, Scalar, SimdLevel, instantiate};
+use crate::simd::{Isa, Scalar, SimdLevel, at_level, instantiate};
 
 /// Output channels per block of the forward kernel and positions (vectors of columns) sharing
 /// each weight broadcast, per level, the second for layers with at most 4 output channels (so
@@ -54,15 +54,11 @@ pub(crate) fn pad_images(g: &Conv3x3, images: &[f32], padded: &mut [f32]) {
         images.len() / (g.image_height * g.image_width) * padded_plane(g) <= padded.len(),
         "padded buffer size"
     );
-    // SAFETY: the level was checked on this CPU; the buffer sizes were checked above.
-    match SimdLevel::active() {
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { avx512::pad_with(g, images, padded) },
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2Fma => unsafe { avx2::pad_with(g, images, padded) },
-        // SAFETY: `Scalar` needs no instruction set.
-        _ => unsafe { pad_with::<Scalar>(g, images, padded) },
-    }
+    // SAFETY: the active level runs on this CPU (`Scalar` needs no instruction set); the
+    // buffer sizes were checked above.
+    at_level!(SimdLevel::active(), pad_with(g, images, padded), unsafe {
+        pad_with::<Scalar>(g, images, padded)
+    })
 }
 
 instantiate! {

@@ -7,7 +7,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use crate::simd::SimdLevel;
+use crate::simd::{Isa, SimdLevel, at_level, instantiate};
 
 /// FMAs each chain runs per measurement.
 const ITERATIONS: usize = 10_000_000;
@@ -36,15 +36,8 @@ pub fn fma_peak_gflops() -> f64 {
 
 /// Runs the FMA chains of one thread; returns their flops.
 fn chains(level: SimdLevel) -> f64 {
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the level was detected on this CPU.
-        SimdLevel::Avx512 => unsafe { x86::avx512() },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the level was detected on this CPU.
-        SimdLevel::Avx2Fma => unsafe { x86::avx2() },
-        _ => scalar(),
-    }
+    // SAFETY: the level was detected on this CPU.
+    at_level!(level, vector_chains(), scalar())
 }
 
 fn scalar() -> f64 {
@@ -59,42 +52,31 @@ fn scalar() -> f64 {
     (ITERATIONS * 8 * 2) as f64
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-    use std::hint::black_box;
+/// Independent accumulators: two FMA ports times a latency of four cycles needs eight; twelve
+/// leave room and fit in AVX2's sixteen registers.
+const CHAINS: usize = 12;
 
-    use super::ITERATIONS;
+instantiate! {
+    fn vector_chains<>() -> f64;
+}
 
-    /// Independent accumulators: two FMA ports times a latency of four cycles needs eight;
-    /// twelve leave room and fit in AVX2's sixteen registers.
-    const CHAINS: usize = 12;
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn avx2() -> f64 {
-        let a = _mm256_set1_ps(black_box(0.999_999));
-        let b = _mm256_set1_ps(black_box(1e-7));
-        let mut acc = [_mm256_set1_ps(1.0); CHAINS];
+/// [`CHAINS`] chains of vector FMAs, [`ITERATIONS`] long; returns their flops.
+///
+/// # Safety
+/// Only from a function compiled for `S` (see [`instantiate`]).
+#[inline(always)]
+unsafe fn vector_chains<S: Isa>() -> f64 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let a = S::splat(black_box(0.999_999));
+        let b = S::splat(black_box(1e-7));
+        let mut acc = [S::splat(1.0); CHAINS];
         for _ in 0..ITERATIONS {
             for x in &mut acc {
-                *x = _mm256_fmadd_ps(*x, a, b);
+                *x = S::fma(*x, a, b);
             }
         }
         black_box(acc);
-        (ITERATIONS * CHAINS * 8 * 2) as f64
     }
-
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn avx512() -> f64 {
-        let a = _mm512_set1_ps(black_box(0.999_999));
-        let b = _mm512_set1_ps(black_box(1e-7));
-        let mut acc = [_mm512_set1_ps(1.0); CHAINS];
-        for _ in 0..ITERATIONS {
-            for x in &mut acc {
-                *x = _mm512_fmadd_ps(*x, a, b);
-            }
-        }
-        black_box(acc);
-        (ITERATIONS * CHAINS * 16 * 2) as f64
-    }
+    (ITERATIONS * CHAINS * S::LANES * 2) as f64
 }

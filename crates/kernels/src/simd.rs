@@ -177,7 +177,7 @@ pub(crate) trait Isa: Copy {
 /// instruction set (`avx512`, `avx2`) holding `unsafe fn name<const ..>(args)` compiled for it,
 /// which runs the kernel with that set: the only place `#[target_feature]` is written.
 macro_rules! instantiate {
-    ($( fn $name:ident<$(const $c:ident: $ct:ty),*>($($arg:ident: $ty:ty),* $(,)?); )*) => {
+    ($( fn $name:ident<$(const $c:ident: $ct:ty),*>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?; )*) => {
         #[cfg(target_arch = "x86_64")]
         pub(crate) mod avx512 {
             #[allow(unused_imports)]
@@ -186,7 +186,7 @@ macro_rules! instantiate {
                 /// # Safety
                 /// The CPU has AVX-512F; the kernel's own contract.
                 #[target_feature(enable = "avx512f")]
-                pub(crate) unsafe fn $name<$(const $c: $ct),*>($($arg: $ty),*) {
+                pub(crate) unsafe fn $name<$(const $c: $ct),*>($($arg: $ty),*) $(-> $ret)? {
                     unsafe { super::$name::<crate::simd::Avx512 $(, $c)*>($($arg),*) }
                 }
             )*
@@ -199,7 +199,7 @@ macro_rules! instantiate {
                 /// # Safety
                 /// The CPU has AVX2 and FMA; the kernel's own contract.
                 #[target_feature(enable = "avx2,fma")]
-                pub(crate) unsafe fn $name<$(const $c: $ct),*>($($arg: $ty),*) {
+                pub(crate) unsafe fn $name<$(const $c: $ct),*>($($arg: $ty),*) $(-> $ret)? {
                     unsafe { super::$name::<crate::simd::Avx2Fma $(, $c)*>($($arg),*) }
                 }
             )*
@@ -207,6 +207,25 @@ macro_rules! instantiate {
     };
 }
 pub(crate) use instantiate;
+
+/// Runs the kernel `f(args)` that [`instantiate`] compiled beside the caller for `level`, or
+/// evaluates `otherwise` at the portable level. The kernels with per-level tile shapes (const
+/// generics) choose their instance themselves.
+///
+/// The caller states why the call is sound: `level` must be one this CPU runs (as
+/// [`SimdLevel::active`] is), and the arguments must meet the kernel's contract.
+macro_rules! at_level {
+    ($level:expr, $f:ident($($arg:expr),* $(,)?), $otherwise:expr) => {
+        match $level {
+            #[cfg(target_arch = "x86_64")]
+            $crate::simd::SimdLevel::Avx512 => unsafe { avx512::$f($($arg),*) },
+            #[cfg(target_arch = "x86_64")]
+            $crate::simd::SimdLevel::Avx2Fma => unsafe { avx2::$f($($arg),*) },
+            _ => $otherwise,
+        }
+    };
+}
+pub(crate) use at_level;
 
 /// One lane, no instruction set: for the helpers the portable path shares (padding), so that
 /// they are written once too.

@@ -8,7 +8,7 @@
 
 use std::mem::MaybeUninit;
 
-use crate::simd::{Isa, SimdLevel, instantiate};
+use crate::simd::{Isa, SimdLevel, at_level, instantiate};
 
 /// `dst[c * rows + r] = src[r * cols + c]` for a row-major `(rows, cols)` matrix `src`;
 /// every element of `dst` is written.
@@ -16,20 +16,16 @@ pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [MaybeUninit<f
     assert_eq!(src.len(), rows * cols, "transpose source size");
     assert_eq!(dst.len(), rows * cols, "transpose destination size");
     let level = SimdLevel::active();
-    let block = match level {
-        SimdLevel::Portable => 1,
-        level => level.lanes(),
-    };
+    // Blocks of one vector's lanes (single elements at the portable level).
+    let block = level.lanes();
     let (full_rows, full_cols) = (rows / block * block, cols / block * block);
     let dst_values = dst.as_mut_ptr().cast::<f32>();
-    // SAFETY: the level was checked on this CPU; `blocks` stays inside both matrices.
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { avx512::blocks(src, (rows, cols), dst_values) },
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2Fma => unsafe { avx2::blocks(src, (rows, cols), dst_values) },
-        _ => scalar(src, (rows, cols), dst, (0..full_rows, 0..full_cols)),
-    }
+    // SAFETY: the active level runs on this CPU; `blocks` stays inside both matrices.
+    at_level!(
+        level,
+        blocks(src, (rows, cols), dst_values),
+        scalar(src, (rows, cols), dst, (0..full_rows, 0..full_cols))
+    );
     scalar(src, (rows, cols), dst, (0..rows, full_cols..cols));
     scalar(src, (rows, cols), dst, (full_rows..rows, 0..full_cols));
 }
