@@ -16,6 +16,8 @@ use md5::Md5;
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
+use crate::common::names;
+
 const RECORD: usize = 3073;
 
 /// `records` records whose labels are `first_label`, `first_label + 1`, ... (mod 10).
@@ -165,18 +167,9 @@ fn read_request(stream: &mut TcpStream) {
     }
 }
 
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 fn assert_nothing_left(data_dir: &Path) {
     assert_eq!(
-        entries(data_dir),
+        names(data_dir),
         Vec::<String>::new(),
         "{}",
         data_dir.display()
@@ -200,7 +193,7 @@ fn ensure_downloads_verifies_and_unpacks_the_archive() {
     let dir = cifar::ensure_with(&data_dir, &spec_for(&url, &body)).unwrap();
 
     assert_eq!(dir, data_dir.join("cifar-10-batches-bin"));
-    assert_eq!(entries(&data_dir), ["cifar-10-batches-bin"]);
+    assert_eq!(names(&data_dir), ["cifar-10-batches-bin"]);
     let splits = cifar::load(&dir).unwrap();
     assert_eq!(splits.train.len(), 10);
     assert_eq!(splits.test.len(), 3);
@@ -230,7 +223,7 @@ fn ensure_unpacks_and_keeps_an_archive_already_in_the_data_folder() {
 
     assert_eq!(cifar::load(&dir).unwrap().test.len(), 3);
     assert_eq!(
-        entries(tmp.path()),
+        names(tmp.path()),
         ["cifar-10-batches-bin", "cifar-10-binary.tar.gz"]
     );
 }
@@ -250,7 +243,7 @@ fn ensure_refuses_a_local_archive_with_the_wrong_checksum() {
         "{error}"
     );
     assert!(error.contains("MD5 mismatch"), "{error}");
-    assert_eq!(entries(tmp.path()), ["cifar-10-binary.tar.gz"]);
+    assert_eq!(names(tmp.path()), ["cifar-10-binary.tar.gz"]);
 }
 
 #[test]
@@ -412,7 +405,7 @@ fn download_writes_dest_when_everything_matches() {
     )
     .unwrap();
     assert_eq!(fs::read(&dest).unwrap(), body);
-    assert_eq!(entries(tmp.path()), ["file.bin"]);
+    assert_eq!(names(tmp.path()), ["file.bin"]);
 }
 
 #[test]
@@ -442,7 +435,7 @@ fn assert_archive_refused(body: Vec<u8>, member: &str) {
         "{error}"
     );
     assert_nothing_left(&data_dir);
-    assert_eq!(entries(tmp.path()), ["data"]);
+    assert_eq!(names(tmp.path()), ["data"]);
 }
 
 #[test]

@@ -4,7 +4,6 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::Path;
 use std::thread;
 
 use cae::data::cifar::{self, ARCHIVE_NAME, ArchiveSpec, BATCHES_DIR, TEST_FILE, TRAIN_FILES};
@@ -14,6 +13,8 @@ use flate2::write::GzEncoder;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
+
+use crate::common::names;
 
 const RECORD: usize = 3073;
 
@@ -72,15 +73,6 @@ fn serve_once(body: Vec<u8>) -> String {
             .and_then(|()| stream.write_all(&body));
     });
     url
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]
