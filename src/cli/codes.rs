@@ -30,6 +30,10 @@ pub struct EncodeArgs {
     out: PathBuf,
     #[arg(long, value_enum, default_value = "npy")]
     format: CodeFormat,
+    /// Also write a variational model's posterior log-variances, (N, latent) float32, to this
+    /// .npy file (the codes are the posterior means).
+    #[arg(long)]
+    log_variances: Option<PathBuf>,
     #[command(flatten)]
     device: super::DeviceArg,
 }
@@ -45,8 +49,27 @@ pub fn encode(args: EncodeArgs) -> Result<()> {
         }
         Inputs::Files { pixels, sources } => (pixels, sources, None),
     };
-    let codes = inference::encode(&model, &config, &inputs, &device);
+    let (codes, log_vars) = match &args.log_variances {
+        None => (inference::encode(&model, &config, &inputs, &device), None),
+        Some(path) => match inference::posterior(&model, &config, &inputs, &device) {
+            Some((means, log_vars)) => (means, Some((path, log_vars))),
+            None => bail!(
+                "--log-variances {}: {} is a plain autoencoder; only a variational model \
+                 (trained with --variational) has posterior variances",
+                path.display(),
+                args.model.display()
+            ),
+        },
+    };
     let n = sources.len();
+    if let Some((path, log_vars)) = log_vars {
+        npy::write_f32(path, &[n, config.latent], &log_vars)?;
+        say!(
+            "wrote {n} log-variances of size {} to {}",
+            config.latent,
+            path.display()
+        );
+    }
     match args.format {
         CodeFormat::Npy => {
             npy::write_f32(&args.out, &[n, config.latent], &codes)?;

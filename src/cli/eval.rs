@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::Args;
 
 use cae::eval::{EVAL_BATCH, evaluate};
+use cae::variational::evaluate_elbo;
 
 use super::DataArgs;
 
@@ -22,7 +23,8 @@ pub struct EvalArgs {
     /// stopping at the first.
     #[arg(long)]
     skip_bad: bool,
-    /// Print one JSON object {"mse", "psnr", "n"} instead of text.
+    /// Print one JSON object {"mse", "psnr", "n"} instead of text; a variational model adds
+    /// "kl", "reconstruction_nats", "negative_elbo_bits_per_dim", "active_dimensions", "sigma".
     #[arg(long)]
     json: bool,
 }
@@ -62,9 +64,19 @@ pub fn run(args: EvalArgs) -> Result<()> {
             shape.2
         );
     }
-    let quality = evaluate(&model, &Arc::new(test), &device, EVAL_BATCH, |_, _, _| {});
+    let test = Arc::new(test);
+    let quality = evaluate(&model, &test, &device, EVAL_BATCH, |_, _, _| {});
+    let elbo = model
+        .is_variational()
+        .then(|| evaluate_elbo(&model, &test, &device, EVAL_BATCH));
     if args.json {
-        say!("{}", serde_json::to_string(&quality)?);
+        let mut json = serde_json::to_value(quality)?;
+        if let (Some(elbo), serde_json::Value::Object(map)) = (elbo, &mut json)
+            && let serde_json::Value::Object(extra) = serde_json::to_value(elbo)?
+        {
+            map.extend(extra);
+        }
+        say!("{json}");
     } else {
         say!(
             "validation MSE {:.6} (normalized [-1,1] pixels), PSNR {:.2} dB (on [0,1] pixels), {} images",
@@ -72,6 +84,19 @@ pub fn run(args: EvalArgs) -> Result<()> {
             quality.psnr,
             quality.n
         );
+        if let Some(elbo) = elbo {
+            say!(
+                "negative ELBO {:.4} bits/dim (8-bit pixels; KL {:.2} nats, reconstruction {:.2} \
+                 nats per image, one posterior draw each), {} of {} latent dimensions active, \
+                 decoder sigma {:.4}",
+                elbo.negative_elbo_bits_per_dim,
+                elbo.kl,
+                elbo.reconstruction_nats,
+                elbo.active_dimensions,
+                config.latent,
+                elbo.sigma
+            );
+        }
     }
     Ok(())
 }

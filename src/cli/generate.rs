@@ -7,9 +7,12 @@ use clap::Args;
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 
-use cae::apps::generate::{grid_rows, line_codes, sample_codes};
-use cae::apps::latent_gaussian::{LatentGaussian, path_for_model};
+use cae::ModelConfig;
+use cae::apps::generate::{grid_rows, line_codes, prior_codes, sample_codes};
+use cae::apps::latent_gaussian::{LatentGaussian, file_sha256, path_for_model};
 use cae::apps::one_class;
+use cae::data::batcher::normalized_batch;
+use cae::eval::frechet;
 use cae::{eval::inference, io::imageio};
 
 use super::DataArgs;
@@ -69,14 +72,15 @@ pub fn fit_latent(args: FitLatentArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// Trained weights; the latent Gaussian beside them comes from `cae fit-latent` or
-    /// `cae anomaly fit`.
+    /// Trained weights. A variational model samples its prior N(0, I); a plain one samples the
+    /// latent Gaussian beside it (from `cae fit-latent` or `cae anomaly fit`).
     #[arg(long)]
     model: PathBuf,
     /// Number of images.
     #[arg(long, default_value_t = 64)]
     n: usize,
-    /// Scales the covariance: below 1 gives more typical, above 1 more varied images.
+    /// Scales the covariance (a variational model's prior: the standard deviation): below 1
+    /// gives more typical, above 1 more varied images.
     #[arg(long, default_value_t = 1.0)]
     temperature: f64,
     #[arg(long, default_value_t = 0)]
@@ -87,13 +91,24 @@ pub struct GenerateArgs {
     /// The grid PNG.
     #[arg(long)]
     out: PathBuf,
+    /// Also print the Fréchet code distance between the validation images of --dataset and
+    /// --report-samples samples, in the codes of --reference-model.
+    #[arg(long, requires = "reference_model")]
+    report: bool,
+    /// The model whose codes the Fréchet code distance compares in: a plain model trained
+    /// separately, neither the one measured nor one it is compared with (e.g. latent 1000).
+    #[arg(long, requires = "report")]
+    reference_model: Option<PathBuf>,
+    /// Validation images and samples the distance compares (at most the validation set's size).
+    #[arg(long, default_value_t = 10_000)]
+    report_samples: usize,
     #[command(flatten)]
-    device: super::DeviceArg,
+    data: DataArgs,
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
-    if args.n == 0 {
-        bail!("--n must be at least 1");
+    if args.n == 0 || (args.report && args.report_samples < 2) {
+        bail!("--n must be at least 1 and --report-samples at least 2");
     }
     if !(args.temperature.is_finite() && args.temperature >= 0.0) {
         bail!(
@@ -101,37 +116,129 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
             args.temperature
         );
     }
-    let device = args.device.device()?;
+    let device = args.data.device.device()?;
     let (model, config) = super::load_model(&args.model, &device)?;
-    let gaussian = LatentGaussian::load_for_model(&args.model)?;
-    if gaussian.dim() != config.latent {
-        bail!(
-            "the latent Gaussian has size {}, the model's codes {}",
-            gaussian.dim(),
-            config.latent
-        );
-    }
+    let reference = match &args.reference_model {
+        Some(path) => Some(reference_for(path, &args.model, &config, &device)?),
+        None => None,
+    };
+    let test = match &reference {
+        Some(_) => Some(validation_images(&args, &config)?),
+        None => None,
+    };
+    let count = match &test {
+        Some(test) => args.n.max(test.len() / config.image_len()),
+        None => args.n,
+    };
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(args.seed);
-    let codes = sample_codes(&gaussian, args.n, args.temperature, &mut rng);
+    let (codes, source) = if config.variational {
+        let codes = prior_codes(count, config.latent, args.temperature, &mut rng);
+        (codes, "the prior N(0, I)")
+    } else {
+        let gaussian = LatentGaussian::load_for_model(&args.model)?;
+        if gaussian.dim() != config.latent {
+            bail!(
+                "the latent Gaussian has size {}, the model's codes {}",
+                gaussian.dim(),
+                config.latent
+            );
+        }
+        let codes = sample_codes(&gaussian, count, args.temperature, &mut rng);
+        (codes, "the fitted latent Gaussian")
+    };
     let images = inference::decode(&model, &config, &codes, &device);
     let columns = args
         .columns
         .unwrap_or_else(|| (args.n as f64).sqrt().ceil() as usize);
-    let image_len = config.in_channels * config.height * config.width;
+    let image_len = config.image_len();
     cae::viz::grid::save_grid(
         &args.out,
-        &grid_rows(&images, image_len, columns),
+        &grid_rows(&images[..args.n * image_len], image_len, columns),
         config.in_channels,
         config.height,
         config.width,
     )?;
     say!(
-        "decoded {} samples (temperature {}) into {}",
+        "decoded {} samples of {source} (temperature {}) into {}",
         args.n,
         args.temperature,
         args.out.display()
     );
+    if let (Some((reference, reference_config, path)), Some(test)) = (reference, test) {
+        let compared = test.len() / image_len;
+        let generated = &images[..compared * image_len];
+        let distance =
+            frechet::code_distance(&reference, &reference_config, &test, generated, &device)?;
+        say!(
+            "Fréchet code distance {distance:.3}: {compared} validation images vs {compared} \
+             samples (the first {} shown), in the latent-{} codes of {}",
+            args.n,
+            reference_config.latent,
+            path.display()
+        );
+    }
     Ok(())
+}
+
+/// The reference model of `--report`, which must take the same images as the model measured
+/// and must not be the same file.
+fn reference_for(
+    path: &std::path::Path,
+    measured: &std::path::Path,
+    config: &ModelConfig,
+    device: &burn::tensor::Device,
+) -> Result<(cae::Autoencoder, ModelConfig, PathBuf)> {
+    let (reference, reference_config) = super::load_model(path, device)?;
+    if (
+        reference_config.in_channels,
+        reference_config.height,
+        reference_config.width,
+    ) != (config.in_channels, config.height, config.width)
+    {
+        bail!(
+            "--reference-model {} takes {}x{}x{} images, the model {}x{}x{}",
+            path.display(),
+            reference_config.in_channels,
+            reference_config.height,
+            reference_config.width,
+            config.in_channels,
+            config.height,
+            config.width
+        );
+    }
+    if file_sha256(path)? == file_sha256(measured)? {
+        bail!(
+            "--reference-model {} is the model measured ({}): the distance needs codes of a \
+             model that is neither of the models compared",
+            path.display(),
+            measured.display()
+        );
+    }
+    Ok((reference, reference_config, path.to_path_buf()))
+}
+
+/// The first `--report-samples` validation images of `--dataset`, normalized and flattened.
+fn validation_images(args: &GenerateArgs, config: &ModelConfig) -> Result<Vec<f32>> {
+    let mut test = cae::data::load(args.data.dataset, &args.data.data_dir(), 0)?.test;
+    test.truncate(args.report_samples);
+    if (test.channels, test.height, test.width) != (config.in_channels, config.height, config.width)
+    {
+        bail!(
+            "{}: the model takes {}x{}x{} images, the dataset has {}x{}x{}",
+            args.model.display(),
+            config.in_channels,
+            config.height,
+            config.width,
+            test.channels,
+            test.height,
+            test.width
+        );
+    }
+    if test.len() < 2 {
+        bail!("the dataset has fewer than 2 validation images to compare samples with");
+    }
+    let all: Vec<usize> = (0..test.len()).collect();
+    Ok(normalized_batch(&test, &all))
 }
 
 #[derive(Args)]

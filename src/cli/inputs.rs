@@ -154,6 +154,16 @@ pub struct TrainingFlags {
     /// EPOCH[,EPOCH...][:FACTOR], e.g. 30 or 20,30:0.5 (as PyTorch's MultiStepLR).
     #[arg(long)]
     pub lr_drop: Option<LrDrop>,
+    /// Train a variational autoencoder: mean and log-variance heads, the reparameterisation
+    /// trick, a Gaussian decoder with a learned shared variance, and the negative ELBO as the loss.
+    #[arg(long)]
+    pub variational: bool,
+    /// Weight of the KL term of --variational (beta-VAE; 1 is the ELBO).
+    #[arg(long, default_value_t = 1.0, requires = "variational")]
+    pub beta: f64,
+    /// Raise the KL weight of --variational linearly from 0 to --beta over this many epochs.
+    #[arg(long, default_value_t = 0, requires = "variational")]
+    pub kl_warmup: usize,
 }
 
 impl TrainingFlags {
@@ -176,6 +186,9 @@ impl TrainingFlags {
                 latent: model.latent,
                 channels: model.channels,
                 init,
+                variational: self.variational,
+                beta: self.beta,
+                kl_warmup: self.kl_warmup,
             },
             optimiser: OptimiserSettings {
                 lr: model.lr,

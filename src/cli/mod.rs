@@ -77,7 +77,7 @@ enum Command {
     Anomaly(anomaly::AnomalyArgs),
     /// Fit the Gaussian of a dataset's latent codes beside a model (for `cae generate`).
     FitLatent(generate::FitLatentArgs),
-    /// Decode samples of the fitted latent Gaussian into a grid of new images.
+    /// Decode samples of the prior (variational models) or of the fitted latent Gaussian into a grid of new images.
     Generate(generate::GenerateArgs),
     /// Decode the straight line between the codes of two images into a strip.
     Interpolate(generate::InterpolateArgs),

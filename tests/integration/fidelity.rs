@@ -1,5 +1,7 @@
 //! cae against the PyTorch reference fixtures of `../shared/reference` (see its README).
 
+mod variational;
+
 use crate::common;
 
 use common::max_abs_diff;
@@ -117,12 +119,21 @@ fn gradients_match_pytorch() {
     let x = batch_tensor(&batch, &device);
     let loss = (model.reconstruct(x.clone()) - x).square().mean();
     let grads = GradientsParams::from_grads(loss.backward(), &model);
-    let actual = weights::grads_state_dict(&model, &grads);
+    assert_grads_match(&model, &grads, &expected);
+}
+
+/// Every parameter has PyTorch's gradient, to 1e-4 of its largest magnitude.
+fn assert_grads_match(
+    model: &cae::model::Autoencoder,
+    grads: &GradientsParams,
+    expected: &StateDict,
+) {
+    let actual = weights::grads_state_dict(model, grads);
     assert_eq!(
         actual.keys().collect::<Vec<_>>(),
         expected.keys().collect::<Vec<_>>()
     );
-    for (name, grad) in &expected {
+    for (name, grad) in expected {
         assert_close_rel(&format!("grad of {name}"), &actual[name], grad, 1e-4);
     }
 }

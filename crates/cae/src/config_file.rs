@@ -27,7 +27,7 @@
 //! ```
 //!
 //! Optional settings (`train-limit`, `val-limit`, `noise`, `init`, `lr-drop`) are left out when
-//! unset. An unknown table or key, or a value of the wrong type, is refused naming the key and
+//! unset, and `variational`, `beta` and `kl-warmup` for plain models. An unknown table or key, or a value of the wrong type, is refused naming the key and
 //! the file.
 
 use std::path::{Path, PathBuf};
@@ -51,7 +51,17 @@ pub const KEYS: [(&str, &[&str]); 5] = [
             "noise",
         ],
     ),
-    ("model", &["latent", "channels", "init"]),
+    (
+        "model",
+        &[
+            "latent",
+            "channels",
+            "init",
+            "variational",
+            "beta",
+            "kl-warmup",
+        ],
+    ),
     ("optimiser", &["lr", "batch-size"]),
     ("schedule", &["epochs", "lr-drop"]),
     ("run", &["seed", "device"]),
@@ -122,6 +132,10 @@ fn get(s: &TrainSettings, table: &str, key: &str) -> Option<Value> {
         ("model", "latent") => count(s.model.latent),
         ("model", "channels") => count(s.model.channels),
         ("model", "init") => path(s.model.init.as_ref()?),
+        // Only variational runs have these, so plain runs' files stay as they were.
+        ("model", "variational") => Value::Boolean(s.model.variational.then_some(true)?),
+        ("model", "beta") => Value::Float(s.model.variational.then_some(s.model.beta)?),
+        ("model", "kl-warmup") => count(s.model.variational.then_some(s.model.kl_warmup)?),
         ("optimiser", "lr") => Value::Float(s.optimiser.lr),
         ("optimiser", "batch-size") => count(s.optimiser.batch_size),
         ("schedule", "epochs") => count(s.schedule.epochs),
@@ -154,6 +168,9 @@ fn set(s: &mut TrainSettings, table: &str, key: &str, value: &Value) -> Result<(
         ("model", "latent") => s.model.latent = count(value)?,
         ("model", "channels") => s.model.channels = count(value)?,
         ("model", "init") => s.model.init = Some(PathBuf::from(string(value)?)),
+        ("model", "variational") => s.model.variational = boolean(value)?,
+        ("model", "beta") => s.model.beta = float(value)?,
+        ("model", "kl-warmup") => s.model.kl_warmup = count(value)?,
         ("optimiser", "lr") => s.optimiser.lr = float(value)?,
         ("optimiser", "batch-size") => s.optimiser.batch_size = count(value)?,
         ("schedule", "epochs") => s.schedule.epochs = count(value)?,

@@ -49,6 +49,7 @@ impl History {
                 .map(|r| (r.epoch, r.train_loss))
                 .collect(),
             epoch_val: self.epochs.iter().map(|r| (r.epoch, r.val_loss)).collect(),
+            variational: false,
         }
     }
 }

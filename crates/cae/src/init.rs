@@ -24,7 +24,8 @@ const SEED_BIAS: f32 = 0.01;
 
 /// Initial weights as the tutorial sets them: Conv2d and Linear weights Xavier-uniform with bias
 /// 0.01; ConvTranspose2d at PyTorch's default (kaiming-uniform with a = sqrt(5) for the weight,
-/// which is U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and the same bound for the bias).
+/// which is U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and the same bound for the bias). A variational
+/// model's log-variance head is a Linear layer like the others; its log sigma starts at 0.
 pub fn seed_state_dict(config: &ModelConfig, seed: u64) -> StateDict {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let mut dict = StateDict::new();
@@ -57,6 +58,13 @@ pub fn seed_state_dict(config: &ModelConfig, seed: u64) -> StateDict {
         };
         dict.insert(name.clone(), weight);
         dict.insert(bias_name, bias);
+    }
+    if config.variational {
+        // sigma = 1 to start with, as `torch.zeros(1)` in the PyTorch fixture script.
+        dict.insert(
+            crate::io::weights::LOG_SIGMA.into(),
+            HostTensor::new(vec![1], vec![0.0]),
+        );
     }
     dict
 }

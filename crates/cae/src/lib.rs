@@ -44,6 +44,7 @@ pub mod schedule;
 pub mod settings;
 pub mod sweep;
 pub mod training;
+pub mod variational;
 pub mod viz;
 
 pub use apps::anomaly::{RawScores, Score, score_images};

@@ -20,16 +20,34 @@ pub struct ModelConfig {
     pub in_channels: usize,
     pub height: usize,
     pub width: usize,
+    /// A variational autoencoder ([`crate::variational`]): the encoder ends in a mean and a
+    /// log-variance head instead of Linear + ReLU, and the model holds the decoder's learned
+    /// log standard deviation. Left out of the JSON of plain models, whose files stay as they were.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub variational: bool,
 }
 
 /// The model settings of a training run; the image shape comes from the dataset, and
 /// [`ModelConfig`] is the whole.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelSettings {
     pub latent: usize,
     pub channels: usize,
     /// Start from these weights instead of the seed's initialisation.
     pub init: Option<std::path::PathBuf>,
+    /// Train a variational autoencoder (`--variational`); the three fields below are left out
+    /// of the settings of plain runs, which stay as they were.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub variational: bool,
+    /// Weight of the KL term (`--beta`, beta-VAE); 1 is the ELBO.
+    #[serde(
+        default = "crate::variational::default_beta",
+        skip_serializing_if = "crate::variational::is_default_beta"
+    )]
+    pub beta: f64,
+    /// Epochs over which the KL weight rises linearly from 0 to beta (`--kl-warmup`).
+    #[serde(default, skip_serializing_if = "crate::variational::is_zero")]
+    pub kl_warmup: usize,
 }
 
 impl Default for ModelConfig {
@@ -40,6 +58,7 @@ impl Default for ModelConfig {
             in_channels: 3,
             height: 32,
             width: 32,
+            variational: false,
         }
     }
 }
@@ -68,6 +87,11 @@ impl ModelConfig {
             );
         }
         Ok(())
+    }
+
+    /// Values of one image (C x H x W).
+    pub fn image_len(&self) -> usize {
+        self.in_channels * self.height * self.width
     }
 
     /// Channels of the deepest feature map (64 for the seed).
@@ -115,7 +139,13 @@ impl ModelConfig {
             .map(|&(i, o, _)| i * o * 9 + o)
             .sum();
         let dense = 2 * self.flat_features() * self.latent + self.latent + self.flat_features();
-        conv + dense
+        // The log-variance head and the decoder's log standard deviation.
+        let variational = if self.variational {
+            self.flat_features() * self.latent + self.latent + 1
+        } else {
+            0
+        };
+        conv + dense + variational
     }
 }
 
@@ -166,7 +196,10 @@ impl Dense {
 #[derive(Module, Debug)]
 pub struct Encoder {
     pub convs: Vec<Conv>,
+    /// The code (plain: followed by ReLU) or, in a variational model, the posterior mean.
     pub linear: Dense,
+    /// The posterior log-variance head of a variational model.
+    pub log_var: Option<Dense>,
 }
 
 #[derive(Module, Debug)]
@@ -183,12 +216,37 @@ pub struct Decoder {
 pub struct Autoencoder {
     pub encoder: Encoder,
     pub decoder: Decoder,
+    /// A variational model's log standard deviation of the decoder's Gaussian, shared by all
+    /// pixels (shape [1]).
+    pub log_sigma: Option<Param<Tensor<1>>>,
 }
 
 impl Encoder {
+    /// The code: relu(linear(features)) for a plain model, the posterior mean for a variational one.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let code = self.linear.forward(self.features(x));
+        if self.log_var.is_some() {
+            code
+        } else {
+            relu(code)
+        }
+    }
+
+    /// A variational model's posterior: mean and log-variance (N, latent) each; `None` for a
+    /// plain model.
+    pub fn posterior(&self, x: Tensor<4>) -> Option<(Tensor<2>, Tensor<2>)> {
+        let head = self.log_var.as_ref()?;
+        let features = self.features(x);
+        Some((
+            self.linear.forward(features.clone()),
+            head.forward(features),
+        ))
+    }
+
+    /// The flattened output of the six convolutions.
+    fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let x = self.convs.iter().fold(x, |x, conv| conv.forward(x, true));
-        relu(self.linear.forward(x.flatten(1, 3)))
+        x.flatten(1, 3)
     }
 }
 
@@ -206,7 +264,8 @@ impl Decoder {
 }
 
 impl Autoencoder {
-    /// Images (N, C, H, W) normalized to [-1, 1] -> latent codes (N, latent).
+    /// Images (N, C, H, W) normalized to [-1, 1] -> latent codes (N, latent); a variational
+    /// model's codes are its posterior means.
     ///
     /// ```
     /// use burn::tensor::{Device, Tensor};
@@ -230,9 +289,13 @@ impl Autoencoder {
         self.decoder.forward(codes)
     }
 
-    /// Encode then decode.
+    /// Encode then decode (a variational model decodes the posterior mean).
     pub fn reconstruct(&self, images: Tensor<4>) -> Tensor<4> {
         self.decode(self.encode(images))
+    }
+
+    pub fn is_variational(&self) -> bool {
+        self.encoder.log_var.is_some()
     }
 
     pub fn device(&self) -> Device {

@@ -54,6 +54,9 @@ impl TrainSettings {
                 latent: 200,
                 channels: 16,
                 init: None,
+                variational: false,
+                beta: crate::variational::default_beta(),
+                kl_warmup: 0,
             },
             optimiser: OptimiserSettings {
                 lr: 1e-3,
@@ -88,6 +91,15 @@ impl TrainSettings {
                 "latent size and channels must be positive (got latent {latent}, channels {channels})"
             );
         }
+        let model = &self.model;
+        if !(model.beta.is_finite() && model.beta >= 0.0) {
+            bail!("--beta must be a number >= 0, not {}", model.beta);
+        }
+        if !model.variational
+            && (!crate::variational::is_default_beta(&model.beta) || model.kl_warmup != 0)
+        {
+            bail!("--beta and --kl-warmup weight the KL term of a --variational model");
+        }
         Ok(())
     }
 
@@ -121,9 +133,17 @@ impl TrainSettings {
 
 /// `--flag was A, now B` for every setting that differs between `before` and `now`.
 fn differences(before: &TrainSettings, now: &TrainSettings) -> Vec<String> {
-    let as_map = |settings: &TrainSettings| match serde_json::to_value(settings) {
-        Ok(serde_json::Value::Object(map)) => map,
-        _ => serde_json::Map::new(),
+    let as_map = |settings: &TrainSettings| {
+        let mut map = match serde_json::to_value(settings) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        // Left out of plain runs' files; named with their values here.
+        let model = &settings.model;
+        map.insert("variational".into(), model.variational.into());
+        map.insert("beta".into(), model.beta.into());
+        map.insert("kl_warmup".into(), model.kl_warmup.into());
+        map
     };
     let (before, now) = (as_map(before), as_map(now));
     let shown = |value: Option<&serde_json::Value>| match value {

@@ -10,3 +10,4 @@ mod sweep;
 mod tensorboard;
 mod train;
 mod use_models;
+mod variational;

@@ -315,6 +315,7 @@ fn small_config() -> ModelConfig {
         in_channels: 1,
         height: 4,
         width: 4,
+        variational: false,
     }
 }
 

@@ -1,5 +1,6 @@
-//! New images from a model: decoded samples of the latent Gaussian, and the decoded straight
-//! line between two images' codes.
+//! New images from a model: decoded samples of the latent Gaussian fitted to a plain model's
+//! codes or of a variational model's prior, and the decoded straight line between two images'
+//! codes.
 
 use rand::RngExt;
 
@@ -18,6 +19,18 @@ pub fn sample_codes<R: RngExt + ?Sized>(
         .sample(n, temperature, rng)
         .into_iter()
         .map(|v| v.max(0.0) as f32)
+        .collect()
+}
+
+/// `n` codes of a variational model drawn from its prior N(0, I), scaled by `temperature`.
+pub fn prior_codes<R: RngExt + ?Sized>(
+    n: usize,
+    latent: usize,
+    temperature: f64,
+    rng: &mut R,
+) -> Vec<f32> {
+    (0..n * latent)
+        .map(|_| (temperature * crate::sampling::standard_normal(rng)) as f32)
         .collect()
 }
 

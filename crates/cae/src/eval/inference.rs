@@ -29,6 +29,31 @@ pub fn encode(
     over_images(config, images, device, |x| host(model.encode(x)))
 }
 
+/// A variational model's posterior of normalized images: means and log-variances, (N, latent)
+/// flattened each; `None` for a plain model.
+pub fn posterior(
+    model: &Autoencoder,
+    config: &ModelConfig,
+    images: &[f32],
+    device: &Device,
+) -> Option<(Vec<f32>, Vec<f32>)> {
+    let image_len = config.in_channels * config.height * config.width;
+    let (mut means, mut log_vars) = (Vec::new(), Vec::new());
+    for chunk in images.chunks(image_len * EVAL_BATCH) {
+        let shape = [
+            chunk.len() / image_len,
+            config.in_channels,
+            config.height,
+            config.width,
+        ];
+        let x = Tensor::<4>::from_data(TensorData::new(chunk.to_vec(), shape), device);
+        let (mean, log_var) = model.encoder.posterior(x)?;
+        means.extend(host(mean));
+        log_vars.extend(host(log_var));
+    }
+    Some((means, log_vars))
+}
+
 /// Latent codes (N, latent) flattened -> normalized images (N, C, H, W) flattened.
 pub fn decode(
     model: &Autoencoder,

@@ -1,6 +1,8 @@
 //! Using a trained model: its reconstruction quality over a set of images (here), batched
-//! [`inference`] on pixel buffers, and the image [`metrics`] (SSIM).
+//! [`inference`] on pixel buffers, the image [`metrics`] (SSIM), and the [`frechet`] distance of
+//! generated images.
 
+pub mod frechet;
 pub mod inference;
 pub mod metrics;
 

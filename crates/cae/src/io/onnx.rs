@@ -17,7 +17,8 @@
 //!               stride is 2; Relu but after the last]                         -> reconstruction
 //! ```
 //!
-//! which is what [`crate::model`] computes, layer for layer; nodes and weights carry the
+//! (a variational model's encoder ends at the Gemm of its mean head: its codes are the posterior
+//! means) which is what [`crate::model`] computes, layer for layer; nodes and weights carry the
 //! PyTorch module and `state_dict` names (`encoder.net.0`, `encoder.net.0.weight`).
 
 use std::path::Path;
@@ -288,8 +289,21 @@ impl<'a> Graph<'a> {
             vec![x],
             vec![int_attribute("axis", 1)],
         );
-        x = self.linear("encoder.net.13", x);
-        self.relu("encoder.net.14", x, Some(output));
+        if config.variational {
+            // A variational model's codes are its posterior means: the mean head, no ReLU.
+            let [weight, bias] = self.parameters("encoder.net.13");
+            let attributes = vec![int_attribute("transB", 1)];
+            self.node(
+                "Gemm",
+                "encoder.net.13",
+                vec![x, weight, bias],
+                output,
+                attributes,
+            );
+        } else {
+            x = self.linear("encoder.net.13", x);
+            self.relu("encoder.net.14", x, Some(output));
+        }
     }
 
     /// The decoder from the value `input` to the graph value `output`.
@@ -555,6 +569,7 @@ mod tests {
             in_channels: 1,
             height: 28,
             width: 28,
+            variational: false,
         };
         let dict = seed(&config);
         let graph = decode(&onnx_bytes(&config, &dict, Part::Full).unwrap())

@@ -75,6 +75,10 @@ pub fn expected_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let (flat, latent) = (config.flat_features(), config.latent);
     shapes.push(("encoder.net.13.weight".into(), vec![latent, flat]));
     shapes.push(("encoder.net.13.bias".into(), vec![latent]));
+    if config.variational {
+        shapes.push((format!("{LOG_VAR}.weight"), vec![latent, flat]));
+        shapes.push((format!("{LOG_VAR}.bias"), vec![latent]));
+    }
     shapes.push(("decoder.linear.0.weight".into(), vec![flat, latent]));
     shapes.push(("decoder.linear.0.bias".into(), vec![flat]));
     for (i, (cin, cout, _)) in config.decoder_convs().into_iter().enumerate() {
@@ -84,8 +88,17 @@ pub fn expected_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         ));
         shapes.push((format!("decoder.conv.{}.bias", 2 * i), vec![cout]));
     }
+    if config.variational {
+        shapes.push((LOG_SIGMA.into(), vec![1]));
+    }
     shapes
 }
+
+/// PyTorch name of a variational model's log-variance head (its mean head is `encoder.net.13`,
+/// where a plain model has its code layer; see `tests/fixtures/vae/make_vae_fixture.py`).
+pub const LOG_VAR: &str = "encoder.log_var";
+/// PyTorch name of a variational model's learned log standard deviation.
+pub const LOG_SIGMA: &str = "log_sigma";
 
 /// Checks that `dict` holds exactly the tensors of `config`, with their shapes.
 pub fn check_state_dict(config: &ModelConfig, dict: &StateDict) -> Result<()> {
@@ -135,6 +148,7 @@ pub fn build_model(config: &ModelConfig, dict: &StateDict, device: &Device) -> R
             })
             .collect(),
         linear: dense("encoder.net.13"),
+        log_var: config.variational.then(|| dense(LOG_VAR)),
     };
     let decoder = Decoder {
         linear: dense("decoder.linear.0"),
@@ -152,7 +166,11 @@ pub fn build_model(config: &ModelConfig, dict: &StateDict, device: &Device) -> R
         deep_height: config.height / 4,
         deep_width: config.width / 4,
     };
-    Ok(Autoencoder { encoder, decoder })
+    Ok(Autoencoder {
+        encoder,
+        decoder,
+        log_sigma: config.variational.then(|| param1(LOG_SIGMA)),
+    })
 }
 
 /// Maps a Burn module path of [`Autoencoder`] (`["encoder", "convs", "2", "weight"]`) to its
@@ -163,6 +181,8 @@ pub fn torch_name(path: &[String]) -> (String, bool) {
     match p.as_slice() {
         ["encoder", "convs", i, leaf] => (format!("encoder.net.{}.{leaf}", 2 * index(i)), false),
         ["encoder", "linear", leaf] => (format!("encoder.net.13.{leaf}"), *leaf == "weight"),
+        ["encoder", "log_var", leaf] => (format!("{LOG_VAR}.{leaf}"), *leaf == "weight"),
+        ["log_sigma"] => (LOG_SIGMA.to_string(), false),
         ["decoder", "linear", leaf] => (format!("decoder.linear.0.{leaf}"), *leaf == "weight"),
         ["decoder", "convs", i, leaf] => (format!("decoder.conv.{}.{leaf}", 2 * index(i)), false),
         _ => panic!("unknown autoencoder parameter path {path:?}"),
@@ -532,6 +552,7 @@ pub fn infer_config(dict: &StateDict) -> Result<ModelConfig> {
         in_channels,
         height: 4 * side,
         width: 4 * side,
+        variational: dict.contains_key(&format!("{LOG_VAR}.weight")),
     };
     config.validate()?;
     check_config_range(&config)?;

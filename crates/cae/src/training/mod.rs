@@ -9,5 +9,5 @@ mod trainer;
 
 pub use divergence::Interrupted;
 pub use events::{Event, Observer, Phase};
-pub use step::{train_step, train_step_pair};
+pub use step::{train_step, train_step_pair, train_step_variational};
 pub use trainer::{RunOptions, TrainOutcome, Trainer, model_config, train};

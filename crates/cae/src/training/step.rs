@@ -1,4 +1,4 @@
-//! One training step (forward, MSE, backward, Adam) and the order an epoch visits the images.
+//! One training step (forward, MSE or negative ELBO, backward, Adam) and the order an epoch visits the images.
 
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
@@ -24,6 +24,23 @@ pub fn train_step_pair(
 ) -> (Autoencoder, f64) {
     let output = model.reconstruct(input);
     let loss = (output - target).square().mean();
+    let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    (adam.step(model, grads), loss_value)
+}
+
+/// One training step of a variational model: forward with reparameterisation noise `eps`
+/// (N, latent), the negative ELBO with KL weight `kl_weight` ([`crate::variational`]),
+/// backward, Adam. Returns the updated model and the loss.
+pub fn train_step_variational(
+    model: Autoencoder,
+    adam: &mut Adam,
+    input: Tensor<4>,
+    target: Tensor<4>,
+    eps: Tensor<2>,
+    kl_weight: f64,
+) -> (Autoencoder, f64) {
+    let loss = crate::variational::negative_elbo(&model, input, target, eps, kl_weight).loss;
     let loss_value = f64::from(loss.clone().into_scalar::<f32>());
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     (adam.step(model, grads), loss_value)

@@ -13,7 +13,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::divergence::{Divergence, Interrupted, what_is_kept};
 use super::events::{Event, Observer, Phase};
-use super::step::{epoch_order, train_step_pair};
+use super::step::{epoch_order, train_step_pair, train_step_variational};
 use crate::data::augment::TrainingNoise;
 use crate::data::batcher::{Prefetcher, normalized_batch};
 use crate::data::{ImageSet, Splits};
@@ -25,7 +25,7 @@ use crate::optim::{Adam, AdamConfig};
 use crate::run_folder::checkpoint::{self, RunState};
 use crate::run_folder::{CHECKPOINT_FILE, RunWriter, recon_file};
 use crate::settings::TrainSettings;
-use crate::{init, io::weights, viz};
+use crate::{init, io::weights, variational, viz};
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -43,6 +43,7 @@ pub fn model_config(settings: &TrainSettings, train: &ImageSet) -> ModelConfig {
         in_channels: train.channels,
         height: train.height,
         width: train.width,
+        variational: settings.model.variational,
     }
 }
 
@@ -217,7 +218,8 @@ impl Trainer {
         }
     }
 
-    /// The Adam steps of one epoch, with `--noise` applied to the inputs; every batch's loss.
+    /// The Adam steps of one epoch, with `--noise` applied to the inputs; every batch's loss
+    /// (the MSE, or a variational model's negative ELBO per value).
     fn train_epoch(
         &mut self,
         epoch: usize,
@@ -247,7 +249,29 @@ impl Trainer {
                 Some(data) => Tensor::<4>::from_data(TensorData::new(data, dims), &self.device),
                 None => x.clone(),
             };
-            let (next, loss) = train_step_pair(model, &mut self.adam, input, x);
+            let step = (epoch - 1) * per_epoch + i + 1;
+            let (next, loss) = if self.config.variational {
+                let latent = self.config.latent;
+                let eps = variational::reparameterisation_noise(
+                    self.settings.run.seed,
+                    epoch,
+                    i,
+                    batch.len,
+                    latent,
+                );
+                let eps =
+                    Tensor::<2>::from_data(TensorData::new(eps, [batch.len, latent]), &self.device);
+                let model_settings = &self.settings.model;
+                let kl_weight = variational::kl_weight(
+                    model_settings.beta,
+                    model_settings.kl_warmup,
+                    per_epoch,
+                    step,
+                );
+                train_step_variational(model, &mut self.adam, input, x, eps, kl_weight)
+            } else {
+                train_step_pair(model, &mut self.adam, input, x)
+            };
             model = next;
             if !loss.is_finite() {
                 self.model = Some(model);
@@ -259,7 +283,6 @@ impl Trainer {
                 }));
             }
             losses.push(loss);
-            let step = (epoch - 1) * per_epoch + i + 1;
             self.folder.log_batch_loss(step as i64, loss);
             observer.on_event(&Event::Batch {
                 phase: Phase::Train,

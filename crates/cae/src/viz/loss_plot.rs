@@ -19,10 +19,32 @@ pub const PLOT_SIZE: (u32, u32) = (1000, 600);
 const FONT: &str = "sans-serif";
 const FONT_BYTES: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 
-const TITLE: &str = "Training and validation loss";
-const BATCH_LABEL: &str = "train loss (per batch)";
-const EPOCH_TRAIN_LABEL: &str = "train loss (epoch mean)";
-const EPOCH_VAL_LABEL: &str = "validation loss (epoch mean)";
+/// Title, y axis, and the per-batch, epoch-mean training and validation curves' names.
+struct Labels {
+    title: &'static str,
+    y: &'static str,
+    batch: &'static str,
+    train: &'static str,
+    val: &'static str,
+}
+
+const PLAIN_LABELS: Labels = Labels {
+    title: "Training and validation loss",
+    y: "MSE loss",
+    batch: "train loss (per batch)",
+    train: "train loss (epoch mean)",
+    val: "validation loss (epoch mean)",
+};
+
+/// A variational run trains on the negative ELBO and validates with the MSE of the
+/// reconstructions of the posterior means (what PSNR and the sweep summary use).
+const VARIATIONAL_LABELS: Labels = Labels {
+    title: "Training objective and validation MSE",
+    y: "loss",
+    batch: "train negative ELBO per value, nats (per batch)",
+    train: "train negative ELBO per value (epoch mean)",
+    val: "validation MSE of the mean reconstructions",
+};
 
 const TRAIN_COLOR: RGBColor = RGBColor(31, 119, 180);
 const VAL_COLOR: RGBColor = RGBColor(255, 127, 14);
@@ -40,6 +62,9 @@ pub struct LossHistory {
     pub epoch_train: Vec<(usize, f64)>,
     /// `(epoch, mean validation loss)`, epochs 1-based.
     pub epoch_val: Vec<(usize, f64)>,
+    /// A variational run's: the training loss is the negative ELBO (labelled so).
+    #[serde(default)]
+    pub variational: bool,
 }
 
 impl LossHistory {
@@ -141,9 +166,14 @@ fn draw_loss_chart<DB: DrawingBackend>(
     let x_range = x_range(&curves);
     let y_axis = y_axis(&curves);
     let legend = legend_position(&curves, &x_range, &y_axis);
+    let labels = if history.variational {
+        &VARIATIONAL_LABELS
+    } else {
+        &PLAIN_LABELS
+    };
     let mut builder = ChartBuilder::on(root);
     builder
-        .caption(TITLE, (FONT, 28))
+        .caption(labels.title, (FONT, 28))
         .margin(20)
         .x_label_area_size(55)
         .y_label_area_size(85);
@@ -152,13 +182,13 @@ fn draw_loss_chart<DB: DrawingBackend>(
             let chart = builder
                 .build_cartesian_2d(x_range, y_range)
                 .map_err(drawing_error)?;
-            draw_curves(chart, &curves, legend)?;
+            draw_curves(chart, &curves, legend, labels)?;
         }
         YAxis::Log(y_range) => {
             let chart = builder
                 .build_cartesian_2d(x_range, y_range.log_scale())
                 .map_err(drawing_error)?;
-            draw_curves(chart, &curves, legend)?;
+            draw_curves(chart, &curves, legend, labels)?;
         }
     }
     root.present().map_err(drawing_error)
@@ -170,6 +200,7 @@ fn draw_curves<'a, DB, Y>(
     mut chart: ChartContext<'a, DB, Cartesian2d<RangedCoordf64, Y>>,
     curves: &Curves,
     legend: SeriesLabelPosition,
+    labels: &Labels,
 ) -> Result<()>
 where
     DB: DrawingBackend + 'a,
@@ -178,7 +209,7 @@ where
     chart
         .configure_mesh()
         .x_desc("epoch")
-        .y_desc("MSE loss")
+        .y_desc(labels.y)
         .x_label_formatter(&|x| format_epoch(*x))
         .y_label_formatter(&|y| format_loss(*y))
         .axis_desc_style((FONT, 20))
@@ -188,17 +219,17 @@ where
         .map_err(drawing_error)?;
 
     let batch_style = TRAIN_COLOR.mix(0.35).stroke_width(1);
-    draw_line(&mut chart, &curves.batch, batch_style, 0, BATCH_LABEL)?;
+    draw_line(&mut chart, &curves.batch, batch_style, 0, labels.batch)?;
     let train_style = TRAIN_COLOR.stroke_width(3).filled();
     draw_line(
         &mut chart,
         &curves.epoch_train,
         train_style,
         5,
-        EPOCH_TRAIN_LABEL,
+        labels.train,
     )?;
     let val_style = VAL_COLOR.stroke_width(3).filled();
-    draw_line(&mut chart, &curves.epoch_val, val_style, 5, EPOCH_VAL_LABEL)?;
+    draw_line(&mut chart, &curves.epoch_val, val_style, 5, labels.val)?;
 
     chart
         .configure_series_labels()
