@@ -156,9 +156,11 @@ fn check_description(graph: &serde_json::Value, part: &str, config: &ModelConfig
     );
     let ops = graph["ops"].as_array().unwrap();
     let count = |op: &str| ops.iter().filter(|o| *o == op).count();
+    // A variational encoder ends at its mean head, without the plain code's ReLU.
+    let code_relu = usize::from(!config.variational);
     let (convs, transposed, gemms, relus) = match part {
-        "full" => (6, 6, 2, 6 + 1 + 1 + 5),
-        "encoder" => (6, 0, 1, 6 + 1),
+        "full" => (6, 6, 2, 6 + code_relu + 1 + 5),
+        "encoder" => (6, 0, 1, 6 + code_relu),
         _ => (0, 6, 1, 1 + 5),
     };
     assert_eq!(
@@ -260,6 +262,27 @@ fn fashion_mnist_model_runs_the_same_in_onnx_runtime() {
         },
     ];
     check_parts(&model, &batches);
+}
+
+#[test]
+fn variational_model_runs_the_same_in_onnx_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::train_fashion_mnist(
+        &dir.path().join("run"),
+        &["--channels", "8", "--variational", "--no-report"],
+    );
+    let splits =
+        cae::data::load(cae::DatasetKind::FashionMnist, Path::new("/nonexistent"), 0).unwrap();
+    let test = &splits.test;
+    let ort = check_parts(
+        &model,
+        &[Batch {
+            name: "showcase",
+            images: cae::data::batcher::normalized_batch(test, &test.first_of_each_class()),
+        }],
+    );
+    // The codes are the posterior means, which take negative values (no ReLU).
+    assert!(ort[0].0.iter().any(|&v| v < 0.0));
 }
 
 #[test]
