@@ -151,7 +151,7 @@ pub struct SummaryRow {
     pub batch_size: usize,
     pub epochs: usize,
     pub params: usize,
-    /// Mean training batch loss of the last epoch.
+    /// Mean training batch loss of the last epoch (a variational run's: the negative ELBO per value).
     pub train_loss: f64,
     /// Validation MSE of the last epoch, on normalized [-1, 1] pixels (the loss).
     pub val_mse: f64,
@@ -161,7 +161,8 @@ pub struct SummaryRow {
     pub val_ssim: f64,
     /// `train_loss - val_mse`; the more negative, the better the model fits its training images
     /// compared with unseen ones. The training loss is averaged while the weights still change
-    /// during the epoch, so it is biased upwards.
+    /// during the epoch, so it is biased upwards. NaN for a variational run, whose training
+    /// loss is the negative ELBO, not an MSE.
     pub gap: f64,
     /// Training time of the run, summed over its epochs (across resumes).
     pub seconds: f64,
@@ -439,7 +440,11 @@ fn summary_row(
         val_mse: last.val_loss,
         val_psnr: last.val_psnr,
         val_ssim,
-        gap: last.train_loss - last.val_loss,
+        gap: if config.variational {
+            f64::NAN
+        } else {
+            last.train_loss - last.val_loss
+        },
         seconds: folder.history.epochs.iter().map(|r| r.seconds).sum(),
     })
 }

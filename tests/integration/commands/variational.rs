@@ -250,6 +250,30 @@ fn every_command_takes_a_variational_model() {
     );
     let image = image::open(&grid).unwrap();
     assert_eq!(image.width(), 4 * (4 * 33 + 1));
+    let fewer = cae(&[
+        &[
+            "generate",
+            "--model",
+            s(&vae),
+            "--n",
+            "16",
+            "--out",
+            s(&grid),
+        ][..],
+        &[
+            "--report",
+            "--reference-model",
+            s(&plain),
+            "--report-samples",
+            "50",
+        ][..],
+        &folder[..],
+    ]
+    .concat());
+    assert!(
+        fewer.contains("50 validation images vs 50 samples"),
+        "{fewer}"
+    );
     cae_clean_error(
         &[
             &["generate", "--model", s(&vae), "--out", s(&grid)][..],
@@ -314,5 +338,13 @@ fn a_sweep_trains_variational_runs() {
             .unwrap();
         assert!(config.variational, "{config:?}");
         assert_eq!(config.latent.to_string(), latent);
+    }
+    // A negative ELBO minus an MSE means nothing: the summary leaves the gap out.
+    let summary = std::fs::read_to_string(sweep.join("summary.csv")).unwrap();
+    let mut lines = summary.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let gap = header.iter().position(|h| *h == "gap").unwrap();
+    for row in lines {
+        assert_eq!(row.split(',').nth(gap), Some("NaN"), "{summary}");
     }
 }
