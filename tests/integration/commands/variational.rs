@@ -222,8 +222,8 @@ fn every_command_takes_a_variational_model() {
 
     // generate: the prior, no fitted Gaussian needed; --report in a third model's codes.
     let grid = dir.path().join("grid.png");
-    let stdout = cae(&[
-        &[
+    let report = |extra: &[&str]| {
+        let generate = [
             "generate",
             "--model",
             s(&vae),
@@ -231,11 +231,11 @@ fn every_command_takes_a_variational_model() {
             "16",
             "--out",
             s(&grid),
-        ][..],
-        &["--report", "--reference-model", s(&plain)][..],
-        &folder[..],
-    ]
-    .concat());
+        ];
+        let reference = ["--report", "--reference-model", s(&plain)];
+        cae(&[&generate[..], &reference[..], &folder[..], extra].concat())
+    };
+    let stdout = report(&[]);
     assert!(stdout.contains("samples of the prior N(0, I)"), "{stdout}");
     let distance: f64 = stdout
         .split("Fréchet code distance ")
@@ -250,26 +250,7 @@ fn every_command_takes_a_variational_model() {
     );
     let image = image::open(&grid).unwrap();
     assert_eq!(image.width(), 4 * (4 * 33 + 1));
-    let fewer = cae(&[
-        &[
-            "generate",
-            "--model",
-            s(&vae),
-            "--n",
-            "16",
-            "--out",
-            s(&grid),
-        ][..],
-        &[
-            "--report",
-            "--reference-model",
-            s(&plain),
-            "--report-samples",
-            "50",
-        ][..],
-        &folder[..],
-    ]
-    .concat());
+    let fewer = report(&["--report-samples", "50"]);
     assert!(
         fewer.contains("50 validation images vs 50 samples"),
         "{fewer}"
