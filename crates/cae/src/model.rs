@@ -217,7 +217,7 @@ pub struct Autoencoder {
     pub encoder: Encoder,
     pub decoder: Decoder,
     /// A variational model's log standard deviation of the decoder's Gaussian, shared by all
-    /// pixels (shape [1]).
+    /// pixels (shape `[1]`).
     pub log_sigma: Option<Param<Tensor<1>>>,
 }
 
