@@ -27,6 +27,10 @@ use crate::data::batcher::Prefetcher;
 use crate::model::Autoencoder;
 use crate::sampling::standard_normal;
 
+/// The likelihood in words, as `config.json` records it.
+pub const LIKELIHOOD: &str =
+    "Gaussian decoder N(x_hat, sigma^2 I) with one learned sigma shared by all pixels (sigma-VAE)";
+
 pub fn default_beta() -> f64 {
     1.0
 }

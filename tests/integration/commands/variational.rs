@@ -68,11 +68,15 @@ fn a_variational_run_records_its_settings_and_resumes_bit_for_bit() {
     );
 
     let run = dir.path().join("whole");
-    let settings = json(&std::fs::read_to_string(run.join("config.json")).unwrap());
-    let settings = &settings["settings"];
+    let config_json = json(&std::fs::read_to_string(run.join("config.json")).unwrap());
+    let settings = &config_json["settings"];
     assert_eq!(settings["variational"], true, "{settings}");
     assert_eq!(settings["beta"], 2.0, "{settings}");
     assert_eq!(settings["kl_warmup"], 1, "{settings}");
+    let objective = &config_json["variational"];
+    assert_eq!(objective["beta"], 2.0, "{config_json}");
+    assert_eq!(objective["kl_warmup"], 1, "{config_json}");
+    assert!(objective["likelihood"].as_str().unwrap().contains("sigma"));
     let toml = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(
         toml.contains("variational = true") && toml.contains("beta = 2.0"),

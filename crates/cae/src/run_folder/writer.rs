@@ -149,6 +149,11 @@ impl RunWriter {
                 cae: env!("CARGO_PKG_VERSION"),
                 burn: BURN_VERSION,
             },
+            variational: settings.model.variational.then_some(Objective {
+                beta: settings.model.beta,
+                kl_warmup: settings.model.kl_warmup,
+                likelihood: crate::variational::LIKELIHOOD,
+            }),
         };
         atomic::write_bytes(
             &self.dir.join(CONFIG_JSON),
@@ -248,6 +253,16 @@ struct ConfigJson<'a> {
     adam: AdamConfig,
     normalization: Normalization,
     versions: Versions,
+    /// A variational run's objective, its defaults spelled out (`settings` leaves them out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    variational: Option<Objective>,
+}
+
+#[derive(Serialize)]
+struct Objective {
+    beta: f64,
+    kl_warmup: usize,
+    likelihood: &'static str,
 }
 
 #[derive(Serialize)]
