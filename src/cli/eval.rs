@@ -1,7 +1,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use cae::apps::anomaly::check_shape;
 use clap::Args;
 
 use cae::eval::{EVAL_BATCH, evaluate};
@@ -51,19 +52,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if test.is_empty() {
         anyhow::bail!("the dataset has no validation images to evaluate on");
     }
-    let shape = (test.channels, test.height, test.width);
-    if shape != (config.in_channels, config.height, config.width) {
-        anyhow::bail!(
-            "{}: the model takes {}x{}x{} images but the dataset has {}x{}x{}",
-            args.model.display(),
-            config.in_channels,
-            config.height,
-            config.width,
-            shape.0,
-            shape.1,
-            shape.2
-        );
-    }
+    check_shape(&test, &config).with_context(|| args.model.display().to_string())?;
     let test = Arc::new(test);
     let quality = evaluate(&model, &test, &device, EVAL_BATCH, |_, _, _| {});
     let elbo = model

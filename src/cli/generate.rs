@@ -2,12 +2,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 
 use cae::ModelConfig;
+use cae::apps::anomaly::check_shape;
 use cae::apps::generate::{grid_rows, line_codes, prior_codes, sample_codes};
 use cae::apps::latent_gaussian::{LatentGaussian, file_sha256, path_for_model};
 use cae::apps::one_class;
@@ -221,19 +222,7 @@ fn reference_for(
 fn validation_images(args: &GenerateArgs, config: &ModelConfig) -> Result<Vec<f32>> {
     let mut test = cae::data::load(args.data.dataset, &args.data.data_dir(), 0)?.test;
     test.truncate(args.report_samples);
-    if (test.channels, test.height, test.width) != (config.in_channels, config.height, config.width)
-    {
-        bail!(
-            "{}: the model takes {}x{}x{} images, the dataset has {}x{}x{}",
-            args.model.display(),
-            config.in_channels,
-            config.height,
-            config.width,
-            test.channels,
-            test.height,
-            test.width
-        );
-    }
+    check_shape(&test, config).with_context(|| args.model.display().to_string())?;
     if test.len() < 2 {
         bail!("the dataset has fewer than 2 validation images to compare samples with");
     }

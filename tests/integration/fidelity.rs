@@ -122,6 +122,18 @@ fn gradients_match_pytorch() {
     assert_grads_match(&model, &grads, &expected);
 }
 
+/// Every parameter has PyTorch's value after its three Adam steps, to 1e-4.
+fn assert_weights_match(actual: &StateDict, expected: &StateDict) {
+    for (name, tensor) in expected {
+        assert_close_abs(
+            &format!("{name} after 3 steps"),
+            &actual[name],
+            tensor,
+            1e-4,
+        );
+    }
+}
+
 /// Every parameter has PyTorch's gradient, to 1e-4 of its largest magnitude.
 fn assert_grads_match(
     model: &cae::model::Autoencoder,
@@ -166,16 +178,11 @@ fn three_adam_steps_match_pytorch() {
             i + 1
         );
     }
-    let expected = reference("seed_latent200_after3steps.safetensors");
     let actual = weights::state_dict(&model);
-    for (name, tensor) in &expected {
-        assert_close_abs(
-            &format!("{name} after 3 steps"),
-            &actual[name],
-            tensor,
-            1e-4,
-        );
-    }
+    assert_weights_match(
+        &actual,
+        &reference("seed_latent200_after3steps.safetensors"),
+    );
     let inner = device.inner();
     let valid = weights::build_model(&ModelConfig::default(), &actual, &inner).unwrap();
     let output = valid.reconstruct(batch_tensor(&batch, &inner));

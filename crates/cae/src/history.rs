@@ -30,7 +30,8 @@ pub struct History {
 
 impl History {
     /// The curves of `loss.png`: every training batch at its fractional epoch, and the epoch means.
-    pub fn loss_history(&self) -> LossHistory {
+    /// `variational`: the run's training loss is a negative ELBO (the plot labels it so).
+    pub fn loss_history(&self, variational: bool) -> LossHistory {
         let mut batch_losses = Vec::new();
         for (e, losses) in self.train_batches.iter().enumerate() {
             let n = losses.len().max(1) as f64;
@@ -49,7 +50,7 @@ impl History {
                 .map(|r| (r.epoch, r.train_loss))
                 .collect(),
             epoch_val: self.epochs.iter().map(|r| (r.epoch, r.val_loss)).collect(),
-            variational: false,
+            variational,
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::run_folder::{
     Csv, EPOCHS_COMPARE, EPOCHS_CSV, LOSSES_COMPARE, RECON_COMPARE, RunFolder, SUMMARY_FILE,
     SWEEP_FILE, folder_name,
 };
-use crate::viz::loss_plot::{LossHistory, loss_plot_svg};
+use crate::viz::loss_plot::loss_plot_svg;
 
 /// The comparison figures of a sweep in page order: file, caption, and whether it shows pixels
 /// (drawn without smoothing when the browser scales it).
@@ -208,11 +208,7 @@ impl Page {
             .config
             .as_ref()
             .is_some_and(|c| c["model"]["variational"] == true);
-        let losses = LossHistory {
-            variational,
-            ..run.history.loss_history()
-        };
-        let svg = loss_plot_svg(&losses)
+        let svg = loss_plot_svg(&run.history.loss_history(variational))
             .with_context(|| format!("cannot draw the loss curves of {}", run.dir.display()))?;
         writeln!(
             b,

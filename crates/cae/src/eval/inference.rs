@@ -37,20 +37,13 @@ pub fn posterior(
     images: &[f32],
     device: &Device,
 ) -> Option<(Vec<f32>, Vec<f32>)> {
-    let image_len = config.in_channels * config.height * config.width;
-    let (mut means, mut log_vars) = (Vec::new(), Vec::new());
-    for chunk in images.chunks(image_len * EVAL_BATCH) {
-        let shape = [
-            chunk.len() / image_len,
-            config.in_channels,
-            config.height,
-            config.width,
-        ];
-        let x = Tensor::<4>::from_data(TensorData::new(chunk.to_vec(), shape), device);
-        let (mean, log_var) = model.encoder.posterior(x)?;
-        means.extend(host(mean));
+    model.encoder.log_var.as_ref()?;
+    let mut log_vars = Vec::new();
+    let means = over_images(config, images, device, |x| {
+        let (mean, log_var) = model.encoder.posterior(x).expect("a variational model");
         log_vars.extend(host(log_var));
-    }
+        host(mean)
+    });
     Some((means, log_vars))
 }
 
@@ -82,9 +75,9 @@ fn over_images(
     config: &ModelConfig,
     images: &[f32],
     device: &Device,
-    run: impl Fn(Tensor<4>) -> Vec<f32>,
+    mut run: impl FnMut(Tensor<4>) -> Vec<f32>,
 ) -> Vec<f32> {
-    let image_len = config.in_channels * config.height * config.width;
+    let image_len = config.image_len();
     batched(images, image_len, |chunk, n| {
         let shape = [n, config.in_channels, config.height, config.width];
         run(Tensor::<4>::from_data(

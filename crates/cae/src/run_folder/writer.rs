@@ -193,11 +193,10 @@ impl RunWriter {
         let history = &state.history;
         write_metrics_csv(&self.dir.join(METRICS_CSV), history)?;
         write_epochs_csv(&self.dir.join(EPOCHS_CSV), history)?;
-        let losses = viz::loss_plot::LossHistory {
-            variational: config.variational,
-            ..history.loss_history()
-        };
-        viz::loss_plot::save_loss_plot(&self.dir.join(LOSS_PLOT), &losses)?;
+        viz::loss_plot::save_loss_plot(
+            &self.dir.join(LOSS_PLOT),
+            &history.loss_history(config.variational),
+        )?;
         if let Some(error) = self.tensorboard_failure.take() {
             return Err(error.context("cannot log to TensorBoard"));
         }

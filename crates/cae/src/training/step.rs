@@ -24,9 +24,7 @@ pub fn train_step_pair(
 ) -> (Autoencoder, f64) {
     let output = model.reconstruct(input);
     let loss = (output - target).square().mean();
-    let loss_value = f64::from(loss.clone().into_scalar::<f32>());
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    (adam.step(model, grads), loss_value)
+    minimise(model, adam, loss)
 }
 
 /// One training step of a variational model: forward with reparameterisation noise `eps`
@@ -41,6 +39,11 @@ pub fn train_step_variational(
     kl_weight: f64,
 ) -> (Autoencoder, f64) {
     let loss = crate::variational::negative_elbo(&model, input, target, eps, kl_weight).loss;
+    minimise(model, adam, loss)
+}
+
+/// Backward from `loss`, then one Adam step; the updated model and the loss's value.
+fn minimise(model: Autoencoder, adam: &mut Adam, loss: Tensor<1>) -> (Autoencoder, f64) {
     let loss_value = f64::from(loss.clone().into_scalar::<f32>());
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     (adam.step(model, grads), loss_value)
