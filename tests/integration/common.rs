@@ -1,61 +1,12 @@
 //! The helpers every integration test shares: running the `cae` binary and judging how it
-//! failed, and the fixtures (PyTorch's reference files, the CIFAR-10 JPEGs, a small subset of
-//! them that loads in a blink).
+//! failed, a small subset of the CIFAR-10 JPEGs that loads in a blink, and (from `fixtures`)
+//! where the other fixtures are.
 #![allow(dead_code)]
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Once;
 
-/// `../shared/reference` (or `$CAE_REFERENCE`): the PyTorch fixtures.
-pub fn reference_dir() -> PathBuf {
-    let dir = std::env::var_os("CAE_REFERENCE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference"));
-    assert!(
-        dir.join("batch.safetensors").exists(),
-        "PyTorch reference fixtures not found in {}; set CAE_REFERENCE",
-        dir.display()
-    );
-    dir
-}
-
-/// The CIFAR-10 JPEG folders (train/<class>/*.jpg, test/<class>/*.jpg): `$CAE_CIFAR_JPG`, else
-/// `../shared/datasets/cifar10-jpg.tar.gz` unpacked once into Cargo's test scratch folder.
-pub fn cifar_jpg_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CAE_CIFAR_JPG") {
-        let dir = PathBuf::from(dir);
-        assert!(
-            dir.join("test").is_dir(),
-            "CAE_CIFAR_JPG={} has no test/ folder",
-            dir.display()
-        );
-        return dir;
-    }
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cifar10-jpg");
-    static UNPACK: std::sync::Once = std::sync::Once::new();
-    UNPACK.call_once(|| {
-        if dir.join("test").is_dir() {
-            return;
-        }
-        let tarball =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/cifar10-jpg.tar.gz");
-        let file = std::fs::File::open(&tarball).unwrap_or_else(|e| {
-            panic!(
-                "CIFAR-10 JPEGs needed: {} ({e}); or set CAE_CIFAR_JPG to an unpacked copy",
-                tarball.display()
-            )
-        });
-        let partial = dir.with_extension("partial");
-        let _ = std::fs::remove_dir_all(&partial);
-        tar::Archive::new(flate2::read::GzDecoder::new(file))
-            .unpack(&partial)
-            .expect("unpack the CIFAR-10 JPEG tarball");
-        std::fs::rename(&partial, &dir).expect("move the unpacked images into place");
-    });
-    dir
-}
+pub use crate::fixtures::{cifar_jpg_dir, cifar_subset, max_abs_diff, names, reference_dir};
 
 /// A `cae` command of this build with `RUST_BACKTRACE=1`, so that a panic or a debug-printed
 /// error would show its backtrace and fail the checks below.
@@ -96,15 +47,6 @@ pub fn cae_clean_error(args: &[&str], needles: &[&str]) -> String {
     assert_clean_failure(&cae_output(args), needles)
 }
 
-/// The largest absolute difference between two slices of the same length.
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 /// `cae train` for one epoch on 128 training and 64 validation images into `run`, with `args`
 /// (the dataset and any other flags); returns its stdout.
 pub fn train_quick(run: &Path, args: &[&str]) -> String {
@@ -134,11 +76,6 @@ pub fn s(path: &std::path::Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// Training images per class in [`cifar_subset`] (640 in all).
-pub const TRAIN_PER_CLASS: usize = 64;
-/// Validation images per class in [`cifar_subset`] (200 in all).
-pub const TEST_PER_CLASS: usize = 20;
-
 /// A failure as users should see it: exit code 1, one `error:` message holding every needle,
 /// and no panic or backtrace.
 pub fn assert_clean_failure(output: &Output, needles: &[&str]) -> String {
@@ -154,54 +91,8 @@ pub fn assert_clean_failure(output: &Output, needles: &[&str]) -> String {
     stderr
 }
 
-/// `train/<class>/` with the first [`TRAIN_PER_CLASS`] and `test/<class>/` with the first
-/// [`TEST_PER_CLASS`] real CIFAR-10 JPEGs of each class, built once per target folder.
-pub fn cifar_subset() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("robustness-cifar-subset");
-    static BUILD: Once = Once::new();
-    BUILD.call_once(|| {
-        if dir.join("test").is_dir() {
-            return;
-        }
-        let staging = dir.with_extension(format!("partial-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&staging);
-        copy_subset(&cifar_jpg_dir(), &staging);
-        // Another test binary may have won the race; its copy is as good.
-        if fs::rename(&staging, &dir).is_err() {
-            let _ = fs::remove_dir_all(&staging);
-        }
-        assert!(dir.join("test").is_dir(), "{} was not built", dir.display());
-    });
-    dir
-}
-
-fn copy_subset(source: &Path, dest: &Path) {
-    for (split, count) in [("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)] {
-        for class in fs::read_dir(source.join(split)).unwrap() {
-            let class = class.unwrap().file_name();
-            let to = dest.join(split).join(&class);
-            fs::create_dir_all(&to).unwrap();
-            let mut files: Vec<_> = fs::read_dir(source.join(split).join(&class))
-                .unwrap()
-                .map(|f| f.unwrap().file_name())
-                .collect();
-            files.sort();
-            for file in files.iter().take(count) {
-                fs::copy(source.join(split).join(&class).join(file), to.join(file)).unwrap();
-            }
-        }
-    }
-}
-
-/// The names in `dir`, sorted.
-pub fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
+/// A run folder's checkpoint, as `cae train --resume` looks for it.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 
 /// The temporary files of interrupted atomic writes in `dir`.
 pub fn temp_files(dir: &Path) -> Vec<String> {

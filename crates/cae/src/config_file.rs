@@ -39,7 +39,7 @@ use crate::data::DatasetKind;
 use crate::settings::TrainSettings;
 
 /// Every table and its keys, in file order.
-pub const KEYS: [(&str, &[&str]); 5] = [
+pub(crate) const KEYS: [(&str, &[&str]); 5] = [
     (
         "data",
         &[
@@ -68,7 +68,7 @@ pub const KEYS: [(&str, &[&str]); 5] = [
 ];
 
 /// `settings` as the TOML of a `--config` file.
-pub fn to_toml(settings: &TrainSettings) -> String {
+pub(crate) fn to_toml(settings: &TrainSettings) -> String {
     let mut root = Table::new();
     for (table, keys) in KEYS {
         let mut entries = Table::new();

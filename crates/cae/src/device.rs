@@ -59,13 +59,13 @@ impl Backend {
 }
 
 /// `bytes` in GiB, for messages.
-pub fn gib(bytes: f64) -> f64 {
+pub(crate) fn gib(bytes: f64) -> f64 {
     bytes / f64::from(1u32 << 30)
 }
 
 /// Memory this process can still use: `MemAvailable` from `/proc/meminfo`, capped by the
 /// cgroup v2 limit when there is one.
-pub fn host_memory_available() -> Option<u64> {
+pub(crate) fn host_memory_available() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kib: u64 = meminfo
         .lines()

@@ -31,7 +31,7 @@ pub struct History {
 impl History {
     /// The curves of `loss.png`: every training batch at its fractional epoch, and the epoch means.
     /// `variational`: the run's training loss is a negative ELBO (the plot labels it so).
-    pub fn loss_history(&self, variational: bool) -> LossHistory {
+    pub(crate) fn loss_history(&self, variational: bool) -> LossHistory {
         let mut batch_losses = Vec::new();
         for (e, losses) in self.train_batches.iter().enumerate() {
             let n = losses.len().max(1) as f64;

@@ -32,7 +32,7 @@ pub mod config_file;
 pub mod data;
 pub mod device;
 pub mod eval;
-pub mod history;
+pub(crate) mod history;
 pub mod init;
 pub mod io;
 pub mod model;
@@ -46,6 +46,9 @@ pub mod sweep;
 pub mod training;
 pub mod variational;
 pub mod viz;
+
+#[cfg(test)]
+mod tests;
 
 pub use apps::anomaly::{RawScores, Score, score_images};
 pub use data::{DatasetKind, ImageSet, Splits, load as load_dataset};

@@ -95,17 +95,17 @@ impl ModelConfig {
     }
 
     /// Channels of the deepest feature map (64 for the seed).
-    pub fn deep_channels(&self) -> usize {
+    pub(crate) fn deep_channels(&self) -> usize {
         4 * self.channels
     }
 
     /// Size of the flattened deepest feature map (4096 for the seed).
-    pub fn flat_features(&self) -> usize {
+    pub(crate) fn flat_features(&self) -> usize {
         self.deep_channels() * (self.height / 4) * (self.width / 4)
     }
 
     /// (in, out, stride) of the six encoder convolutions.
-    pub fn encoder_convs(&self) -> [(usize, usize, usize); 6] {
+    pub(crate) fn encoder_convs(&self) -> [(usize, usize, usize); 6] {
         let c = self.channels;
         [
             (self.in_channels, c, 1),
@@ -118,7 +118,7 @@ impl ModelConfig {
     }
 
     /// (in, out, stride) of the six decoder transposed convolutions; stride 2 ones add output padding 1.
-    pub fn decoder_convs(&self) -> [(usize, usize, usize); 6] {
+    pub(crate) fn decoder_convs(&self) -> [(usize, usize, usize); 6] {
         let c = self.channels;
         [
             (4 * c, 4 * c, 1),
@@ -159,7 +159,7 @@ pub struct Conv {
 
 impl Conv {
     /// The convolution, then ReLU when `relu` is set (fused on CPU).
-    pub fn forward(&self, x: Tensor<4>, relu: bool) -> Tensor<4> {
+    pub(crate) fn forward(&self, x: Tensor<4>, relu: bool) -> Tensor<4> {
         kernels::conv3x3(x, self.weight.val(), self.bias.val(), self.stride, relu)
     }
 }
@@ -175,7 +175,7 @@ pub struct ConvTranspose {
 
 impl ConvTranspose {
     /// The transposed convolution, then ReLU when `relu` is set (fused on CPU).
-    pub fn forward(&self, x: Tensor<4>, relu: bool) -> Tensor<4> {
+    pub(crate) fn forward(&self, x: Tensor<4>, relu: bool) -> Tensor<4> {
         kernels::conv_transpose3x3(x, self.weight.val(), self.bias.val(), self.stride, relu)
     }
 }
@@ -188,7 +188,7 @@ pub struct Dense {
 }
 
 impl Dense {
-    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+    pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         linear(x, self.weight.val(), Some(self.bias.val()))
     }
 }
@@ -223,7 +223,7 @@ pub struct Autoencoder {
 
 impl Encoder {
     /// The code: relu(linear(features)) for a plain model, the posterior mean for a variational one.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+    pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let code = self.linear.forward(self.features(x));
         if self.log_var.is_some() {
             code
@@ -251,7 +251,7 @@ impl Encoder {
 }
 
 impl Decoder {
-    pub fn forward(&self, z: Tensor<2>) -> Tensor<4> {
+    pub(crate) fn forward(&self, z: Tensor<2>) -> Tensor<4> {
         let batch = z.dims()[0];
         let x = relu(self.linear.forward(z));
         let mut x = x.reshape([batch, self.deep_channels, self.deep_height, self.deep_width]);
@@ -269,16 +269,17 @@ impl Autoencoder {
     ///
     /// ```
     /// use burn::tensor::{Device, Tensor};
-    /// use cae::{init, model::ModelConfig, io::weights};
+    /// use cae::{Autoencoder, ModelConfig};
     ///
     /// let config = ModelConfig::default(); // the seed: latent 200, 3x32x32 images
     /// let device = Device::flex();
-    /// let model = weights::build_model(&config, &init::seed_state_dict(&config, 0), &device).unwrap();
+    /// let model = Autoencoder::seeded(&config, 0, &device)?;
     /// let images = Tensor::<4>::zeros([2, 3, 32, 32], &device);
     /// let codes = model.encode(images.clone());
     /// assert_eq!(codes.dims(), [2, 200]);
     /// assert_eq!(model.decode(codes).dims(), [2, 3, 32, 32]);
     /// assert_eq!(model.reconstruct(images).dims(), [2, 3, 32, 32]);
+    /// # Ok::<(), anyhow::Error>(())
     /// ```
     pub fn encode(&self, images: Tensor<4>) -> Tensor<2> {
         self.encoder.forward(images)

@@ -21,7 +21,7 @@ pub struct OptimiserSettings {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct AdamConfig {
+pub(crate) struct AdamConfig {
     pub lr: f64,
     pub beta1: f64,
     pub beta2: f64,
@@ -42,12 +42,12 @@ impl Default for AdamConfig {
 
 /// The running moments of one parameter, flattened.
 #[derive(Clone)]
-pub struct Moments {
+pub(crate) struct Moments {
     pub exp_avg: Tensor<1>,
     pub exp_avg_sq: Tensor<1>,
 }
 
-pub struct Adam {
+pub(crate) struct Adam {
     pub config: AdamConfig,
     /// Number of steps taken so far.
     pub step: u64,
@@ -56,7 +56,7 @@ pub struct Adam {
 }
 
 impl Adam {
-    pub fn new(config: AdamConfig) -> Self {
+    pub(crate) fn new(config: AdamConfig) -> Self {
         Self {
             config,
             step: 0,
@@ -65,7 +65,7 @@ impl Adam {
     }
 
     /// One Adam step on every parameter of `model` that has a gradient in `grads`.
-    pub fn step(&mut self, model: Autoencoder, mut grads: GradientsParams) -> Autoencoder {
+    pub(crate) fn step(&mut self, model: Autoencoder, mut grads: GradientsParams) -> Autoencoder {
         self.step += 1;
         let mut mapper = StepMapper {
             adam: self,

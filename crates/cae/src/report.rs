@@ -91,7 +91,7 @@ pub fn write_report(dirs: &[PathBuf], out: &Path) -> Result<()> {
 }
 
 /// The report page on `dirs` (run or sweep folders).
-pub fn render_report(dirs: &[PathBuf]) -> Result<String> {
+pub(crate) fn render_report(dirs: &[PathBuf]) -> Result<String> {
     if dirs.is_empty() {
         bail!("name at least one run or sweep folder");
     }
@@ -359,7 +359,7 @@ fn strip_xml_declaration(svg: &str) -> &str {
 }
 
 /// Escapes text for HTML element content and quoted attribute values.
-pub fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

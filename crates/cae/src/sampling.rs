@@ -4,7 +4,7 @@
 use rand::RngExt;
 
 /// One draw from N(0, 1).
-pub fn standard_normal<R: RngExt + ?Sized>(rng: &mut R) -> f64 {
+pub(crate) fn standard_normal<R: RngExt + ?Sized>(rng: &mut R) -> f64 {
     // 1 - u lies in (0, 1], so the logarithm is finite.
     let u1 = 1.0 - rng.random::<f64>();
     let u2 = rng.random::<f64>();

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
 /// The factor when none is written.
-pub const DEFAULT_FACTOR: f64 = 0.1;
+pub(crate) const DEFAULT_FACTOR: f64 = 0.1;
 
 /// How long a run trains, and how its learning rate falls.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,7 +30,7 @@ pub struct LrDrop {
 
 impl LrDrop {
     /// The learning rate of epoch `epoch` (1-based) for a run started at `lr`.
-    pub fn lr_at(&self, lr: f64, epoch: usize) -> f64 {
+    pub(crate) fn lr_at(&self, lr: f64, epoch: usize) -> f64 {
         let drops = self.epochs.iter().filter(|&&e| e <= epoch).count();
         (0..drops).fold(lr, |lr, _| lr * self.factor)
     }

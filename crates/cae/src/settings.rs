@@ -104,7 +104,7 @@ impl TrainSettings {
     }
 
     /// The learning rate of epoch `epoch` (1-based).
-    pub fn lr_at(&self, epoch: usize) -> f64 {
+    pub(crate) fn lr_at(&self, epoch: usize) -> f64 {
         let lr = self.optimiser.lr;
         self.schedule
             .lr_drop
@@ -116,7 +116,7 @@ impl TrainSettings {
     /// Only the number of epochs, the data location, the device and the learning rate (and its
     /// drops) may change on resume; the learning rate so that a diverged run can go on from its
     /// last good checkpoint with a lower one.
-    pub fn resume_conflict(&self, saved: &TrainSettings) -> Option<String> {
+    pub(crate) fn resume_conflict(&self, saved: &TrainSettings) -> Option<String> {
         let mut normalized = saved.clone();
         normalized.schedule = self.schedule.clone();
         normalized.data.data_dir = self.data.data_dir.clone();
@@ -168,7 +168,7 @@ fn differences(before: &TrainSettings, now: &TrainSettings) -> Vec<String> {
 }
 
 /// Burn's version, recorded in every run (a test checks it against Cargo.lock).
-pub const BURN_VERSION: &str = "0.22.1";
+pub(crate) const BURN_VERSION: &str = "0.22.1";
 
 #[cfg(test)]
 mod tests {

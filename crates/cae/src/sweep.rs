@@ -2,7 +2,7 @@
 //! learning rate, batch size), each in its own run folder, then a summary table and figures
 //! that compare them. The dataset is loaded once for all runs.
 
-pub mod figures;
+pub(crate) mod figures;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -37,8 +37,9 @@ pub struct SweepGrid {
 }
 
 impl SweepGrid {
+    #[cfg(test)]
     /// A grid of one point: the settings themselves.
-    pub fn single(settings: &TrainSettings) -> Self {
+    pub(crate) fn single(settings: &TrainSettings) -> Self {
         Self {
             latents: vec![settings.model.latent],
             channels: vec![settings.model.channels],
@@ -50,7 +51,7 @@ impl SweepGrid {
 
 /// One run of a sweep.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PlannedRun {
+pub(crate) struct PlannedRun {
     /// Folder name inside the sweep folder, from the swept values: `latent-200`, `latent-200_lr-0.001`.
     pub name: String,
     /// The same for people: `latent 200`, `latent 200, lr 0.001`.
@@ -60,7 +61,7 @@ pub struct PlannedRun {
 
 /// Every combination of `grid` applied to `base`, latent varying slowest. Names and labels
 /// mention the settings with more than one value (the latent size when none has).
-pub fn plan(base: &TrainSettings, grid: &SweepGrid) -> Result<Vec<PlannedRun>> {
+pub(crate) fn plan(base: &TrainSettings, grid: &SweepGrid) -> Result<Vec<PlannedRun>> {
     let lengths = [
         grid.latents.len(),
         grid.channels.len(),
@@ -287,7 +288,7 @@ fn write_sweep_json(out: &Path, options: &SweepOptions, runs: &[PlannedRun]) -> 
 
 /// Where a run of a sweep stands on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunProgress {
+pub(crate) enum RunProgress {
     NotStarted,
     /// A checkpoint to resume from.
     Partial,
@@ -295,7 +296,7 @@ pub enum RunProgress {
     Finished,
 }
 
-pub fn run_progress(dir: &Path, settings: &TrainSettings) -> Result<RunProgress> {
+pub(crate) fn run_progress(dir: &Path, settings: &TrainSettings) -> Result<RunProgress> {
     if is_finished(dir, settings)? {
         return Ok(RunProgress::Finished);
     }
@@ -451,7 +452,7 @@ fn summary_row(
 
 /// Mean SSIM of the reconstructions of the first `count` validation images, on [0, 1]
 /// pixels (reconstructions clamped to that range).
-pub fn validation_ssim(
+pub(crate) fn validation_ssim(
     model: &Autoencoder,
     config: &ModelConfig,
     test: &ImageSet,
@@ -476,7 +477,7 @@ pub fn validation_ssim(
     Ok(total / count.max(1) as f64)
 }
 
-pub fn write_summary_csv(path: &Path, rows: &[SummaryRow]) -> Result<()> {
+pub(crate) fn write_summary_csv(path: &Path, rows: &[SummaryRow]) -> Result<()> {
     atomic::write_with(path, |w| {
         writeln!(w, "{SUMMARY_HEADER}")?;
         for r in rows {

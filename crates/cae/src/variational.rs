@@ -28,18 +28,18 @@ use crate::model::Autoencoder;
 use crate::sampling::standard_normal;
 
 /// The likelihood in words, as `config.json` records it.
-pub const LIKELIHOOD: &str =
+pub(crate) const LIKELIHOOD: &str =
     "Gaussian decoder N(x_hat, sigma^2 I) with one learned sigma shared by all pixels (sigma-VAE)";
 
-pub fn default_beta() -> f64 {
+pub(crate) fn default_beta() -> f64 {
     1.0
 }
 
-pub fn is_default_beta(beta: &f64) -> bool {
+pub(crate) fn is_default_beta(beta: &f64) -> bool {
     *beta == default_beta()
 }
 
-pub fn is_zero(n: &usize) -> bool {
+pub(crate) fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
@@ -51,7 +51,7 @@ const EVALUATION_SEED: u64 = 0;
 /// The reparameterisation noise of batch `batch` (0-based) of `epoch`: `n` x `latent` draws of
 /// N(0, 1) that depend only on the run's seed and the batch's place, so that a resumed run
 /// draws what the uninterrupted one would have.
-pub fn reparameterisation_noise(
+pub(crate) fn reparameterisation_noise(
     seed: u64,
     epoch: usize,
     batch: usize,
@@ -66,15 +66,12 @@ pub fn reparameterisation_noise(
 
 /// The KL weight of training step `step` (1-based, counted over the whole run): beta, or during
 /// the first `warmup_epochs` epochs beta times the fraction of the warm-up done.
-///
-/// ```
-/// use cae::variational::kl_weight;
-/// assert_eq!(kl_weight(1.0, 0, 100, 1), 1.0);
-/// assert_eq!(kl_weight(2.0, 2, 100, 50), 0.5);
-/// assert_eq!(kl_weight(2.0, 2, 100, 200), 2.0);
-/// assert_eq!(kl_weight(2.0, 2, 100, 1000), 2.0);
-/// ```
-pub fn kl_weight(beta: f64, warmup_epochs: usize, steps_per_epoch: usize, step: usize) -> f64 {
+pub(crate) fn kl_weight(
+    beta: f64,
+    warmup_epochs: usize,
+    steps_per_epoch: usize,
+    step: usize,
+) -> f64 {
     let warmup_steps = warmup_epochs * steps_per_epoch;
     if warmup_steps == 0 {
         beta
@@ -84,7 +81,7 @@ pub fn kl_weight(beta: f64, warmup_epochs: usize, steps_per_epoch: usize, step: 
 }
 
 /// The terms of the negative ELBO of a batch, each a one-element tensor.
-pub struct NegativeElbo {
+pub(crate) struct NegativeElbo {
     /// What training minimises: (reconstruction + beta KL) / D.
     pub loss: Tensor<1>,
     /// Mean over the batch of -log p(x | z) in nats (the Gaussian density).
@@ -97,7 +94,7 @@ pub struct NegativeElbo {
 /// is trained) with reparameterisation noise `eps` (N, latent) and KL weight `beta`.
 ///
 /// Panics if `model` is not variational.
-pub fn negative_elbo(
+pub(crate) fn negative_elbo(
     model: &Autoencoder,
     input: Tensor<4>,
     target: Tensor<4>,
@@ -170,7 +167,7 @@ pub struct ElboQuality {
 }
 
 /// A dimension counts as active when its posterior mean's variance over the images is above this.
-pub const ACTIVE_VARIANCE: f64 = 0.01;
+pub(crate) const ACTIVE_VARIANCE: f64 = 0.01;
 
 /// The [`ElboQuality`] of `model` on `set`, with one posterior draw per image from a fixed
 /// seed (so the figure is reproducible). Panics if `model` is not variational.
@@ -254,5 +251,13 @@ mod tests {
     fn the_kl_weight_rises_linearly_over_the_warm_up() {
         let weights: Vec<f64> = (1..=5).map(|s| kl_weight(4.0, 1, 4, s)).collect();
         assert_eq!(weights, vec![1.0, 2.0, 3.0, 4.0, 4.0]);
+    }
+
+    #[test]
+    fn kl_weight_rises_over_the_warm_up() {
+        assert_eq!(kl_weight(1.0, 0, 100, 1), 1.0);
+        assert_eq!(kl_weight(2.0, 2, 100, 50), 0.5);
+        assert_eq!(kl_weight(2.0, 2, 100, 200), 2.0);
+        assert_eq!(kl_weight(2.0, 2, 100, 1000), 2.0);
     }
 }

@@ -7,7 +7,6 @@ mod examples;
 mod init;
 mod report_browser;
 mod sweep;
-mod tensorboard;
 mod train;
 mod use_models;
 mod variational;

@@ -8,9 +8,12 @@ use common::{cae, cae_output};
 use std::path::Path;
 
 use cae::model::ModelConfig;
-use cae::sweep::{RunProgress, run_progress};
-use cae::viz::grid::{RECON_PADDING, RECON_SCALE};
-use cae::viz::loss_plot::PLOT_SIZE;
+
+/// The pictures' geometry (crates/cae/src/viz): one source pixel of padding around the cells,
+/// enlarged four times, and the loss plot's size.
+const RECON_PADDING: u32 = 1;
+const RECON_SCALE: u32 = 4;
+const PLOT_SIZE: (u32, u32) = (1000, 600);
 use image::RgbImage;
 
 const SUMMARY_HEADER: &str = "run,latent,channels,lr,batch_size,epochs,params,train_loss,val_mse,val_psnr,val_ssim,gap,seconds";
@@ -64,13 +67,13 @@ fn rgb(path: &Path) -> RgbImage {
 /// Row `row` (with the padding above it) of a grid of 32-pixel images, taking only the
 /// rightmost `width` pixels (the comparison figures have a label column on the left).
 fn band(image: &RgbImage, row: u32, width: u32) -> RgbImage {
-    let band = (32 + RECON_PADDING as u32) * RECON_SCALE;
+    let band = (32 + RECON_PADDING) * RECON_SCALE;
     image::imageops::crop_imm(image, image.width() - width, row * band, width, band).to_image()
 }
 
 /// Height of a grid of `rows` rows of 32-pixel images.
 fn grid_height(rows: u32) -> u32 {
-    (rows * (32 + RECON_PADDING as u32) + RECON_PADDING as u32) * RECON_SCALE
+    (rows * (32 + RECON_PADDING) + RECON_PADDING) * RECON_SCALE
 }
 
 #[test]
@@ -148,7 +151,7 @@ fn sweep_trains_every_latent_and_compares_them() {
     let losses = rgb(&sweep.join("losses.png"));
     assert_eq!((losses.width(), losses.height()), PLOT_SIZE);
 
-    let grid_width = (10 * (32 + RECON_PADDING as u32) + RECON_PADDING as u32) * RECON_SCALE;
+    let grid_width = (10 * (32 + RECON_PADDING) + RECON_PADDING) * RECON_SCALE;
     let compare = rgb(&sweep.join("recon_compare.png"));
     assert_eq!(compare.height(), grid_height(3), "originals and two runs");
     assert!(
@@ -283,22 +286,19 @@ fn resume_skips_finished_runs_and_continues_a_half_finished_one() {
     assert!(rows.iter().all(|r| r[5] == "2"), "both runs at epoch 2");
     assert!(sweep.join("report.html").is_file());
 
-    // Records newer than the model mean the run went on after that model was written.
-    let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(half.join("config.json")).unwrap()).unwrap();
-    let settings: cae::settings::TrainSettings =
-        serde_json::from_value(config["settings"].clone()).unwrap();
-    assert_eq!(
-        run_progress(&half, &settings).unwrap(),
-        RunProgress::Finished
-    );
+    // Records newer than the model mean the run went on after that model was written: the
+    // next sweep resumes that run from its checkpoint instead of taking it as finished.
     std::thread::sleep(std::time::Duration::from_millis(20));
     let records = std::fs::read(half.join("epochs.csv")).unwrap();
     std::fs::write(half.join("epochs.csv"), records).unwrap();
-    assert_eq!(
-        run_progress(&half, &settings).unwrap(),
-        RunProgress::Partial
+    let stdout = quick(
+        "sweep",
+        &[
+            "--latent", "8,16", "--epochs", "2", "--out", out, "--resume",
+        ],
     );
+    assert!(stdout.contains("latent-8; skipped"), "{stdout}");
+    assert!(stdout.contains("latent-16 from its checkpoint"), "{stdout}");
 }
 
 #[test]

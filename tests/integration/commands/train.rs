@@ -1,19 +1,8 @@
 //! `cae train` and `cae eval` end to end on real CIFAR-10 images (the shared JPEG folders).
 
-use crate::common;
+use crate::common::{self, cae};
 
 use std::path::Path;
-use std::process::Command;
-
-fn cae(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_cae"))
-        .args(args)
-        .output()
-        .expect("cae runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "cae {args:?} failed: {stderr}");
-    String::from_utf8(output.stdout).unwrap()
-}
 
 fn read_csv(path: &Path) -> Vec<Vec<String>> {
     let text = std::fs::read_to_string(path).unwrap();
@@ -60,6 +49,7 @@ fn short_run_learns_and_writes_every_artifact() {
     ] {
         assert!(run.join(file).is_file(), "{file} missing");
     }
+    assert_eq!(event_files(&run).len(), 1, "one TensorBoard event file");
     let grid = image::open(run.join("recon_epoch_01.png")).unwrap();
     // Ten classes side by side, originals above reconstructions, enlarged.
     assert!(grid.width() > 10 * 32 && grid.height() > 2 * 32 && grid.width() > grid.height());
@@ -69,7 +59,7 @@ fn short_run_learns_and_writes_every_artifact() {
         serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["settings"]["latent"], 200);
     assert_eq!(config["adam"]["eps"], 1e-8);
-    assert_eq!(config["versions"]["burn"], cae::settings::BURN_VERSION);
+    assert_eq!(config["versions"]["burn"], locked_version("burn"));
 
     let metrics = read_csv(&run.join("metrics.csv"));
     let train: Vec<f64> = metrics
@@ -139,24 +129,21 @@ fn existing_run_is_not_overwritten_without_resume() {
     quick_run(&run, &["--epochs", "1"]);
     let before = std::fs::read(run.join("model.safetensors")).unwrap();
     let data = common::cifar_jpg_dir();
-    let output = Command::new(env!("CARGO_BIN_EXE_cae"))
-        .args([
-            "train",
-            "--dataset",
-            "folder",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--train-limit",
-            "640",
-            "--val-limit",
-            "200",
-            "--epochs",
-            "1",
-            "--out",
-            run.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let output = common::cae_output(&[
+        "train",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--train-limit",
+        "640",
+        "--val-limit",
+        "200",
+        "--epochs",
+        "1",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -167,4 +154,55 @@ fn existing_run_is_not_overwritten_without_resume() {
         before,
         std::fs::read(run.join("model.safetensors")).unwrap()
     );
+}
+
+/// The version of `package` in the workspace's Cargo.lock.
+fn locked_version(package: &str) -> String {
+    let lock =
+        std::fs::read_to_string(crate::fixtures::workspace_root().join("Cargo.lock")).unwrap();
+    let entry = format!("name = \"{package}\"\nversion = \"");
+    let start = lock
+        .find(&entry)
+        .unwrap_or_else(|| panic!("{package} not in Cargo.lock"))
+        + entry.len();
+    lock[start..].split('"').next().unwrap().to_string()
+}
+
+/// The TensorBoard event files in `run` (what they hold is tested in the `cae` crate).
+fn event_files(run: &Path) -> Vec<String> {
+    common::names(run)
+        .into_iter()
+        .filter(|name| name.starts_with("events.out.tfevents."))
+        .collect()
+}
+
+#[test]
+fn no_tensorboard_leaves_the_event_files_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let data = common::cifar_subset();
+    let quick = [
+        "train",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        common::s(&data),
+        "--train-limit",
+        "64",
+        "--val-limit",
+        "32",
+        "--latent",
+        "8",
+        "--channels",
+        "2",
+        "--epochs",
+        "1",
+        "--no-report",
+        "--no-tensorboard",
+        "--out",
+        common::s(&run),
+    ];
+    cae(&quick);
+    assert!(run.join("model.safetensors").is_file());
+    assert_eq!(event_files(&run), Vec::<String>::new());
 }

@@ -1,7 +1,4 @@
-//! File formats and figures: `.pt`, ONNX, sweep plans, pictures and metrics.
+//! ONNX exports checked by ONNX's checker and ONNX Runtime (the library's own format tests are
+//! unit tests in `crates/cae/src/tests/formats`).
 
-mod metrics;
 mod onnx;
-mod sweep_plan;
-mod torch_pt;
-mod viz;

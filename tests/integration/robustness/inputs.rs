@@ -44,13 +44,20 @@ fn cifar_batch(records: usize) -> Vec<u8> {
     bytes
 }
 
+/// The files of CIFAR-10's binary version.
+const CIFAR_FILES: [&str; 6] = [
+    "data_batch_1.bin",
+    "data_batch_2.bin",
+    "data_batch_3.bin",
+    "data_batch_4.bin",
+    "data_batch_5.bin",
+    "test_batch.bin",
+];
+
 /// Six batches of three records each, with `name` replaced by `bytes`.
 fn cifar_dir(name: &str, bytes: Vec<u8>) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    for file in cae::data::cifar::TRAIN_FILES
-        .iter()
-        .chain([&cae::data::cifar::TEST_FILE])
-    {
+    for file in CIFAR_FILES {
         fs::write(tmp.path().join(file), cifar_batch(3)).unwrap();
     }
     fs::write(tmp.path().join(name), bytes).unwrap();
@@ -503,7 +510,7 @@ fn a_corrupt_checkpoint_is_reported_not_overwritten() {
     let tmp = image_folder();
     let run = tmp.path().join("run");
     fs::create_dir(&run).unwrap();
-    let checkpoint = run.join(cae::run_folder::CHECKPOINT_FILE);
+    let checkpoint = run.join(crate::common::CHECKPOINT_FILE);
     fs::write(&checkpoint, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
     let args = [
         "train",
@@ -753,7 +760,7 @@ fn a_checkpoint_whose_adam_moments_do_not_fit_the_model_is_refused() {
     let args = train(&["--epochs", "1"]);
     common::cae(&args.iter().map(String::as_str).collect::<Vec<_>>());
 
-    let checkpoint = run.join(cae::run_folder::CHECKPOINT_FILE);
+    let checkpoint = run.join(crate::common::CHECKPOINT_FILE);
     let bytes = fs::read(&checkpoint).unwrap();
     let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let extra: Vec<(&str, String)> = metadata

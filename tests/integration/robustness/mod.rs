@@ -1,7 +1,6 @@
-//! Bad inputs, interrupted and diverged runs, full disks, and the fuzzed readers.
+//! Bad inputs, interrupted and diverged runs and full disks (the fuzzed readers are the `cae`
+//! crate's tests).
 
-mod download;
-mod fuzz;
 mod inputs;
 mod train;
 mod weights;

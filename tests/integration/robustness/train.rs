@@ -11,9 +11,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::common;
-use crate::common::{assert_clean_failure, cae, cae_clean_error, cae_command, s, temp_files};
-use burn::tensor::Device;
-use cae::run_folder::{CHECKPOINT_FILE, MODEL_FILE};
+use crate::common::{
+    CHECKPOINT_FILE, assert_clean_failure, cae, cae_clean_error, cae_command, s, temp_files,
+};
+use cae::run_folder::MODEL_FILE;
 
 const EPOCHS: &str = "2";
 /// Far longer than any run here takes on two busy cores; only reached when something hangs.
@@ -316,21 +317,6 @@ fn a_second_process_on_the_same_run_folder_is_refused_naming_it_and_the_holder()
 }
 
 #[test]
-fn a_lock_is_exclusive_and_released_when_dropped() {
-    let tmp = tempfile::tempdir().unwrap();
-    let lock = cae::run_folder::RunLock::acquire(tmp.path()).unwrap();
-    let pid = std::process::id().to_string();
-    assert_eq!(fs::read_to_string(lock.path()).unwrap().trim(), pid);
-    let error = format!(
-        "{:#}",
-        cae::run_folder::RunLock::acquire(tmp.path()).unwrap_err()
-    );
-    assert!(error.contains(&format!("(PID {pid})")), "{error}");
-    drop(lock);
-    cae::run_folder::RunLock::acquire(tmp.path()).unwrap();
-}
-
-#[test]
 fn a_diverging_first_epoch_stops_naming_epoch_and_batch_and_writes_no_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
@@ -486,9 +472,7 @@ fn a_full_disk_fails_cleanly_and_keeps_the_last_good_checkpoint() {
     ];
     assert_clean_failure(&output, &needles);
     assert_eq!(temp_files(&run), Vec::<String>::new());
-    let restored =
-        cae::run_folder::checkpoint::load(&run.join(CHECKPOINT_FILE), &Device::flex()).unwrap();
-    let done = restored.state.epochs_done;
+    let done = checkpoint_epochs_done(&run.join(CHECKPOINT_FILE));
     assert!(done >= 1);
 
     fs::remove_file(&filler).unwrap();
@@ -501,4 +485,14 @@ fn a_full_disk_fails_cleanly_and_keeps_the_last_good_checkpoint() {
         .lines()
         .count();
     assert_eq!(rows, done + 2, "header and {} epochs", done + 1);
+}
+
+/// The epochs a checkpoint has finished, from its safetensors metadata (`cae.checkpoint`, the run
+/// state as JSON), read with the safetensors crate rather than cae's own reader.
+fn checkpoint_epochs_done(path: &Path) -> usize {
+    let bytes = fs::read(path).unwrap();
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let state = &metadata.metadata().as_ref().unwrap()["cae.checkpoint"];
+    let state: serde_json::Value = serde_json::from_str(state).unwrap();
+    state["epochs_done"].as_u64().unwrap() as usize
 }

@@ -78,7 +78,7 @@ pub struct RawScores {
 }
 
 impl RawScores {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.mse.len()
     }
 
@@ -94,7 +94,7 @@ impl RawScores {
     }
 
     /// Computes the Mahalanobis distance of every code under `gaussian`.
-    pub fn set_gaussian(&mut self, gaussian: &LatentGaussian) -> Result<()> {
+    pub(crate) fn set_gaussian(&mut self, gaussian: &LatentGaussian) -> Result<()> {
         let dim = gaussian.dim();
         ensure!(
             self.codes.len() == dim * self.len(),
@@ -361,7 +361,7 @@ impl Calibration {
 }
 
 /// `dir/model.safetensors` -> `dir/model.anomaly.json`.
-pub fn calibration_path(model: &Path) -> PathBuf {
+pub(crate) fn calibration_path(model: &Path) -> PathBuf {
     beside(model, "anomaly.json")
 }
 

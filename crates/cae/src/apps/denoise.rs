@@ -15,7 +15,7 @@ use crate::model::{Autoencoder, ModelConfig};
 use crate::{eval::inference, eval::metrics};
 
 /// Per-image PSNR is capped here (an exact copy would be infinite).
-pub const MAX_PSNR: f64 = 100.0;
+pub(crate) const MAX_PSNR: f64 = 100.0;
 
 /// Mean per-image quality against the clean images, on [0, 1] pixels.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]

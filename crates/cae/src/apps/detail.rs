@@ -16,7 +16,7 @@ const LOG_FLOOR: f64 = 1e-12;
 /// Mean squared difference between an image (channels x height x width, channel-major) and its
 /// 2x2 block means: the error of the simplest reconstruction that keeps half the resolution.
 /// Blocks at an odd right or bottom edge are 1 wide or high.
-pub fn fine_detail(image: &[f32], channels: usize, height: usize, width: usize) -> f64 {
+pub(crate) fn fine_detail(image: &[f32], channels: usize, height: usize, width: usize) -> f64 {
     assert_eq!(image.len(), channels * height * width, "image size");
     let mut sum = 0.0f64;
     for plane in image.chunks(height * width) {
@@ -45,7 +45,7 @@ pub struct DetailFit {
 
 impl DetailFit {
     /// Least-squares line through `(ln detail, ln mse)` of normal images.
-    pub fn fit(mse: &[f64], detail: &[f64]) -> Result<Self> {
+    pub(crate) fn fit(mse: &[f64], detail: &[f64]) -> Result<Self> {
         ensure!(
             mse.len() == detail.len() && mse.len() >= 2,
             "the detail fit needs at least 2 images with an error and a detail each, got {} and {}",
@@ -67,7 +67,7 @@ impl DetailFit {
     }
 
     /// How much larger (in log) the error is than normal images with this detail have.
-    pub fn relative(&self, mse: f64, detail: f64) -> f64 {
+    pub(crate) fn relative(&self, mse: f64, detail: f64) -> f64 {
         ln(mse) - (self.intercept + self.slope * ln(detail))
     }
 }

@@ -23,7 +23,7 @@ use crate::sampling::standard_normal;
 
 /// The ridge added to the covariance's diagonal, as a fraction of the mean variance: codes of
 /// ReLU units that never fire have zero variance, so the raw covariance is often singular.
-pub const RIDGE_FRACTION: f64 = 1e-3;
+pub(crate) const RIDGE_FRACTION: f64 = 1e-3;
 /// Lower bound of the ridge, for codes with (almost) no variance at all.
 const MIN_RIDGE: f64 = 1e-8;
 
@@ -48,7 +48,7 @@ pub struct LatentGaussian {
 
 impl LatentGaussian {
     /// Fits `codes` (`dim` values each, one after another).
-    pub fn fit(codes: &[f32], dim: usize) -> Result<Self> {
+    pub(crate) fn fit(codes: &[f32], dim: usize) -> Result<Self> {
         ensure!(dim > 0, "codes must have at least one value");
         ensure!(
             codes.len().is_multiple_of(dim),
@@ -111,7 +111,12 @@ impl LatentGaussian {
     }
 
     /// A Gaussian from its parts; fails unless `covariance + ridge * I` is positive definite.
-    pub fn new(mean: Vec<f64>, covariance: Vec<f64>, ridge: f64, count: usize) -> Result<Self> {
+    pub(crate) fn new(
+        mean: Vec<f64>,
+        covariance: Vec<f64>,
+        ridge: f64,
+        count: usize,
+    ) -> Result<Self> {
         let dim = mean.len();
         ensure!(
             covariance.len() == dim * dim,
@@ -143,7 +148,7 @@ impl LatentGaussian {
     }
 
     /// `sqrt((x - mean)ᵀ (covariance + ridge I)⁻¹ (x - mean))`.
-    pub fn mahalanobis(&self, code: &[f32]) -> f64 {
+    pub(crate) fn mahalanobis(&self, code: &[f32]) -> f64 {
         assert_eq!(code.len(), self.dim(), "code size must match the Gaussian");
         let centred: Vec<f64> = code
             .iter()
@@ -155,7 +160,12 @@ impl LatentGaussian {
     }
 
     /// `n` draws from N(mean, temperature * (covariance + ridge I)), one code after another.
-    pub fn sample<R: RngExt + ?Sized>(&self, n: usize, temperature: f64, rng: &mut R) -> Vec<f64> {
+    pub(crate) fn sample<R: RngExt + ?Sized>(
+        &self,
+        n: usize,
+        temperature: f64,
+        rng: &mut R,
+    ) -> Vec<f64> {
         let scale = temperature.max(0.0).sqrt();
         let mut out = Vec::with_capacity(n * self.dim());
         for _ in 0..n {
@@ -218,7 +228,7 @@ impl LatentGaussian {
     }
 
     /// Reads a saved Gaussian and the SHA-256 of the model it was fitted on.
-    pub fn load(path: &Path) -> Result<(Self, String)> {
+    pub(crate) fn load(path: &Path) -> Result<(Self, String)> {
         let read = || -> Result<(Self, String)> {
             let bytes = std::fs::read(path)?;
             let file = weights::read_weights(path)?;
@@ -257,7 +267,7 @@ pub fn path_for_model(model: &Path) -> PathBuf {
 }
 
 /// `dir/model.safetensors` -> `dir/model.<suffix>`.
-pub fn beside(model: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn beside(model: &Path, suffix: &str) -> PathBuf {
     let stem = model
         .file_stem()
         .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());

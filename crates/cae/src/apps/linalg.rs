@@ -5,7 +5,7 @@ use anyhow::{Result, bail, ensure};
 
 /// The lower-triangular factor `L` of a symmetric positive-definite matrix `A = L Lᵀ`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Cholesky {
+pub(crate) struct Cholesky {
     n: usize,
     /// Row-major n x n; the upper triangle is zero.
     lower: Vec<f64>,
@@ -13,12 +13,7 @@ pub struct Cholesky {
 
 impl Cholesky {
     /// Factorises the row-major `n x n` matrix `a` (only its lower triangle is read).
-    ///
-    /// ```
-    /// let l = cae::apps::linalg::Cholesky::new(&[4.0, 2.0, 2.0, 5.0], 2).unwrap();
-    /// assert_eq!(l.lower(), &[2.0, 0.0, 1.0, 2.0]);
-    /// ```
-    pub fn new(a: &[f64], n: usize) -> Result<Self> {
+    pub(crate) fn new(a: &[f64], n: usize) -> Result<Self> {
         ensure!(
             a.len() == n * n,
             "a {n}x{n} matrix needs {} values, not {}",
@@ -44,12 +39,13 @@ impl Cholesky {
     }
 
     /// `L`, row-major.
-    pub fn lower(&self) -> &[f64] {
+    #[cfg(test)]
+    pub(crate) fn lower(&self) -> &[f64] {
         &self.lower
     }
 
     /// `L z`.
-    pub fn mul(&self, z: &[f64]) -> Vec<f64> {
+    pub(crate) fn mul(&self, z: &[f64]) -> Vec<f64> {
         assert_eq!(z.len(), self.n, "vector length must match the matrix");
         (0..self.n)
             .map(|i| dot(&self.lower[i * self.n..i * self.n + i + 1], &z[..=i]))
@@ -57,7 +53,7 @@ impl Cholesky {
     }
 
     /// The `y` with `L y = b` (forward substitution).
-    pub fn solve_lower(&self, b: &[f64]) -> Vec<f64> {
+    pub(crate) fn solve_lower(&self, b: &[f64]) -> Vec<f64> {
         assert_eq!(b.len(), self.n, "vector length must match the matrix");
         let mut y = vec![0.0; self.n];
         for i in 0..self.n {
@@ -97,5 +93,11 @@ mod tests {
         assert!(Cholesky::new(&[0.0], 1).is_err());
         assert!(Cholesky::new(&[f64::NAN], 1).is_err());
         assert!(Cholesky::new(&[1.0, 0.0, 0.0], 2).is_err());
+    }
+
+    #[test]
+    fn documented_example_of_the_factorisation() {
+        let l = Cholesky::new(&[4.0, 2.0, 2.0, 5.0], 2).unwrap();
+        assert_eq!(l.lower(), &[2.0, 0.0, 1.0, 2.0]);
     }
 }

@@ -34,7 +34,7 @@ pub struct ClassResult {
 }
 
 /// The images of `set` at `indices`, in that order.
-pub fn select(set: &ImageSet, indices: &[usize]) -> ImageSet {
+pub(crate) fn select(set: &ImageSet, indices: &[usize]) -> ImageSet {
     let mut out = ImageSet {
         channels: set.channels,
         height: set.height,

@@ -6,13 +6,7 @@ use anyhow::{Result, ensure};
 /// Area under the ROC curve: the probability that a random anomalous image scores higher than a
 /// random normal one, ties counting one half. Computed as the Mann–Whitney U statistic from
 /// ranks, tied scores sharing their average rank.
-///
-/// ```
-/// use cae::apps::roc::roc_auc;
-/// assert_eq!(roc_auc(&[0.1, 0.2], &[0.3, 0.4]).unwrap(), 1.0);
-/// assert_eq!(roc_auc(&[0.5], &[0.5]).unwrap(), 0.5);
-/// ```
-pub fn roc_auc(normal: &[f64], anomalous: &[f64]) -> Result<f64> {
+pub(crate) fn roc_auc(normal: &[f64], anomalous: &[f64]) -> Result<f64> {
     ensure!(
         !normal.is_empty() && !anomalous.is_empty(),
         "the ROC AUC needs normal and anomalous images (got {} and {})",
@@ -48,13 +42,7 @@ pub fn roc_auc(normal: &[f64], anomalous: &[f64]) -> Result<f64> {
 /// scores: halfway between the highest score it keeps and the lowest it flags, so that an image
 /// whose score is recomputed (in another batch, its float sums in another order) does not cross
 /// it. With nothing to flag it is the highest normal score.
-///
-/// ```
-/// let normal: Vec<f64> = (1..=100).map(f64::from).collect();
-/// assert_eq!(cae::apps::roc::threshold_at_fpr(&normal, 0.05).unwrap(), 95.5);
-/// assert_eq!(cae::apps::roc::threshold_at_fpr(&normal, 0.0).unwrap(), 100.0);
-/// ```
-pub fn threshold_at_fpr(normal: &[f64], fpr: f64) -> Result<f64> {
+pub(crate) fn threshold_at_fpr(normal: &[f64], fpr: f64) -> Result<f64> {
     ensure!(!normal.is_empty(), "a threshold needs normal scores");
     ensure!(
         (0.0..=1.0).contains(&fpr),
@@ -134,5 +122,18 @@ mod tests {
         }
         assert_eq!(threshold_at_fpr(&[1.0, 2.0], 1.0).unwrap(), 1.5);
         assert!(threshold_at_fpr(&[1.0], 1.5).is_err());
+    }
+
+    #[test]
+    fn documented_examples_of_roc_auc() {
+        assert_eq!(roc_auc(&[0.1, 0.2], &[0.3, 0.4]).unwrap(), 1.0);
+        assert_eq!(roc_auc(&[0.5], &[0.5]).unwrap(), 0.5);
+    }
+
+    #[test]
+    fn documented_examples_of_threshold_at_fpr() {
+        let normal: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(threshold_at_fpr(&normal, 0.05).unwrap(), 95.5);
+        assert_eq!(threshold_at_fpr(&normal, 0.0).unwrap(), 100.0);
     }
 }

@@ -6,7 +6,7 @@
 /// One of the eight symmetries of a square (four of a rectangle): flip rows, flip columns, then
 /// transpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Symmetry {
+pub(crate) struct Symmetry {
     pub flip_rows: bool,
     pub flip_cols: bool,
     pub transpose: bool,
@@ -15,7 +15,7 @@ pub struct Symmetry {
 impl Symmetry {
     /// Every symmetry that keeps an `height x width` image's shape: eight for a square, four
     /// (the flips) otherwise. The identity comes first.
-    pub fn all(height: usize, width: usize) -> Vec<Symmetry> {
+    pub(crate) fn all(height: usize, width: usize) -> Vec<Symmetry> {
         let transposes: &[bool] = if height == width {
             &[false, true]
         } else {
@@ -45,12 +45,12 @@ impl Symmetry {
     }
 
     /// The images (`channels x height x width` each, one after another) transformed.
-    pub fn apply(self, images: &[f32], channels: usize, height: usize, width: usize) -> Vec<f32> {
+    fn apply(self, images: &[f32], channels: usize, height: usize, width: usize) -> Vec<f32> {
         self.remap(images, channels, height, width, false)
     }
 
     /// Undoes [`Symmetry::apply`].
-    pub fn undo(self, images: &[f32], channels: usize, height: usize, width: usize) -> Vec<f32> {
+    fn undo(self, images: &[f32], channels: usize, height: usize, width: usize) -> Vec<f32> {
         self.remap(images, channels, height, width, true)
     }
 
@@ -86,7 +86,7 @@ impl Symmetry {
 }
 
 /// The mean over every [`Symmetry`] of `run` on the transformed images, transformed back.
-pub fn self_ensemble(
+pub(crate) fn self_ensemble(
     images: &[f32],
     channels: usize,
     height: usize,

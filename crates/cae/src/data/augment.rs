@@ -80,7 +80,7 @@ impl From<NoiseSpec> for String {
 }
 
 impl NoiseSpec {
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         match *self {
             Self::Gaussian { sigma } if !(sigma.is_finite() && sigma >= 0.0) => {
                 bail!("noise {self}: sigma must be a finite number >= 0")
@@ -93,7 +93,8 @@ impl NoiseSpec {
     }
 
     /// Corrupts one value on [0, 1]; the result is clipped to [0, 1].
-    pub fn corrupt_unit<R: RngExt + ?Sized>(&self, value: f32, rng: &mut R) -> f32 {
+    #[cfg(test)]
+    pub(crate) fn corrupt_unit<R: RngExt + ?Sized>(&self, value: f32, rng: &mut R) -> f32 {
         self.replacement(value, rng).unwrap_or(value)
     }
 
@@ -117,7 +118,7 @@ impl NoiseSpec {
 
     /// Corrupts model-space (normalized) values in place: back to [0, 1], corrupt, clip,
     /// normalize again. Values left alone keep their exact bits.
-    pub fn corrupt_normalized<R: RngExt + ?Sized>(&self, values: &mut [f32], rng: &mut R) {
+    pub(crate) fn corrupt_normalized<R: RngExt + ?Sized>(&self, values: &mut [f32], rng: &mut R) {
         for v in values {
             if let Some(unit) = self.replacement(*v * STD + MEAN, rng) {
                 *v = (unit - MEAN) / STD;
@@ -146,14 +147,14 @@ impl NoiseSpec {
 
 /// The noise of a training run: batch `b` of epoch `e` draws from `noise_rng(seed, e, b)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TrainingNoise {
+pub(crate) struct TrainingNoise {
     pub spec: NoiseSpec,
     pub seed: u64,
 }
 
 impl TrainingNoise {
     /// A corrupted copy of the normalized `batch`, batch `index` (0-based) of `epoch`.
-    pub fn corrupt_batch(&self, batch: &[f32], epoch: usize, index: usize) -> Vec<f32> {
+    pub(crate) fn corrupt_batch(&self, batch: &[f32], epoch: usize, index: usize) -> Vec<f32> {
         let mut noisy = batch.to_vec();
         let mut rng = noise_rng(self.seed, epoch as u64, index as u64);
         self.spec.corrupt_normalized(&mut noisy, &mut rng);
@@ -163,7 +164,7 @@ impl TrainingNoise {
 
 /// An independent generator for each (seed, a, b), e.g. (seed, epoch, batch) during training, so
 /// that a resumed run draws the same noise as an uninterrupted one.
-pub fn noise_rng(seed: u64, a: u64, b: u64) -> Xoshiro256PlusPlus {
+pub(crate) fn noise_rng(seed: u64, a: u64, b: u64) -> Xoshiro256PlusPlus {
     // A salt keeps these streams apart from the seed's other uses (initial weights, shuffling).
     const SALT: u64 = 0x6E6F_6973_6563_6165; // "noisecae"
     Xoshiro256PlusPlus::seed_from_u64(mix(mix(mix(seed ^ SALT) ^ a) ^ b))

@@ -8,11 +8,11 @@ use std::thread::JoinHandle;
 use super::ImageSet;
 
 /// Per-channel normalization after scaling to [0, 1], as `Normalize(mean, std)` does.
-pub const MEAN: f32 = 0.5;
-pub const STD: f32 = 0.5;
+pub(crate) const MEAN: f32 = 0.5;
+pub(crate) const STD: f32 = 0.5;
 
 /// `ToTensor` then `Normalize(0.5, 0.5)`, in the same float32 operations PyTorch performs.
-pub fn normalize_pixel(p: u8) -> f32 {
+pub(crate) fn normalize_pixel(p: u8) -> f32 {
     (f32::from(p) / 255.0 - MEAN) / STD
 }
 
@@ -31,20 +31,25 @@ pub fn normalized_batch(set: &ImageSet, indices: &[usize]) -> Vec<f32> {
 }
 
 /// One batch ready for the model.
-pub struct Batch {
+pub(crate) struct Batch {
     /// Normalized pixels, (len, C, H, W).
     pub data: Vec<f32>,
     pub len: usize,
 }
 
 /// Batches of `set` in `order`, prepared by a background thread `depth` batches ahead.
-pub struct Prefetcher {
+pub(crate) struct Prefetcher {
     receiver: Option<Receiver<Batch>>,
     worker: Option<JoinHandle<()>>,
 }
 
 impl Prefetcher {
-    pub fn new(set: Arc<ImageSet>, order: Vec<usize>, batch_size: usize, depth: usize) -> Self {
+    pub(crate) fn new(
+        set: Arc<ImageSet>,
+        order: Vec<usize>,
+        batch_size: usize,
+        depth: usize,
+    ) -> Self {
         let (sender, receiver) = sync_channel(depth.max(1));
         let worker = std::thread::spawn(move || {
             for indices in order.chunks(batch_size.max(1)) {

@@ -14,7 +14,7 @@ use super::{ImageSet, Splits};
 use crate::io::atomic;
 
 /// The class names, in label order.
-pub const CLASSES: [&str; 10] = [
+pub(crate) const CLASSES: [&str; 10] = [
     "airplane",
     "automobile",
     "bird",
@@ -28,23 +28,24 @@ pub const CLASSES: [&str; 10] = [
 ];
 
 /// The official archive of the binary version.
-pub const URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
+pub(crate) const URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
 /// The archive's file name, downloaded into (or picked up from) the data folder.
-pub const ARCHIVE_NAME: &str = "cifar-10-binary.tar.gz";
-pub const ARCHIVE_BYTES: u64 = 170_052_171;
-pub const ARCHIVE_MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
-pub const ARCHIVE_SHA256: &str = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd";
+pub(crate) const ARCHIVE_NAME: &str = "cifar-10-binary.tar.gz";
+pub(crate) const ARCHIVE_BYTES: u64 = 170_052_171;
+pub(crate) const ARCHIVE_MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
+pub(crate) const ARCHIVE_SHA256: &str =
+    "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd";
 
 /// The folder the archive unpacks to.
-pub const BATCHES_DIR: &str = "cifar-10-batches-bin";
-pub const TRAIN_FILES: [&str; 5] = [
+pub(crate) const BATCHES_DIR: &str = "cifar-10-batches-bin";
+pub(crate) const TRAIN_FILES: [&str; 5] = [
     "data_batch_1.bin",
     "data_batch_2.bin",
     "data_batch_3.bin",
     "data_batch_4.bin",
     "data_batch_5.bin",
 ];
-pub const TEST_FILE: &str = "test_batch.bin";
+pub(crate) const TEST_FILE: &str = "test_batch.bin";
 /// Files of the archive that are extracted besides the batches.
 const EXTRA_FILES: [&str; 2] = ["batches.meta.txt", "readme.html"];
 
@@ -64,14 +65,14 @@ fn missing_batches(dir: &Path) -> Vec<&'static str> {
 }
 
 /// The folder holding the six batch files: `data_dir/cifar-10-batches-bin`, or `data_dir` itself.
-pub fn find_batches_dir(data_dir: &Path) -> Option<PathBuf> {
+pub(crate) fn find_batches_dir(data_dir: &Path) -> Option<PathBuf> {
     [data_dir.join(BATCHES_DIR), data_dir.to_path_buf()]
         .into_iter()
         .find(|dir| missing_batches(dir).is_empty())
 }
 
 /// Reads the five training batches (in order) and the test batch from `batches_dir`.
-pub fn load(batches_dir: &Path) -> Result<Splits> {
+pub(crate) fn load(batches_dir: &Path) -> Result<Splits> {
     let missing = missing_batches(batches_dir);
     if !missing.is_empty() {
         bail!(
@@ -151,7 +152,7 @@ fn check_file_size(path: &Path, len: usize) -> Result<()> {
 
 /// Where and what to download: the official archive, or a stand-in for tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArchiveSpec {
+pub(crate) struct ArchiveSpec {
     pub url: String,
     pub bytes: u64,
     pub md5: String,
@@ -159,7 +160,7 @@ pub struct ArchiveSpec {
 }
 
 impl ArchiveSpec {
-    pub fn official() -> Self {
+    pub(crate) fn official() -> Self {
         Self {
             url: URL.to_string(),
             bytes: ARCHIVE_BYTES,
@@ -178,7 +179,7 @@ impl ArchiveSpec {
 }
 
 /// The batches folder under `data_dir`, downloading the official archive if it is not there.
-pub fn ensure(data_dir: &Path) -> Result<PathBuf> {
+pub(crate) fn ensure(data_dir: &Path) -> Result<PathBuf> {
     ensure_with(data_dir, &ArchiveSpec::official())
 }
 
@@ -189,7 +190,7 @@ pub fn ensure(data_dir: &Path) -> Result<PathBuf> {
 /// unpacked into a temporary folder that is renamed to `data_dir/cifar-10-batches-bin` only when
 /// complete. On failure neither a downloaded archive nor a partial folder is left behind, and
 /// what a killed cae left (a `.tmp-PID` download, a `.partial-PID` folder) is removed.
-pub fn ensure_with(data_dir: &Path, spec: &ArchiveSpec) -> Result<PathBuf> {
+pub(crate) fn ensure_with(data_dir: &Path, spec: &ArchiveSpec) -> Result<PathBuf> {
     remove_leftovers(data_dir);
     if let Some(dir) = find_batches_dir(data_dir) {
         return Ok(dir);

@@ -15,7 +15,7 @@ use crate::io::atomic;
 
 /// Timeouts of a download.
 #[derive(Debug, Clone)]
-pub struct DownloadOptions {
+pub(crate) struct DownloadOptions {
     /// Limit on resolving the host name and opening the connection (TLS included).
     pub connect_timeout: Duration,
     /// Limit on any single read from the server: a stalled server fails after this long
@@ -38,13 +38,13 @@ impl Default for DownloadOptions {
 /// some other way (`err.chain().any(|e| e.is::<Unreachable>())`).
 #[derive(Debug, thiserror::Error)]
 #[error("cae could not reach {host} (offline, or the host is unreachable): {reason}")]
-pub struct Unreachable {
+pub(crate) struct Unreachable {
     pub host: String,
     pub reason: String,
 }
 
 /// Downloads `url` to `dest` with the default [`DownloadOptions`]; see [`download_with`].
-pub fn download(
+pub(crate) fn download(
     url: &str,
     dest: &Path,
     expected_bytes: Option<u64>,
@@ -61,7 +61,7 @@ pub fn download(
 
 /// What a download must match; `None` skips that check.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Expected<'a> {
+pub(crate) struct Expected<'a> {
     pub bytes: Option<u64>,
     pub md5: Option<&'a str>,
     pub sha256: Option<&'a str>,
@@ -72,7 +72,7 @@ pub struct Expected<'a> {
 /// The body goes to a temporary file beside `dest` that is renamed to `dest` only once every
 /// check has passed ([`atomic::write_with`]); on any failure the temporary file is removed and
 /// `dest` is not created.
-pub fn download_with(
+pub(crate) fn download_with(
     url: &str,
     dest: &Path,
     expected: &Expected,
@@ -98,7 +98,7 @@ fn fetch(
 }
 
 /// Checks the size and checksums of the file at `path` against `expected`.
-pub fn verify_file(path: &Path, expected: &Expected) -> Result<()> {
+pub(crate) fn verify_file(path: &Path, expected: &Expected) -> Result<()> {
     let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut digests = Digests::default();
     let mut buf = vec![0u8; CHUNK];
@@ -334,7 +334,7 @@ fn check_digest(name: &str, expected: Option<&str>, actual: &str) -> Result<()> 
 }
 
 /// Lower-case hexadecimal of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes
         .iter()
         .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {

@@ -14,7 +14,7 @@ use image::{DynamicImage, ImageBuffer, ImageReader, Pixel};
 use super::{ImageSet, Splits};
 
 /// File extensions read as images (compared case-insensitively); other files are ignored.
-pub const EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "bmp"];
+pub(crate) const EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "bmp"];
 
 /// One image file to read.
 #[derive(Debug, Clone)]
@@ -35,7 +35,7 @@ pub struct Skipped {
 
 /// How [`load_with`] converts the images.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FolderOptions {
+pub(crate) struct FolderOptions {
     /// 1 (grayscale) or 3 (RGB); `None` means 3.
     pub channels: Option<usize>,
     /// The (width, height) every image is resized to; `None` means the size of the first
@@ -44,7 +44,7 @@ pub struct FolderOptions {
 }
 
 /// [`load_with`] with the default options: RGB, at the size of the first training image.
-pub fn load(root: &Path, shuffle_seed: u64) -> Result<Splits> {
+pub(crate) fn load(root: &Path, shuffle_seed: u64) -> Result<Splits> {
     load_with(root, shuffle_seed, &FolderOptions::default())
 }
 
@@ -55,13 +55,13 @@ pub fn load(root: &Path, shuffle_seed: u64) -> Result<Splits> {
 /// use those. Files are read in name order; the training list is then shuffled once with
 /// `shuffle_seed` (see [`shuffle`]) since class-sorted batches train badly, while the test list
 /// stays in class and file order.
-pub fn load_with(root: &Path, shuffle_seed: u64, options: &FolderOptions) -> Result<Splits> {
+pub(crate) fn load_with(root: &Path, shuffle_seed: u64, options: &FolderOptions) -> Result<Splits> {
     load_folder(root, shuffle_seed, options, false).map(|(splits, _)| splits)
 }
 
 /// Like [`load_with`], except that image files which cannot be decoded are left out instead of
 /// failing the load; returns them, in split, class and name order, with the splits.
-pub fn load_skipping_bad(
+pub(crate) fn load_skipping_bad(
     root: &Path,
     shuffle_seed: u64,
     options: &FolderOptions,
@@ -375,7 +375,7 @@ fn decode_guarded(path: &Path, target: &Target) -> Result<Vec<u8>> {
 /// (`to_luma8`: 0.2126 R + 0.7152 G + 0.0722 B); alpha is dropped. When `size` (width, height)
 /// is given and differs from the image's, the image is resized to it with
 /// [`FilterType::Triangle`] (bilinear), after the channel conversion.
-pub fn decode_image(
+pub(crate) fn decode_image(
     path: &Path,
     channels: usize,
     size: Option<(u32, u32)>,
@@ -419,9 +419,10 @@ fn interleaved_to_planar(interleaved: &[u8], channels: usize) -> Vec<u8> {
     planar
 }
 
+#[cfg(test)]
 /// Decodes the image at `path` (format guessed from its content) to 8-bit RGB: returns the width,
 /// the height and the pixels, H, W, C interleaved.
-pub fn decode_rgb(path: &Path) -> Result<(u32, u32, Vec<u8>)> {
+pub(crate) fn decode_rgb(path: &Path) -> Result<(u32, u32, Vec<u8>)> {
     Ok(into_parts(open_image(path)?.into_rgb8()))
 }
 
@@ -448,7 +449,7 @@ fn image_dimensions(path: &Path) -> Result<(u32, u32)> {
 /// Shuffles `items` with a Fisher-Yates shuffle driven by SplitMix64 seeded with `seed`.
 ///
 /// Self-contained so the order depends only on the seed, never on a dependency's version.
-pub fn shuffle<T>(items: &mut [T], seed: u64) {
+pub(crate) fn shuffle<T>(items: &mut [T], seed: u64) {
     let mut rng = SplitMix64(seed);
     for i in (1..items.len()).rev() {
         items.swap(i, rng.below(i as u64 + 1) as usize);

@@ -13,10 +13,10 @@ use flate2::read::GzDecoder;
 use super::{ImageSet, Splits};
 
 /// The class names of MNIST, in label order.
-pub const MNIST_CLASSES: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+pub(crate) const MNIST_CLASSES: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 
 /// The class names of Fashion-MNIST, in label order.
-pub const FASHION_MNIST_CLASSES: [&str; 10] = [
+pub(crate) const FASHION_MNIST_CLASSES: [&str; 10] = [
     "T-shirt/top",
     "Trouser",
     "Pullover",
@@ -30,10 +30,10 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] = [
 ];
 
 /// Where Debian's package `dataset-fashion-mnist` installs the four gzipped files.
-pub const DEBIAN_FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
+pub(crate) const DEBIAN_FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
 /// The four files, without the optional `.gz` suffix.
-pub const FILES: [&str; 4] = [
+pub(crate) const FILES: [&str; 4] = [
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
     "t10k-images-idx3-ubyte",
@@ -49,7 +49,7 @@ const LABELS_MAGIC: u32 = 0x0000_0801;
 const KNOWN_SUBFOLDERS: [&str; 4] = ["fashion-mnist", "mnist", "FashionMNIST/raw", "MNIST/raw"];
 
 /// The folder holding the four files: `data_dir` itself, else one of a few usual subfolders.
-pub fn find_dir(data_dir: &Path) -> Option<PathBuf> {
+pub(crate) fn find_dir(data_dir: &Path) -> Option<PathBuf> {
     std::iter::once(data_dir.to_path_buf())
         .chain(KNOWN_SUBFOLDERS.iter().map(|sub| data_dir.join(sub)))
         .find(|dir| FILES.iter().all(|name| locate(dir, name).is_some()))
@@ -74,7 +74,7 @@ fn require(dir: &Path, name: &str) -> Result<PathBuf> {
 /// Reads the training (`train-*`) and test (`t10k-*`) images and labels from `dir`.
 ///
 /// The images are grayscale (`channels == 1`) and every label must index `class_names`.
-pub fn load(dir: &Path, class_names: &[&str]) -> Result<Splits> {
+pub(crate) fn load(dir: &Path, class_names: &[&str]) -> Result<Splits> {
     Ok(Splits {
         train: load_split(dir, "train", class_names)?,
         test: load_split(dir, "t10k", class_names)?,
@@ -201,7 +201,7 @@ fn read_header_bytes(path: &Path, reader: &mut dyn Read, offset: usize) -> Resul
 /// The most data one IDX file may announce: 16 times the largest known IDX dataset (EMNIST,
 /// about 0.7 GB), so that a gzipped file whose header claims an absurd size (a "gzip bomb")
 /// is refused before its decompressed stream fills memory.
-pub const MAX_IDX_BYTES: u64 = 1 << 33;
+pub(crate) const MAX_IDX_BYTES: u64 = 1 << 33;
 
 /// The number of data bytes the dimensions call for; zero, overflowing or absurd sizes are
 /// refused.

@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 
 pub mod augment;
 pub mod batcher;
-pub mod cifar;
+pub(crate) mod cifar;
 pub mod download;
-pub mod folder;
-pub mod idx;
+pub(crate) mod folder;
+pub(crate) mod idx;
 
 /// Where the images come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,7 +90,7 @@ impl ImageSet {
     }
 
     /// The `index`-th image, C, H, W planar.
-    pub fn image(&self, index: usize) -> &[u8] {
+    pub(crate) fn image(&self, index: usize) -> &[u8] {
         let n = self.image_len();
         &self.pixels[index * n..(index + 1) * n]
     }
@@ -137,7 +137,7 @@ pub fn load(kind: DatasetKind, data_dir: &std::path::Path, seed: u64) -> anyhow:
 
 /// [`load`], also returning the folder the data was read from (Fashion-MNIST may come from
 /// Debian's copy rather than `data_dir`).
-pub fn load_located(
+pub(crate) fn load_located(
     kind: DatasetKind,
     data_dir: &std::path::Path,
     seed: u64,
@@ -189,7 +189,7 @@ pub struct LoadOptions {
 
 impl LoadOptions {
     /// Fails on options no dataset can satisfy, before anything is read.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
         if let Some((width, height)) = self.image_size {
             anyhow::ensure!(
                 width > 0 && height > 0 && width.is_multiple_of(4) && height.is_multiple_of(4),

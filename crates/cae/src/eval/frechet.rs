@@ -15,13 +15,7 @@ use crate::model::{Autoencoder, ModelConfig};
 
 /// The Fréchet distance between the Gaussians of the rows of `a` and of `b` (`dim` values a
 /// row), with the unbiased (n - 1) covariances as `numpy.cov` and FID compute them.
-///
-/// ```
-/// // N(0, 2) against N(2, 8): 2^2 + 2 + 8 - 2 sqrt(2 * 8) = 6.
-/// let d = cae::eval::frechet::frechet_distance(&[-1.0, 1.0], &[0.0, 4.0], 1).unwrap();
-/// assert!((d - 6.0).abs() < 1e-12);
-/// ```
-pub fn frechet_distance(a: &[f32], b: &[f32], dim: usize) -> Result<f64> {
+pub(crate) fn frechet_distance(a: &[f32], b: &[f32], dim: usize) -> Result<f64> {
     let (mean_a, cov_a) = mean_and_covariance(a, dim)?;
     let (mean_b, cov_b) = mean_and_covariance(b, dim)?;
     // Tr((S1 S2)^(1/2)) = Tr((S1^(1/2) S2 S1^(1/2))^(1/2)): the eigenvalues of S1 S2 are those
@@ -127,5 +121,12 @@ mod tests {
         // Covariances with eigenvalues 1 and 0.01 on perpendicular axes: 2 (1 + 0.01) - 4 sqrt(0.01).
         let expected = 2.0 * 1.01 - 4.0 * 0.1;
         assert!((d - expected).abs() < 0.05, "{d} vs {expected}");
+    }
+
+    #[test]
+    fn one_dimensional_closed_form() {
+        // N(0, 2) against N(2, 8): 2^2 + 2 + 8 - 2 sqrt(2 * 8) = 6.
+        let d = frechet_distance(&[-1.0, 1.0], &[0.0, 4.0], 1).unwrap();
+        assert!((d - 6.0).abs() < 1e-12);
     }
 }

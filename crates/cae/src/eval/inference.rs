@@ -9,16 +9,17 @@ use crate::model::{Autoencoder, ModelConfig};
 ///
 /// ```
 /// use burn::tensor::Device;
-/// use cae::{init, eval::inference, model::ModelConfig, io::weights};
+/// use cae::{Autoencoder, ModelConfig};
 ///
 /// let config = ModelConfig::default();
 /// let device = Device::flex();
-/// let model = weights::build_model(&config, &init::seed_state_dict(&config, 0), &device).unwrap();
+/// let model = Autoencoder::seeded(&config, 0, &device)?;
 /// let images = vec![0.0f32; 2 * 3 * 32 * 32];
-/// let codes = inference::encode(&model, &config, &images, &device);
+/// let codes = cae::encode(&model, &config, &images, &device);
 /// assert_eq!(codes.len(), 2 * config.latent);
-/// let back = inference::decode(&model, &config, &codes, &device);
+/// let back = cae::decode(&model, &config, &codes, &device);
 /// assert_eq!(back.len(), images.len());
+/// # Ok::<(), anyhow::Error>(())
 /// ```
 pub fn encode(
     model: &Autoencoder,

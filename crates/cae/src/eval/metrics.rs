@@ -8,33 +8,28 @@
 use anyhow::{Result, ensure};
 
 /// Side of the Gaussian window.
-pub const SSIM_WINDOW: usize = 11;
+pub(crate) const SSIM_WINDOW: usize = 11;
 /// Standard deviation of the Gaussian window, in pixels.
-pub const SSIM_SIGMA: f64 = 1.5;
+pub(crate) const SSIM_SIGMA: f64 = 1.5;
 const K1: f64 = 0.01;
 const K2: f64 = 0.03;
 /// Pixels lie in [0, 1].
 const DATA_RANGE: f64 = 1.0;
 
-/// Mean SSIM of two images, each `channels * height * width` floats, planar C, H, W, on [0, 1].
-///
-/// ```
-/// let image: Vec<f32> = (0..3 * 16 * 16).map(|i| (i % 7) as f32 / 6.0).collect();
-/// assert!((cae::eval::metrics::ssim(&image, &image, 3, 16, 16).unwrap() - 1.0).abs() < 1e-12);
-/// ```
-pub fn ssim(a: &[f32], b: &[f32], channels: usize, height: usize, width: usize) -> Result<f64> {
-    let image_len = channels * height * width;
+/// Mean SSIM of two images, each `c * h * w` floats, planar C, H, W, on [0, 1].
+pub(crate) fn ssim(a: &[f32], b: &[f32], c: usize, h: usize, w: usize) -> Result<f64> {
+    let image_len = c * h * w;
     ensure!(
         a.len() == image_len && b.len() == image_len,
-        "SSIM of one {channels}x{height}x{width} image needs {image_len} values each, got {} and {}",
+        "SSIM of one {c}x{h}x{w} image needs {image_len} values each, got {} and {}",
         a.len(),
         b.len()
     );
-    mean_ssim(a, b, channels, height, width)
+    mean_ssim(a, b, c, h, w)
 }
 
 /// Mean SSIM over a batch: `a` and `b` hold the same number of C, H, W images one after another.
-pub fn mean_ssim(
+pub(crate) fn mean_ssim(
     a: &[f32],
     b: &[f32],
     channels: usize,

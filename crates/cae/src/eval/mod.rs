@@ -4,7 +4,7 @@
 
 pub mod frechet;
 pub mod inference;
-pub mod metrics;
+pub(crate) mod metrics;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;

@@ -134,7 +134,7 @@ where
 /// Creates the folder `target` by calling `fill` on an empty temporary folder beside it
 /// (`.<name>.partial-<pid>`) and renaming that to `target` once `fill` succeeded; on any error
 /// the temporary folder is removed and `target` is not created.
-pub fn create_dir_with<F>(target: &Path, fill: F) -> Result<()>
+pub(crate) fn create_dir_with<F>(target: &Path, fill: F) -> Result<()>
 where
     F: FnOnce(&Path) -> Result<()>,
 {
@@ -153,15 +153,15 @@ where
 }
 
 /// The temporary folder of [`create_dir_with`] for `target`.
-pub fn staging_dir(target: &Path) -> PathBuf {
+pub(crate) fn staging_dir(target: &Path) -> PathBuf {
     hidden_beside(target, STAGING_MARK)
 }
 
 /// Marks the folders of [`create_dir_with`]: `.<name>.partial-<pid>`.
-pub const STAGING_MARK: &str = ".partial-";
+pub(crate) const STAGING_MARK: &str = ".partial-";
 
 /// Writes `bytes` to `path` atomically.
-pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     write_with(path, |w| {
         w.write_all(bytes)?;
         Ok(())
@@ -182,7 +182,7 @@ fn hidden_beside(path: &Path, mark: &str) -> PathBuf {
 }
 
 /// Marks the files of [`write_with`]: `.<name>.tmp-<pid>`.
-pub const TEMP_MARK: &str = ".tmp-";
+pub(crate) const TEMP_MARK: &str = ".tmp-";
 
 /// Whether `name` is a temporary file of [`write_with`]: `.<name>.tmp-<pid>`.
 pub fn is_temp_name(name: &str) -> bool {
@@ -195,7 +195,7 @@ pub fn is_temp_name(name: &str) -> bool {
 /// Removes the temporary files that writes cut short by a kill or a crash left in `dir`, and
 /// returns their names. Only for a folder this process has locked (see [`crate::run_folder::RunLock`]): the
 /// temporary file of another live writer would go too.
-pub fn remove_stale_temps(dir: &Path) -> Result<Vec<String>> {
+pub(crate) fn remove_stale_temps(dir: &Path) -> Result<Vec<String>> {
     let context = || format!("cannot list {}", dir.display());
     let mut removed = Vec::new();
     for entry in fs::read_dir(dir).with_context(context)? {

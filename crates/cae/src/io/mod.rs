@@ -7,7 +7,7 @@ pub mod atomic;
 pub mod imageio;
 pub mod npy;
 pub mod onnx;
-pub mod tensorboard;
+pub(crate) mod tensorboard;
 pub mod torch_pt;
 pub mod weights;
 

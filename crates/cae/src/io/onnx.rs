@@ -32,7 +32,7 @@ use crate::model::ModelConfig;
 /// The ONNX operator set the graph uses.
 pub const OPSET: i64 = 17;
 /// The ONNX IR version of the file (ONNX 1.10 and later read it).
-pub const IR_VERSION: i64 = 8;
+pub(crate) const IR_VERSION: i64 = 8;
 /// The name of the symbolic batch dimension of inputs and outputs.
 pub const BATCH_DIM: &str = "batch";
 
@@ -91,7 +91,7 @@ pub fn save_onnx(path: &Path, config: &ModelConfig, dict: &StateDict, part: Part
 
 /// The ONNX file of `part` of the model `config`/`dict`; the weights must be the model's exact
 /// state dict, and finite.
-pub fn onnx_bytes(config: &ModelConfig, dict: &StateDict, part: Part) -> Result<Vec<u8>> {
+pub(crate) fn onnx_bytes(config: &ModelConfig, dict: &StateDict, part: Part) -> Result<Vec<u8>> {
     config.validate()?;
     weights::check_state_dict(config, dict)?;
     weights::refuse_non_finite(dict)?;
@@ -374,7 +374,7 @@ const ATTRIBUTE_INT: i32 = 2;
 const ATTRIBUTE_INTS: i32 = 7;
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ModelProto {
+pub(crate) struct ModelProto {
     #[prost(int64, tag = "1")]
     pub ir_version: i64,
     #[prost(message, repeated, tag = "8")]
@@ -392,7 +392,7 @@ pub struct ModelProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct OperatorSetIdProto {
+pub(crate) struct OperatorSetIdProto {
     /// Empty: the default domain `ai.onnx`.
     #[prost(string, tag = "1")]
     pub domain: String,
@@ -401,7 +401,7 @@ pub struct OperatorSetIdProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct StringStringEntryProto {
+pub(crate) struct StringStringEntryProto {
     #[prost(string, tag = "1")]
     pub key: String,
     #[prost(string, tag = "2")]
@@ -409,7 +409,7 @@ pub struct StringStringEntryProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct GraphProto {
+pub(crate) struct GraphProto {
     #[prost(message, repeated, tag = "1")]
     pub node: Vec<NodeProto>,
     #[prost(string, tag = "2")]
@@ -423,7 +423,7 @@ pub struct GraphProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct NodeProto {
+pub(crate) struct NodeProto {
     #[prost(string, repeated, tag = "1")]
     pub input: Vec<String>,
     #[prost(string, repeated, tag = "2")]
@@ -437,7 +437,7 @@ pub struct NodeProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct AttributeProto {
+pub(crate) struct AttributeProto {
     #[prost(string, tag = "1")]
     pub name: String,
     /// `AttributeType`: which of the value fields is set.
@@ -450,7 +450,7 @@ pub struct AttributeProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct TensorProto {
+pub(crate) struct TensorProto {
     #[prost(int64, repeated, packed = "false", tag = "1")]
     pub dims: Vec<i64>,
     #[prost(int32, tag = "2")]
@@ -463,7 +463,7 @@ pub struct TensorProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ValueInfoProto {
+pub(crate) struct ValueInfoProto {
     #[prost(string, tag = "1")]
     pub name: String,
     #[prost(message, optional, tag = "2")]
@@ -473,14 +473,14 @@ pub struct ValueInfoProto {
 /// `TypeProto` with the one member of its `value` oneof cae uses (a oneof of one set field
 /// is, on the wire, that field).
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct TypeProto {
+pub(crate) struct TypeProto {
     #[prost(message, optional, tag = "1")]
     pub tensor_type: Option<TypeProtoTensor>,
 }
 
 /// `TypeProto.Tensor`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct TypeProtoTensor {
+pub(crate) struct TypeProtoTensor {
     #[prost(int32, tag = "1")]
     pub elem_type: i32,
     #[prost(message, optional, tag = "2")]
@@ -488,21 +488,21 @@ pub struct TypeProtoTensor {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct TensorShapeProto {
+pub(crate) struct TensorShapeProto {
     #[prost(message, repeated, tag = "1")]
     pub dim: Vec<Dimension>,
 }
 
 /// `TensorShapeProto.Dimension`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Dimension {
+pub(crate) struct Dimension {
     #[prost(oneof = "DimensionValue", tags = "1, 2")]
     pub value: Option<DimensionValue>,
 }
 
 /// The `value` oneof of `TensorShapeProto.Dimension`.
 #[derive(Clone, PartialEq, prost::Oneof)]
-pub enum DimensionValue {
+pub(crate) enum DimensionValue {
     #[prost(int64, tag = "1")]
     DimValue(i64),
     #[prost(string, tag = "2")]

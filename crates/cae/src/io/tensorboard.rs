@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use prost::Message;
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Event {
+pub(crate) struct Event {
     #[prost(double, tag = "1")]
     pub wall_time: f64,
     #[prost(int64, tag = "2")]
@@ -28,7 +28,7 @@ pub struct Event {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct SessionLog {
+pub(crate) struct SessionLog {
     /// 1: START. TensorBoard drops what an earlier session logged at this step or later, so a
     /// resumed run continues its curves without duplicate steps.
     #[prost(int32, tag = "1")]
@@ -36,13 +36,13 @@ pub struct SessionLog {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Summary {
+pub(crate) struct Summary {
     #[prost(message, repeated, tag = "1")]
     pub value: Vec<Value>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Value {
+pub(crate) struct Value {
     #[prost(string, tag = "1")]
     pub tag: String,
     #[prost(float, optional, tag = "2")]
@@ -54,7 +54,7 @@ pub struct Value {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Image {
+pub(crate) struct Image {
     #[prost(int32, tag = "1")]
     pub height: i32,
     #[prost(int32, tag = "2")]
@@ -66,7 +66,7 @@ pub struct Image {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     #[prost(double, tag = "1")]
     pub min: f64,
     #[prost(double, tag = "2")]
@@ -85,13 +85,13 @@ pub struct Histogram {
 
 /// TFRecord's checksum: CRC-32C, rotated and offset so that checksums of data holding
 /// checksums stay well distributed.
-pub fn masked_crc(bytes: &[u8]) -> u32 {
+pub(crate) fn masked_crc(bytes: &[u8]) -> u32 {
     let crc = crc32c::crc32c(bytes);
     crc.rotate_right(15).wrapping_add(0xa282_ead8)
 }
 
 /// One TFRecord around `data`.
-pub fn record(data: &[u8]) -> Vec<u8> {
+pub(crate) fn record(data: &[u8]) -> Vec<u8> {
     let len = (data.len() as u64).to_le_bytes();
     let mut out = Vec::with_capacity(data.len() + 16);
     out.extend(len);
@@ -102,7 +102,8 @@ pub fn record(data: &[u8]) -> Vec<u8> {
 }
 
 /// The records of an event file, each checked against its two CRCs.
-pub fn read_records(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+#[cfg(test)]
+pub(crate) fn read_records(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
     let mut records = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -133,7 +134,7 @@ pub fn read_records(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
 
 /// An event file in a run folder, open for appending.
 #[derive(Debug)]
-pub struct EventWriter {
+pub(crate) struct EventWriter {
     file: BufWriter<File>,
     path: PathBuf,
 }
@@ -141,19 +142,30 @@ pub struct EventWriter {
 impl EventWriter {
     /// A new event file in `dir` (each start or resume of a run writes its own, as TensorBoard
     /// expects), beginning with the file version and a session start at `first_step`.
-    pub fn create(dir: &Path, first_step: i64) -> Result<Self> {
+    pub(crate) fn create(dir: &Path, first_step: i64) -> Result<Self> {
         let stamp = wall_time();
         let name = format!(
             "events.out.tfevents.{}.cae.{}",
             stamp as u64,
             std::process::id()
         );
-        let path = dir.join(name);
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
+        // A run resumed by the same process within the same second (a library caller that
+        // trains and resumes in one go) would get the same name: later files of that second
+        // take a counter, which also sorts them after the first, as TensorBoard reads files in
+        // name order.
+        let (file, path) = (0..)
+            .map(|n| match n {
+                0 => dir.join(&name),
+                n => dir.join(format!("{name}.{n}")),
+            })
+            .find_map(
+                |path| match OpenOptions::new().create_new(true).append(true).open(&path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+                    opened => Some((opened, path)),
+                },
+            )
+            .expect("an unused event file name");
+        let file = file.with_context(|| format!("cannot create {}", path.display()))?;
         let mut writer = Self {
             file: BufWriter::new(file),
             path,
@@ -174,7 +186,7 @@ impl EventWriter {
     }
 
     /// Appends `values` at `step`.
-    pub fn summary(&mut self, step: i64, values: Vec<Value>) -> Result<()> {
+    pub(crate) fn summary(&mut self, step: i64, values: Vec<Value>) -> Result<()> {
         self.write(Event {
             wall_time: wall_time(),
             step,
@@ -184,7 +196,7 @@ impl EventWriter {
     }
 
     /// Makes what was written visible to a TensorBoard reading the file now.
-    pub fn flush(&mut self) -> Result<()> {
+    pub(crate) fn flush(&mut self) -> Result<()> {
         self.file
             .flush()
             .with_context(|| format!("cannot write {}", self.path.display()))
@@ -204,7 +216,7 @@ fn wall_time() -> f64 {
 }
 
 /// A scalar summary value.
-pub fn scalar(tag: &str, value: f64) -> Value {
+pub(crate) fn scalar(tag: &str, value: f64) -> Value {
     Value {
         tag: tag.to_string(),
         simple_value: Some(value as f32),
@@ -213,7 +225,7 @@ pub fn scalar(tag: &str, value: f64) -> Value {
 }
 
 /// An image summary value from a PNG file's bytes.
-pub fn png_image(tag: &str, png: Vec<u8>, width: u32, height: u32, channels: u8) -> Value {
+pub(crate) fn png_image(tag: &str, png: Vec<u8>, width: u32, height: u32, channels: u8) -> Value {
     Value {
         tag: tag.to_string(),
         image: Some(Image {
@@ -227,7 +239,7 @@ pub fn png_image(tag: &str, png: Vec<u8>, width: u32, height: u32, channels: u8)
 }
 
 /// A histogram summary of `values` in 30 equal buckets between their minimum and maximum.
-pub fn histogram(tag: &str, values: &[f32]) -> Value {
+pub(crate) fn histogram(tag: &str, values: &[f32]) -> Value {
     const BUCKETS: usize = 30;
     let (min, max) = values
         .iter()

@@ -121,29 +121,29 @@ fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
 
 /// Pickle opcodes (protocol 2), named as in Python's `pickle` module.
 mod op {
-    pub const PROTO: u8 = 0x80;
-    pub const GLOBAL: u8 = b'c';
-    pub const BINPUT: u8 = b'q';
-    pub const LONG_BINPUT: u8 = b'r';
-    pub const BINGET: u8 = b'h';
-    pub const LONG_BINGET: u8 = b'j';
-    pub const MARK: u8 = b'(';
-    pub const TUPLE: u8 = b't';
-    pub const TUPLE1: u8 = 0x85;
-    pub const TUPLE2: u8 = 0x86;
-    pub const TUPLE3: u8 = 0x87;
-    pub const EMPTY_TUPLE: u8 = b')';
-    pub const REDUCE: u8 = b'R';
-    pub const BINPERSID: u8 = b'Q';
-    pub const BININT1: u8 = b'K';
-    pub const BININT2: u8 = b'M';
-    pub const BININT: u8 = b'J';
-    pub const LONG1: u8 = 0x8a;
-    pub const BINUNICODE: u8 = b'X';
-    pub const NEWFALSE: u8 = 0x89;
-    pub const SETITEM: u8 = b's';
-    pub const SETITEMS: u8 = b'u';
-    pub const STOP: u8 = b'.';
+    pub(crate) const PROTO: u8 = 0x80;
+    pub(crate) const GLOBAL: u8 = b'c';
+    pub(crate) const BINPUT: u8 = b'q';
+    pub(crate) const LONG_BINPUT: u8 = b'r';
+    pub(crate) const BINGET: u8 = b'h';
+    pub(crate) const LONG_BINGET: u8 = b'j';
+    pub(crate) const MARK: u8 = b'(';
+    pub(crate) const TUPLE: u8 = b't';
+    pub(crate) const TUPLE1: u8 = 0x85;
+    pub(crate) const TUPLE2: u8 = 0x86;
+    pub(crate) const TUPLE3: u8 = 0x87;
+    pub(crate) const EMPTY_TUPLE: u8 = b')';
+    pub(crate) const REDUCE: u8 = b'R';
+    pub(crate) const BINPERSID: u8 = b'Q';
+    pub(crate) const BININT1: u8 = b'K';
+    pub(crate) const BININT2: u8 = b'M';
+    pub(crate) const BININT: u8 = b'J';
+    pub(crate) const LONG1: u8 = 0x8a;
+    pub(crate) const BINUNICODE: u8 = b'X';
+    pub(crate) const NEWFALSE: u8 = 0x89;
+    pub(crate) const SETITEM: u8 = b's';
+    pub(crate) const SETITEMS: u8 = b'u';
+    pub(crate) const STOP: u8 = b'.';
 }
 
 /// Python's pickler writes at most this many dict items per SETITEMS.
@@ -332,20 +332,20 @@ impl Pickler {
 
 /// Zip record signatures and the fields that torch's miniz writer sets.
 mod zip {
-    pub const LOCAL_HEADER: u32 = 0x0403_4b50;
-    pub const DATA_DESCRIPTOR: u32 = 0x0807_4b50;
-    pub const CENTRAL_HEADER: u32 = 0x0201_4b50;
-    pub const ZIP64_END: u32 = 0x0606_4b50;
-    pub const ZIP64_LOCATOR: u32 = 0x0706_4b50;
-    pub const END: u32 = 0x0605_4b50;
+    pub(crate) const LOCAL_HEADER: u32 = 0x0403_4b50;
+    pub(crate) const DATA_DESCRIPTOR: u32 = 0x0807_4b50;
+    pub(crate) const CENTRAL_HEADER: u32 = 0x0201_4b50;
+    pub(crate) const ZIP64_END: u32 = 0x0606_4b50;
+    pub(crate) const ZIP64_LOCATOR: u32 = 0x0706_4b50;
+    pub(crate) const END: u32 = 0x0605_4b50;
     /// Bit 3 (sizes and CRC in a data descriptor after the data) and bit 11 (UTF-8 names).
-    pub const FLAGS: u16 = 0x0808;
-    pub const LOCAL_HEADER_LEN: usize = 30;
+    pub(crate) const FLAGS: u16 = 0x0808;
+    pub(crate) const LOCAL_HEADER_LEN: usize = 30;
     /// The extra field's own header: the id `FB` and the length of the filler after it.
-    pub const PADDING_HEADER_LEN: usize = 4;
+    pub(crate) const PADDING_HEADER_LEN: usize = 4;
     /// Version made by / needed in the ZIP64 end record, as miniz writes them.
-    pub const ZIP64_MADE_BY: u16 = 0x031e;
-    pub const ZIP64_NEEDED: u16 = 0x002d;
+    pub(crate) const ZIP64_MADE_BY: u16 = 0x031e;
+    pub(crate) const ZIP64_NEEDED: u16 = 0x002d;
 }
 
 struct CentralEntry {

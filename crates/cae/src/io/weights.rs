@@ -25,7 +25,7 @@ impl HostTensor {
         Self { shape, data }
     }
 
-    pub fn from_tensor<const D: usize>(tensor: &Tensor<D>) -> Self {
+    pub(crate) fn from_tensor<const D: usize>(tensor: &Tensor<D>) -> Self {
         let shape = tensor.dims().to_vec();
         let data = tensor
             .to_data()
@@ -43,7 +43,7 @@ impl HostTensor {
     }
 
     /// The transpose of a 2-D tensor.
-    pub fn transposed(&self) -> Self {
+    pub(crate) fn transposed(&self) -> Self {
         let (rows, cols) = (self.shape[0], self.shape[1]);
         let mut data = vec![0.0; self.data.len()];
         for r in 0..rows {
@@ -63,7 +63,7 @@ pub type StateDict = BTreeMap<String, HostTensor>;
 
 /// The PyTorch name of every parameter of a model with this configuration, with its shape,
 /// in the order of the PyTorch module.
-pub fn expected_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+pub(crate) fn expected_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let mut shapes = Vec::new();
     for (i, (cin, cout, _)) in config.encoder_convs().into_iter().enumerate() {
         shapes.push((
@@ -96,9 +96,9 @@ pub fn expected_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 
 /// PyTorch name of a variational model's log-variance head (its mean head is `encoder.net.13`,
 /// where a plain model has its code layer; see `tests/fixtures/vae/make_vae_fixture.py`).
-pub const LOG_VAR: &str = "encoder.log_var";
+pub(crate) const LOG_VAR: &str = "encoder.log_var";
 /// PyTorch name of a variational model's learned log standard deviation.
-pub const LOG_SIGMA: &str = "log_sigma";
+pub(crate) const LOG_SIGMA: &str = "log_sigma";
 
 /// Checks that `dict` holds exactly the tensors of `config`, with their shapes.
 pub fn check_state_dict(config: &ModelConfig, dict: &StateDict) -> Result<()> {
@@ -122,7 +122,11 @@ pub fn check_state_dict(config: &ModelConfig, dict: &StateDict) -> Result<()> {
 }
 
 /// Builds a model on `device` from a state dict (which must match `config` exactly).
-pub fn build_model(config: &ModelConfig, dict: &StateDict, device: &Device) -> Result<Autoencoder> {
+pub(crate) fn build_model(
+    config: &ModelConfig,
+    dict: &StateDict,
+    device: &Device,
+) -> Result<Autoencoder> {
     config.validate()?;
     check_state_dict(config, dict)?;
     let param = |name: &str| -> &HostTensor { &dict[name] };
@@ -175,7 +179,7 @@ pub fn build_model(config: &ModelConfig, dict: &StateDict, device: &Device) -> R
 
 /// Maps a Burn module path of [`Autoencoder`] (`["encoder", "convs", "2", "weight"]`) to its
 /// PyTorch name (`encoder.net.4.weight`) and whether the tensor is stored transposed.
-pub fn torch_name(path: &[String]) -> (String, bool) {
+pub(crate) fn torch_name(path: &[String]) -> (String, bool) {
     let p: Vec<&str> = path.iter().map(String::as_str).collect();
     let index = |s: &str| s.parse::<usize>().expect("numeric module index");
     match p.as_slice() {
@@ -230,7 +234,7 @@ fn host_in_torch_layout<const D: usize>(tensor: &Tensor<D>, transposed: bool) ->
 }
 
 /// The model's parameters as a PyTorch state dict.
-pub fn state_dict(model: &Autoencoder) -> StateDict {
+pub(crate) fn state_dict(model: &Autoencoder) -> StateDict {
     struct Values(StateDict);
     impl ParamSink for Values {
         fn param<const D: usize>(
@@ -369,7 +373,7 @@ fn parse_config(json: &str) -> Result<ModelConfig> {
 /// The largest latent size, width and image side a weight file may declare. Within these the
 /// size arithmetic of [`ModelConfig`] cannot overflow (the dense layers stay under 2^63
 /// parameters), so a crafted file cannot make it wrap.
-pub const MAX_DIMENSION: usize = 1 << 16;
+pub(crate) const MAX_DIMENSION: usize = 1 << 16;
 
 fn check_config_range(config: &ModelConfig) -> Result<()> {
     let dims = [config.latent, config.channels, config.height, config.width];
@@ -519,7 +523,7 @@ fn check_claimed_bytes(
 
 /// The configuration implied by the shapes of a state dict from the tutorial's classes
 /// (square images assumed, since the shapes only fix height x width).
-pub fn infer_config(dict: &StateDict) -> Result<ModelConfig> {
+pub(crate) fn infer_config(dict: &StateDict) -> Result<ModelConfig> {
     let shape = |name: &str| {
         dict.get(name).map(|t| t.shape.clone()).with_context(|| {
             format!("tensor `{name}` is missing, so the model shape cannot be inferred")
@@ -612,8 +616,12 @@ pub fn save_model(path: &Path, model: &Autoencoder, config: &ModelConfig) -> Res
     save_safetensors(path, &state_dict(model), Some(config), &[])
 }
 
+#[cfg(test)]
 /// The gradients of `model`'s parameters in `grads`, as a PyTorch state dict (`param.grad`).
-pub fn grads_state_dict(model: &Autoencoder, grads: &burn::optim::GradientsParams) -> StateDict {
+pub(crate) fn grads_state_dict(
+    model: &Autoencoder,
+    grads: &burn::optim::GradientsParams,
+) -> StateDict {
     struct Grads<'a>(&'a burn::optim::GradientsParams, StateDict);
     impl ParamSink for Grads<'_> {
         fn param<const D: usize>(

@@ -20,7 +20,7 @@ const EXP_AVG_SQ_PREFIX: &str = "adam.exp_avg_sq/";
 
 /// Everything besides tensors that a resumed run needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunState {
+pub(crate) struct RunState {
     pub settings: TrainSettings,
     /// Epochs finished (the next one to run is `epochs_done + 1`).
     pub epochs_done: usize,
@@ -31,7 +31,7 @@ pub struct RunState {
 
 /// Writes the checkpoint atomically: a crash leaves the previous one intact. A state holding
 /// NaN or infinite values is refused, so a diverged run never replaces its last good checkpoint.
-pub fn save(
+pub(crate) fn save(
     path: &Path,
     model: &Autoencoder,
     config: &ModelConfig,
@@ -68,14 +68,14 @@ fn check_finite(dict: &StateDict) -> Result<()> {
 }
 
 /// A checkpoint read back: the model on `device` (an autodiff device to keep training), Adam, state.
-pub struct Restored {
+pub(crate) struct Restored {
     pub model: Autoencoder,
     pub config: ModelConfig,
     pub adam: Adam,
     pub state: RunState,
 }
 
-pub fn load(path: &Path, device: &Device) -> Result<Restored> {
+pub(crate) fn load(path: &Path, device: &Device) -> Result<Restored> {
     let context = || format!("checkpoint {}", path.display());
     let bytes = std::fs::read(path).with_context(context)?;
     let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).with_context(context)?;

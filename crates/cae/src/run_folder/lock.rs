@@ -9,24 +9,23 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
 /// The lock file's name inside a run folder.
-pub const LOCK_FILE: &str = ".lock";
+pub(crate) const LOCK_FILE: &str = ".lock";
 
 /// Exclusive use of a run folder; released when dropped or when the process ends.
 #[derive(Debug)]
-pub struct RunLock {
+pub(crate) struct RunLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl RunLock {
     /// Locks `run_dir` (which must exist), or fails naming the folder and, when it is known,
     /// the PID of the process that holds it.
-    pub fn acquire(run_dir: &Path) -> Result<Self> {
+    pub(crate) fn acquire(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
             .read(true)
@@ -48,12 +47,7 @@ impl RunLock {
             }
         }
         record_pid(&mut file).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(Self { _file: file, path })
-    }
-
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Self { _file: file })
     }
 }
 
@@ -69,4 +63,22 @@ fn holder(file: &mut File) -> Option<u32> {
     let mut text = String::new();
     file.read_to_string(&mut text).ok()?;
     text.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LOCK_FILE, RunLock};
+
+    #[test]
+    fn a_lock_is_exclusive_and_released_when_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lock = RunLock::acquire(tmp.path()).unwrap();
+        let pid = std::process::id().to_string();
+        let recorded = std::fs::read_to_string(tmp.path().join(LOCK_FILE)).unwrap();
+        assert_eq!(recorded.trim(), pid);
+        let error = format!("{:#}", RunLock::acquire(tmp.path()).unwrap_err());
+        assert!(error.contains(&format!("(PID {pid})")), "{error}");
+        drop(lock);
+        RunLock::acquire(tmp.path()).unwrap();
+    }
 }

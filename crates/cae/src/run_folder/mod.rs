@@ -7,48 +7,48 @@
 //! `checkpoint.safetensors` (what `--resume` needs, [`checkpoint`]), `model.safetensors` once the run has
 //! finished, and `report.html`. Every file is written atomically ([`crate::io::atomic`]).
 
-pub mod checkpoint;
+pub(crate) mod checkpoint;
 mod lock;
 mod reader;
 mod writer;
 
-pub use lock::{LOCK_FILE, RunLock};
+pub(crate) use lock::RunLock;
 pub(crate) use reader::folder_name;
-pub use reader::{Csv, RunFolder, read_epochs_csv, recon_grids};
-pub use writer::{RunWriter, write_epochs_csv, write_metrics_csv};
+pub(crate) use reader::{Csv, RunFolder, read_epochs_csv, recon_grids};
+pub(crate) use writer::RunWriter;
 
 /// Every setting, the model shape and the versions, as JSON.
-pub const CONFIG_JSON: &str = "config.json";
+pub(crate) const CONFIG_JSON: &str = "config.json";
 /// Every training setting as a `--config` file ([`crate::config_file`]): `cae train --config
 /// RUN/config.toml --out NEW` repeats the run.
-pub const CONFIG_TOML: &str = "config.toml";
+pub(crate) const CONFIG_TOML: &str = "config.toml";
 /// `epoch,batch,split,loss` for every training and validation batch.
-pub const METRICS_CSV: &str = "metrics.csv";
+pub(crate) const METRICS_CSV: &str = "metrics.csv";
 /// `epoch,train_loss,val_loss,val_psnr,seconds,images_per_second`.
-pub const EPOCHS_CSV: &str = "epochs.csv";
+pub(crate) const EPOCHS_CSV: &str = "epochs.csv";
 /// The per-batch training loss and the per-epoch means.
-pub const LOSS_PLOT: &str = "loss.png";
+pub(crate) const LOSS_PLOT: &str = "loss.png";
 /// Weights, Adam moments, epoch and history: what `--resume` continues from.
-pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+pub(crate) const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 /// The final weights, under PyTorch's `state_dict` names.
 pub const MODEL_FILE: &str = "model.safetensors";
 /// The HTML page about the run (or sweep).
 pub const REPORT_FILE: &str = "report.html";
 /// Marks a sweep folder; written by `cae sweep`.
-pub const SWEEP_FILE: &str = "sweep.json";
+pub(crate) const SWEEP_FILE: &str = "sweep.json";
 /// One row per run of a sweep.
-pub const SUMMARY_FILE: &str = "summary.csv";
+pub(crate) const SUMMARY_FILE: &str = "summary.csv";
 /// A sweep's training and validation loss curves of every run.
-pub const LOSSES_COMPARE: &str = "losses.png";
+pub(crate) const LOSSES_COMPARE: &str = "losses.png";
 /// A sweep's final reconstructions of every run.
-pub const RECON_COMPARE: &str = "recon_compare.png";
+pub(crate) const RECON_COMPARE: &str = "recon_compare.png";
 /// A sweep's reconstructions after the first and the last epoch.
-pub const EPOCHS_COMPARE: &str = "epochs_compare.png";
+pub(crate) const EPOCHS_COMPARE: &str = "epochs_compare.png";
 
 const RECON_PREFIX: &str = "recon_epoch_";
 const RECON_SUFFIX: &str = ".png";
 
 /// `recon_epoch_NN.png`: the reconstruction grid after epoch `epoch`.
-pub fn recon_file(epoch: usize) -> String {
+pub(crate) fn recon_file(epoch: usize) -> String {
     format!("{RECON_PREFIX}{epoch:02}{RECON_SUFFIX}")
 }

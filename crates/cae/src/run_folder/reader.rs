@@ -11,7 +11,7 @@ use crate::history::{EpochRecord, History};
 
 /// What a run folder holds, read back from its files.
 #[derive(Debug, Clone)]
-pub struct RunFolder {
+pub(crate) struct RunFolder {
     pub dir: PathBuf,
     /// `config.json`, if present.
     pub config: Option<Value>,
@@ -22,7 +22,7 @@ pub struct RunFolder {
 }
 
 impl RunFolder {
-    pub fn open(dir: &Path) -> Result<Self> {
+    pub(crate) fn open(dir: &Path) -> Result<Self> {
         let epochs_csv = dir.join(EPOCHS_CSV);
         if !epochs_csv.is_file() {
             bail!(
@@ -55,11 +55,11 @@ impl RunFolder {
         })
     }
 
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         folder_name(&self.dir)
     }
 
-    pub fn last_epoch(&self) -> Option<&EpochRecord> {
+    pub(crate) fn last_epoch(&self) -> Option<&EpochRecord> {
         self.history.epochs.last()
     }
 }
@@ -73,13 +73,13 @@ pub(crate) fn folder_name(dir: &Path) -> String {
 }
 
 /// A CSV file as a header and rows of cells (the files cae writes hold no quoted commas).
-pub struct Csv {
+pub(crate) struct Csv {
     pub header: Vec<String>,
     pub rows: Vec<Vec<String>>,
 }
 
 impl Csv {
-    pub fn read(path: &Path) -> Result<Self> {
+    pub(crate) fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let mut lines = text.lines().filter(|l| !l.trim().is_empty());
@@ -103,7 +103,7 @@ impl Csv {
 }
 
 /// Reads `epochs.csv` by column name, so that added columns do not break it.
-pub fn read_epochs_csv(path: &Path) -> Result<Vec<EpochRecord>> {
+pub(crate) fn read_epochs_csv(path: &Path) -> Result<Vec<EpochRecord>> {
     let csv = Csv::read(path)?;
     let names = [
         "epoch",
@@ -178,7 +178,7 @@ fn read_metrics_csv(path: &Path) -> Result<(BatchLosses, BatchLosses)> {
 }
 
 /// `recon_epoch_NN.png` files of a run folder, by epoch.
-pub fn recon_grids(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
+pub(crate) fn recon_grids(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
     let mut grids: Vec<(usize, PathBuf)> = entries

@@ -22,7 +22,7 @@ use crate::{io::atomic, io::weights, viz};
 /// A run folder open for writing: it exists, and this process holds its lock until dropped
 /// (a second process on the folder fails instead of mixing files).
 #[derive(Debug)]
-pub struct RunWriter {
+pub(crate) struct RunWriter {
     dir: PathBuf,
     _lock: RunLock,
     /// The TensorBoard event file this start (or resume) of the run writes, if any.
@@ -34,7 +34,7 @@ pub struct RunWriter {
 
 impl RunWriter {
     /// Creates `dir` if needed, locks it, and removes temporary files a killed run left.
-    pub fn open(dir: &Path) -> Result<Self> {
+    pub(crate) fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create run folder {}", dir.display()))?;
         let lock = RunLock::acquire(dir)?;
@@ -50,16 +50,16 @@ impl RunWriter {
     /// Starts a TensorBoard event file for the steps from `first_step` on (a resumed run's
     /// first batch): TensorBoard then drops anything an earlier, interrupted session logged
     /// from there, and the curves go on without duplicate steps.
-    pub fn start_tensorboard(&mut self, first_step: i64) -> Result<()> {
+    pub(crate) fn start_tensorboard(&mut self, first_step: i64) -> Result<()> {
         self.tensorboard = Some(EventWriter::create(&self.dir, first_step)?);
         Ok(())
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
-    pub fn checkpoint_path(&self) -> PathBuf {
+    pub(crate) fn checkpoint_path(&self) -> PathBuf {
         self.dir.join(CHECKPOINT_FILE)
     }
 
@@ -68,7 +68,7 @@ impl RunWriter {
     /// (saying so), which reproduces what it would have written. A folder without a checkpoint
     /// that holds more (a final model, later epochs) lost its checkpoint: starting again would
     /// overwrite that, so it is refused, with the way to go on from its weights.
-    pub fn resumable(&self, observer: &mut dyn Observer) -> Result<bool> {
+    pub(crate) fn resumable(&self, observer: &mut dyn Observer) -> Result<bool> {
         if self.checkpoint_path().exists() {
             return Ok(true);
         }
@@ -106,7 +106,7 @@ impl RunWriter {
 
     /// How to go on when the checkpoint cannot be used: from the final weights if there are
     /// any, otherwise from scratch elsewhere.
-    pub fn way_out(&self) -> String {
+    pub(crate) fn way_out(&self) -> String {
         let model = self.dir.join(MODEL_FILE);
         if model.is_file() {
             format!(
@@ -120,7 +120,7 @@ impl RunWriter {
     }
 
     /// Fails when the folder already holds a run that a new start would overwrite.
-    pub fn refuse_existing_run(&self) -> Result<()> {
+    pub(crate) fn refuse_existing_run(&self) -> Result<()> {
         if self.checkpoint_path().exists() {
             bail!(
                 "{} already holds a run; continue it with --resume or choose another --out",
@@ -132,7 +132,11 @@ impl RunWriter {
 
     /// `config.json`: every setting, the model shape and size, Adam, normalization, versions;
     /// and `config.toml`, the settings as a `--config` file.
-    pub fn write_config_json(&self, settings: &TrainSettings, config: &ModelConfig) -> Result<()> {
+    pub(crate) fn write_config_json(
+        &self,
+        settings: &TrainSettings,
+        config: &ModelConfig,
+    ) -> Result<()> {
         let json = ConfigJson {
             settings,
             model: config,
@@ -168,7 +172,7 @@ impl RunWriter {
     /// Logs one training batch's loss to TensorBoard at `step` (batches since the run began),
     /// flushed at once so that `tensorboard --logdir` shows a running epoch live. A failure
     /// stops the logging and fails the next [`Self::save_epoch`].
-    pub fn log_batch_loss(&mut self, step: i64, loss: f64) {
+    pub(crate) fn log_batch_loss(&mut self, step: i64, loss: f64) {
         let Some(events) = self.tensorboard.as_mut() else {
             return;
         };
@@ -183,7 +187,7 @@ impl RunWriter {
 
     /// Writes the files of a finished epoch, the checkpoint last: until it is replaced, the run
     /// resumes from the epoch before, and the other files are rewritten then.
-    pub fn save_epoch(
+    pub(crate) fn save_epoch(
         &mut self,
         model: &Autoencoder,
         config: &ModelConfig,
@@ -239,7 +243,7 @@ impl RunWriter {
     }
 
     /// `model.safetensors`: the final weights.
-    pub fn save_model(&self, model: &Autoencoder, config: &ModelConfig) -> Result<()> {
+    pub(crate) fn save_model(&self, model: &Autoencoder, config: &ModelConfig) -> Result<()> {
         weights::save_model(&self.dir.join(MODEL_FILE), model, config)
     }
 }
@@ -277,7 +281,7 @@ struct Versions {
 }
 
 /// `metrics.csv`: epoch, batch, split, loss for every batch.
-pub fn write_metrics_csv(path: &Path, history: &History) -> Result<()> {
+pub(crate) fn write_metrics_csv(path: &Path, history: &History) -> Result<()> {
     atomic::write_with(path, |w| {
         writeln!(w, "epoch,batch,split,loss")?;
         for (split, runs) in [
@@ -295,7 +299,7 @@ pub fn write_metrics_csv(path: &Path, history: &History) -> Result<()> {
 }
 
 /// `epochs.csv`: one row per finished epoch.
-pub fn write_epochs_csv(path: &Path, history: &History) -> Result<()> {
+pub(crate) fn write_epochs_csv(path: &Path, history: &History) -> Result<()> {
     atomic::write_with(path, |w| {
         writeln!(
             w,

@@ -14,7 +14,7 @@ use crate::viz::grid::{RECON_PADDING, RECON_SCALE, make_grid, save_png};
 use crate::viz::loss_plot::PLOT_SIZE;
 
 /// `(channels, height, width)` of the images.
-pub type Shape = (usize, usize, usize);
+pub(crate) type Shape = (usize, usize, usize);
 
 const FONT: &str = "sans-serif";
 const FONT_BYTES: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
@@ -38,7 +38,7 @@ const PALETTE: [RGBColor; 10] = [
 
 /// `losses.png`: per-epoch training (solid) and validation (dashed) loss of every run, one
 /// colour per run.
-pub fn save_losses_plot(path: &Path, labels: &[String], runs: &[RunFolder]) -> Result<()> {
+pub(crate) fn save_losses_plot(path: &Path, labels: &[String], runs: &[RunFolder]) -> Result<()> {
     let image = losses_plot_image(labels, runs)
         .with_context(|| format!("cannot draw {}", path.display()))?;
     save_png(path, &image)
@@ -164,7 +164,7 @@ fn whole_number(x: f64) -> String {
 
 /// `recon_compare.png`: the showcase originals, then one row of reconstructions per run, in
 /// one grid (one global min-max normalisation, as `make_grid`), labelled on the left.
-pub fn save_recon_compare(
+pub(crate) fn save_recon_compare(
     path: &Path,
     originals: &[f32],
     labels: &[String],
@@ -192,7 +192,7 @@ pub fn save_recon_compare(
 
 /// `epochs_compare.png`: the originals, then for every run its reconstruction row after epoch 1
 /// and after the last epoch, cut out of the run's own `recon_epoch_NN.png` grids.
-pub fn save_epochs_compare(
+pub(crate) fn save_epochs_compare(
     path: &Path,
     labels: &[String],
     runs: &[RunFolder],

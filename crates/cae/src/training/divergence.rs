@@ -17,7 +17,7 @@ pub(crate) struct Divergence {
 
 impl Divergence {
     /// The first non-finite validation batch loss, or the mean when only that overflowed.
-    pub fn in_validation(epoch: usize, batch_losses: &[f64], mean: f64) -> Option<Self> {
+    pub(crate) fn in_validation(epoch: usize, batch_losses: &[f64], mean: f64) -> Option<Self> {
         let found = batch_losses.iter().position(|l| !l.is_finite());
         let (batch, loss) = match found {
             Some(i) => (i + 1, batch_losses[i]),
@@ -33,7 +33,7 @@ impl Divergence {
     }
 
     /// The error the run stops with: where, what survives, and how to go on.
-    pub fn into_error(self, run_dir: &Path, epochs_done: usize) -> anyhow::Error {
+    pub(crate) fn into_error(self, run_dir: &Path, epochs_done: usize) -> anyhow::Error {
         let phase = if self.validation {
             "validation batch"
         } else {

@@ -10,7 +10,7 @@ use crate::model::ModelConfig;
 /// batch, three of every layer's output (the values autodiff keeps, their gradients, the
 /// kernels' scratch). On the seed model at batch 64 that is about 130 MB, within a factor of
 /// two of what `cae bench` measures (184-208 MiB peak, allocator and code included).
-pub fn training_bytes(config: &ModelConfig, batch_size: usize) -> f64 {
+pub(crate) fn training_bytes(config: &ModelConfig, batch_size: usize) -> f64 {
     let params = parameters(config);
     let (h, w) = (config.height as f64, config.width as f64);
     let mut per_image = (config.in_channels as f64) * h * w;
@@ -46,7 +46,7 @@ fn parameters(config: &ModelConfig) -> f64 {
 /// Fails, with the estimate and what is available, when the run cannot fit in this machine's
 /// memory (the smaller of `MemAvailable` and the cgroup's limit); passes where that cannot be
 /// read.
-pub fn check_fits(config: &ModelConfig, batch_size: usize) -> Result<()> {
+pub(crate) fn check_fits(config: &ModelConfig, batch_size: usize) -> Result<()> {
     let Some(available) = crate::device::host_memory_available() else {
         return Ok(());
     };

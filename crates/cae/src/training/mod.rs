@@ -3,11 +3,14 @@
 
 mod divergence;
 mod events;
-pub mod memory;
+pub(crate) mod memory;
 mod step;
 mod trainer;
 
 pub use divergence::Interrupted;
 pub use events::{Event, Observer, Phase};
-pub use step::{train_step, train_step_pair, train_step_variational};
-pub use trainer::{RunOptions, TrainOutcome, Trainer, model_config, train};
+pub(crate) use step::train_step;
+#[cfg(test)]
+pub(crate) use step::train_step_variational;
+pub use trainer::{RunOptions, TrainOutcome, Trainer};
+pub use trainer::{model_config, train};

@@ -11,12 +11,16 @@ use crate::optim::Adam;
 use crate::settings::TrainSettings;
 
 /// One training step: forward, MSE, backward, Adam. Returns the updated model and the loss.
-pub fn train_step(model: Autoencoder, adam: &mut Adam, batch: Tensor<4>) -> (Autoencoder, f64) {
+pub(crate) fn train_step(
+    model: Autoencoder,
+    adam: &mut Adam,
+    batch: Tensor<4>,
+) -> (Autoencoder, f64) {
     train_step_pair(model, adam, batch.clone(), batch)
 }
 
 /// [`train_step`] from `input` towards `target`: a denoiser gets noisy inputs and clean targets.
-pub fn train_step_pair(
+pub(crate) fn train_step_pair(
     model: Autoencoder,
     adam: &mut Adam,
     input: Tensor<4>,
@@ -30,7 +34,7 @@ pub fn train_step_pair(
 /// One training step of a variational model: forward with reparameterisation noise `eps`
 /// (N, latent), the negative ELBO with KL weight `kl_weight` ([`crate::variational`]),
 /// backward, Adam. Returns the updated model and the loss.
-pub fn train_step_variational(
+pub(crate) fn train_step_variational(
     model: Autoencoder,
     adam: &mut Adam,
     input: Tensor<4>,

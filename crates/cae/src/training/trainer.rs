@@ -185,7 +185,11 @@ impl Trainer {
     }
 
     /// One epoch: the learning rate it runs at, training, validation, and its files.
-    pub fn run_epoch(&mut self, epoch: usize, observer: &mut dyn Observer) -> Result<EpochRecord> {
+    pub(crate) fn run_epoch(
+        &mut self,
+        epoch: usize,
+        observer: &mut dyn Observer,
+    ) -> Result<EpochRecord> {
         self.set_learning_rate(epoch, observer);
         let started = Instant::now();
         let train_losses = self
@@ -389,7 +393,7 @@ impl Trainer {
     }
 
     /// Saves the final model and returns what the run measured.
-    pub fn finish(self) -> Result<TrainOutcome> {
+    pub(crate) fn finish(self) -> Result<TrainOutcome> {
         self.folder.save_model(self.model(), &self.config)?;
         let last = self
             .state

@@ -7,9 +7,9 @@ use anyhow::{Context, Result, bail, ensure};
 use image::{Rgb, RgbImage};
 
 /// Padding between and around the cells of a reconstruction grid, in source pixels.
-pub const RECON_PADDING: usize = 1;
+pub(crate) const RECON_PADDING: usize = 1;
 /// Nearest-neighbour enlargement of a reconstruction grid.
-pub const RECON_SCALE: u32 = 4;
+pub(crate) const RECON_SCALE: u32 = 4;
 
 /// `make_grid`'s floor on `max - min`, so that a constant image does not divide by zero.
 const MIN_SPAN: f32 = 1e-5;
@@ -17,7 +17,7 @@ const MIN_SPAN: f32 = 1e-5;
 /// Maps `values` into [0, 1] with one min and max over the whole slice, as `make_grid`'s
 /// `normalize=True` (with `scale_each=False`) does. Non-finite values do not count towards the
 /// min and max; NaN stays NaN and infinities clamp to 0 or 1.
-pub fn to_unit_range(values: &mut [f32]) {
+pub(crate) fn to_unit_range(values: &mut [f32]) {
     let Some((min, max)) = finite_bounds(values) else {
         return;
     };
@@ -46,7 +46,7 @@ fn finite_bounds(values: &[f32]) -> Option<(f32, f32)> {
 /// # Panics
 /// If `channels` is not 1 or 3, an image has the wrong length, or `scale` is 0;
 /// [`save_grid`] checks these and returns errors instead.
-pub fn make_grid(
+pub(crate) fn make_grid(
     rows: &[Vec<Vec<f32>>],
     channels: usize,
     height: usize,
@@ -177,6 +177,6 @@ pub fn save_recon_grid(
 }
 
 /// Encodes `image` as PNG and writes it to `path` atomically.
-pub fn save_png(path: &Path, image: &RgbImage) -> Result<()> {
+pub(crate) fn save_png(path: &Path, image: &RgbImage) -> Result<()> {
     crate::io::imageio::save_png(path, &image::DynamicImage::ImageRgb8(image.clone()))
 }

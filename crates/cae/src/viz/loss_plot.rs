@@ -14,7 +14,7 @@ use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Width and height of the loss plot, in pixels.
-pub const PLOT_SIZE: (u32, u32) = (1000, 600);
+pub(crate) const PLOT_SIZE: (u32, u32) = (1000, 600);
 
 const FONT: &str = "sans-serif";
 const FONT_BYTES: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
@@ -54,7 +54,7 @@ const LOG_SCALE_RATIO: f64 = 10.0;
 
 /// Everything the loss plot shows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct LossHistory {
+pub(crate) struct LossHistory {
     /// `(position, loss)` per training batch; batch `i` (0-based) of epoch `e` (1-based) sits at
     /// `e - 1 + (i + 1) / batches_per_epoch`, so epoch `e` ends at `e`.
     pub batch_losses: Vec<(f64, f64)>,
@@ -68,8 +68,9 @@ pub struct LossHistory {
 }
 
 impl LossHistory {
+    #[cfg(test)]
     /// Records the loss of batch `batch` (0-based) of `epoch` (1-based).
-    pub fn record_batch(
+    pub(crate) fn record_batch(
         &mut self,
         epoch: usize,
         batch: usize,
@@ -81,8 +82,9 @@ impl LossHistory {
         self.batch_losses.push((position, loss));
     }
 
+    #[cfg(test)]
     /// Records the mean losses of `epoch` (1-based).
-    pub fn record_epoch(&mut self, epoch: usize, train: f64, val: Option<f64>) {
+    pub(crate) fn record_epoch(&mut self, epoch: usize, train: f64, val: Option<f64>) {
         self.epoch_train.push((epoch, train));
         if let Some(val) = val {
             self.epoch_val.push((epoch, val));
@@ -91,14 +93,14 @@ impl LossHistory {
 }
 
 /// Draws the loss plot as a [`PLOT_SIZE`] PNG at `path`, written atomically.
-pub fn save_loss_plot(path: &Path, history: &LossHistory) -> Result<()> {
+pub(crate) fn save_loss_plot(path: &Path, history: &LossHistory) -> Result<()> {
     let image = loss_plot_image(history)
         .with_context(|| format!("cannot draw the loss plot {}", path.display()))?;
     super::grid::save_png(path, &image)
 }
 
 /// Draws the loss plot into an RGB image of [`PLOT_SIZE`].
-pub fn loss_plot_image(history: &LossHistory) -> Result<RgbImage> {
+pub(crate) fn loss_plot_image(history: &LossHistory) -> Result<RgbImage> {
     let (width, height) = PLOT_SIZE;
     let mut buffer = vec![0u8; width as usize * height as usize * 3];
     {
@@ -109,7 +111,7 @@ pub fn loss_plot_image(history: &LossHistory) -> Result<RgbImage> {
 }
 
 /// Draws the loss plot as a standalone `<svg>` document of [`PLOT_SIZE`].
-pub fn loss_plot_svg(history: &LossHistory) -> Result<String> {
+pub(crate) fn loss_plot_svg(history: &LossHistory) -> Result<String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();

@@ -1,4 +1,4 @@
 //! Pictures a run produces: reconstruction grids and loss curves.
 
 pub mod grid;
-pub mod loss_plot;
+pub(crate) mod loss_plot;

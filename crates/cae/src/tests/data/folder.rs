@@ -1,15 +1,15 @@
 //! The image-folder reader: behaviour on small synthetic folders, and the JPEG decoder against
 //! the pixels Pillow decoded for the PyTorch reference.
 
-use crate::common;
+use crate::tests::fixtures as common;
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use cae::data::cifar::CLASSES;
-use cae::data::folder::{self, FolderOptions};
+use crate::data::cifar::CLASSES;
+use crate::data::folder::{self, FolderOptions};
 use flate2::write::ZlibEncoder;
 use flate2::{Compression, Crc};
 use image::imageops::{self, FilterType};

@@ -2,8 +2,10 @@
 
 use std::path::Path;
 
-use cae::viz::grid::{make_grid, save_grid, save_recon_grid, to_unit_range};
-use cae::viz::loss_plot::{LossHistory, PLOT_SIZE, loss_plot_image, loss_plot_svg, save_loss_plot};
+use crate::viz::grid::{make_grid, save_grid, save_recon_grid, to_unit_range};
+use crate::viz::loss_plot::{
+    LossHistory, PLOT_SIZE, loss_plot_image, loss_plot_svg, save_loss_plot,
+};
 use image::{Rgb, RgbImage};
 
 const BLACK: Rgb<u8> = Rgb([0, 0, 0]);

@@ -8,15 +8,15 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cae::data::cifar::{self, ArchiveSpec, TEST_FILE, TRAIN_FILES};
-use cae::data::download::{self, DownloadOptions, Expected};
+use crate::data::cifar::{self, ArchiveSpec, TEST_FILE, TRAIN_FILES};
+use crate::data::download::{self, DownloadOptions, Expected};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
-use crate::common::names;
+use crate::tests::fixtures::names;
 
 const RECORD: usize = 3073;
 

@@ -1,6 +1,6 @@
 //! SSIM against values known in closed form and against an independent NumPy implementation.
 
-use cae::eval::metrics::{mean_ssim, ssim};
+use crate::eval::metrics::{mean_ssim, ssim};
 
 /// The deterministic test pair of `reference_ssim.py` (below): a smooth pattern and a noisy,
 /// clipped copy, built in float64 and stored as float32 exactly as NumPy does.
@@ -22,7 +22,7 @@ fn pair(channels: usize, height: usize, width: usize) -> (Vec<f32>, Vec<f32>) {
 }
 
 // Values printed by this NumPy script (numpy 2.4), which filters with the full 2-D window
-// through `sliding_window_view` instead of the separable passes of `cae::eval::metrics`:
+// through `sliding_window_view` instead of the separable passes of `crate::eval::metrics`:
 //
 //   def window():
 //       r = np.arange(11) - 5

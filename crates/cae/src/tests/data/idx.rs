@@ -5,7 +5,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use cae::data::idx::{self, DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, MNIST_CLASSES};
+use crate::data::idx::{self, DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, MNIST_CLASSES};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 
@@ -396,7 +396,7 @@ fn fashion_mnist_fallback_reports_the_folder_it_read() {
     let debian = debian_fashion_mnist();
     let empty = tempfile::tempdir().unwrap();
     let (splits, source) =
-        cae::data::load_located(cae::data::DatasetKind::FashionMnist, empty.path(), 0).unwrap();
+        crate::data::load_located(crate::data::DatasetKind::FashionMnist, empty.path(), 0).unwrap();
     assert_eq!(source, debian);
     assert_eq!(splits.test.len(), 10_000);
 }

@@ -4,16 +4,16 @@
 
 use std::path::PathBuf;
 
+use crate::io::weights::{self, HostTensor, StateDict};
+use crate::model::ModelConfig;
+use crate::optim::{Adam, AdamConfig};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
-use cae::io::weights::{self, HostTensor, StateDict};
-use cae::model::ModelConfig;
-use cae::optim::{Adam, AdamConfig};
 
 use super::{assert_close_abs, assert_grads_match, assert_weights_match, batch_tensor, reference};
 
 fn fixture_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae/vae_c8_l16.safetensors")
+    crate::tests::fixtures::committed_fixture("vae/vae_c8_l16.safetensors")
 }
 
 /// The fixture's tensors and its metadata (`fixture` entry, JSON).
@@ -67,7 +67,7 @@ fn the_variational_model_has_pytorchs_parameter_names_and_shapes() {
     let config = config(&meta);
     let init = with_prefix(&dict, "init.");
     weights::check_state_dict(&config, &init).unwrap();
-    let seeded = cae::init::seed_state_dict(&config, 0);
+    let seeded = crate::init::seed_state_dict(&config, 0);
     assert_eq!(
         seeded.keys().collect::<Vec<_>>(),
         init.keys().collect::<Vec<_>>()
@@ -83,7 +83,8 @@ fn the_negative_elbo_and_its_gradients_match_pytorch() {
     let model = weights::build_model(&config, &with_prefix(&dict, "init."), &device).unwrap();
     let x = batch_tensor(&reference("batch.safetensors"), &device);
     let beta = meta["beta"].as_f64().unwrap();
-    let terms = cae::variational::negative_elbo(&model, x.clone(), x, eps(&dict, 0, &device), beta);
+    let terms =
+        crate::variational::negative_elbo(&model, x.clone(), x, eps(&dict, 0, &device), beta);
     let scalar = |t: Tensor<1>| f64::from(t.into_scalar::<f32>());
     let (reconstruction, kl) = (
         scalar(terms.reconstruction.clone()),
@@ -115,7 +116,7 @@ fn three_adam_steps_of_the_variational_model_match_pytorch() {
     let mut adam = Adam::new(AdamConfig::default());
     let expected_losses = meta["losses_before_each_step"].as_array().unwrap();
     for (step, theirs) in expected_losses.iter().enumerate() {
-        let (next, loss) = cae::training::train_step_variational(
+        let (next, loss) = crate::training::train_step_variational(
             model,
             &mut adam,
             x.clone(),

@@ -1,8 +1,8 @@
 //! How a sweep expands its lists into runs, and names them (no training).
 
-use cae::data::DatasetKind;
-use cae::settings::TrainSettings;
-use cae::sweep::{SweepGrid, plan};
+use crate::data::DatasetKind;
+use crate::settings::TrainSettings;
+use crate::sweep::{SweepGrid, plan};
 
 fn base() -> TrainSettings {
     TrainSettings::tutorial(DatasetKind::Folder, "data".into())

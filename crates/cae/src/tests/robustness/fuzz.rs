@@ -9,7 +9,7 @@
 //! run (every run prints its seed). A long run of one target:
 //!
 //! ```text
-//! CAE_FUZZ_SECONDS=600 cargo test --release --test integration robustness::fuzz::fuzz_idx -- --nocapture
+//! CAE_FUZZ_SECONDS=600 cargo test --release -p cae --lib tests::robustness::fuzz::fuzz_idx -- --nocapture
 //! ```
 
 use std::fs;
@@ -17,9 +17,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::data::{cifar, folder, idx};
+use crate::model::ModelConfig;
 use burn::tensor::Device;
-use cae::data::{cifar, folder, idx};
-use cae::model::ModelConfig;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use proptest::prelude::*;
@@ -326,7 +326,7 @@ fn fuzz_weights(target: &str, name: &str, seeds: &[Vec<u8>]) {
     fuzz(target, seeds, |_, bytes| {
         fs::write(&path, bytes).unwrap();
         judge(
-            cae::io::weights::load_model(&path, &device),
+            crate::io::weights::load_model(&path, &device),
             &path,
             |(_, config)| config.validate().unwrap(),
         )
@@ -352,8 +352,8 @@ const OTHER_PRECISIONS: [Precision; 3] = [
 #[test]
 fn fuzz_safetensors_reader() {
     let config = small_config();
-    let dict = cae::init::seed_state_dict(&config, 1);
-    let mut seeds = vec![cae::io::weights::safetensors_bytes(&dict, Some(&config), &[]).unwrap()];
+    let dict = crate::init::seed_state_dict(&config, 1);
+    let mut seeds = vec![crate::io::weights::safetensors_bytes(&dict, Some(&config), &[]).unwrap()];
     for (dtype, _, encode) in OTHER_PRECISIONS {
         let data: Vec<(&String, Vec<usize>, Vec<u8>)> = dict
             .iter()
@@ -378,8 +378,8 @@ fn fuzz_safetensors_reader() {
 
 #[test]
 fn fuzz_pt_reader() {
-    let dict = cae::init::seed_state_dict(&small_config(), 2);
-    let float = cae::io::torch_pt::pt_bytes(&dict).unwrap();
+    let dict = crate::init::seed_state_dict(&small_config(), 2);
+    let float = crate::io::torch_pt::pt_bytes(&dict).unwrap();
     let mut seeds = vec![float.clone()];
     seeds.extend(OTHER_PRECISIONS.map(|(_, class, encode)| pt_in_precision(&float, class, encode)));
     fuzz_weights("pt", "model.pt", &seeds);
@@ -431,7 +431,8 @@ fn replace_bytes(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A real checkpoint: `cae train` for one epoch of a tiny model on four 8x8 pictures.
+/// A real checkpoint: one epoch of a tiny model on four 8x8 pictures, trained by the Trainer
+/// that `cae train` runs.
 fn checkpoint_seed(dir: &Path) -> Vec<u8> {
     for (split, name) in [("train", "a.png"), ("train", "b.png"), ("test", "c.png")] {
         let folder = dir.join("images").join(split).join("class");
@@ -439,20 +440,19 @@ fn checkpoint_seed(dir: &Path) -> Vec<u8> {
         let picture = image::GrayImage::from_fn(8, 8, |x, y| image::Luma([(x * 30 + y) as u8]));
         picture.save(folder.join(name)).unwrap();
     }
+    let mut settings =
+        crate::TrainSettings::tutorial(crate::DatasetKind::Folder, dir.join("images"));
+    settings.model.latent = 2;
+    settings.model.channels = 1;
+    settings.schedule.epochs = 1;
+    let data = &settings.data;
+    let splits = crate::load_dataset(data.dataset, &data.data_dir, settings.run.seed).unwrap();
     let run = dir.join("run");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cae"))
-        .args(["train", "--dataset", "folder", "--data-dir"])
-        .arg(dir.join("images"))
-        .args(["--latent", "2", "--channels", "1", "--epochs", "1", "--out"])
-        .arg(&run)
-        .output()
+    crate::Trainer::start(&settings, splits, &run, Default::default(), &mut ())
+        .unwrap()
+        .run(&mut ())
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    fs::read(run.join(cae::run_folder::CHECKPOINT_FILE)).unwrap()
+    fs::read(run.join(crate::run_folder::CHECKPOINT_FILE)).unwrap()
 }
 
 #[test]
@@ -464,7 +464,7 @@ fn fuzz_checkpoint_reader() {
     fuzz("checkpoint", &[seed], |_, bytes| {
         fs::write(&path, bytes).unwrap();
         judge(
-            cae::run_folder::checkpoint::load(&path, &device),
+            crate::run_folder::checkpoint::load(&path, &device),
             &path,
             |restored| restored.config.validate().unwrap(),
         )
@@ -499,12 +499,14 @@ fn image_seeds() -> Vec<Vec<u8>> {
 fn real_jpeg() -> PathBuf {
     let dir = std::env::var_os("CAE_CIFAR_JPG")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cifar10-jpg"));
+        .unwrap_or_else(|| crate::tests::fixtures::scratch_dir().join("cifar10-jpg"));
     let path = dir.join("test/cat/0000.jpg");
     if path.is_file() {
         return path;
     }
-    let fallback = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fuzz-fallback.jpg");
+    let scratch = crate::tests::fixtures::scratch_dir();
+    fs::create_dir_all(&scratch).unwrap();
+    let fallback = scratch.join("fuzz-fallback.jpg");
     let image = image::RgbImage::from_fn(32, 32, |x, y| {
         image::Rgb([(x * 8) as u8, (y * 8) as u8, 60])
     });
@@ -536,7 +538,7 @@ fn fuzz_image_decoder() {
 fn fuzz_npy_reader() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("codes.npy");
-    cae::io::npy::write_f32(&path, &[3, 4], &[0.25; 12]).unwrap();
+    crate::io::npy::write_f32(&path, &[3, 4], &[0.25; 12]).unwrap();
     let float32 = fs::read(&path).unwrap();
     // The same array as float64 and float16: the header names the dtype, the data is wider or
     // narrower (the header's padding absorbs the one-character change).
@@ -553,11 +555,11 @@ fn fuzz_npy_reader() {
     ];
     for seed in &seeds[1..] {
         fs::write(&path, seed).unwrap();
-        assert_eq!(cae::io::npy::read_f32(&path).unwrap().1, [0.25; 12]);
+        assert_eq!(crate::io::npy::read_f32(&path).unwrap().1, [0.25; 12]);
     }
     fuzz("npy", &seeds, |_, bytes| {
         fs::write(&path, bytes).unwrap();
-        judge(cae::io::npy::read_f32(&path), &path, |(shape, values)| {
+        judge(crate::io::npy::read_f32(&path), &path, |(shape, values)| {
             assert_eq!(shape.iter().product::<usize>(), values.len())
         })
     });

@@ -2,17 +2,17 @@
 
 mod variational;
 
-use crate::common;
+use crate::tests::fixtures as common;
 
 use common::max_abs_diff;
 
 use std::path::Path;
 
+use crate::io::weights::{self, HostTensor, StateDict};
+use crate::model::ModelConfig;
+use crate::optim::{Adam, AdamConfig};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
-use cae::io::weights::{self, HostTensor, StateDict};
-use cae::model::ModelConfig;
-use cae::optim::{Adam, AdamConfig};
 
 /// The float32 tensors of a reference file (batch.safetensors also holds uint8 pixels).
 fn reference(name: &str) -> StateDict {
@@ -60,7 +60,7 @@ fn assert_close_rel(what: &str, actual: &HostTensor, expected: &HostTensor, tol:
     );
 }
 
-fn seed_model(device: &Device, file: &str) -> cae::model::Autoencoder {
+fn seed_model(device: &Device, file: &str) -> crate::model::Autoencoder {
     let (model, config) = weights::load_model(&common::reference_dir().join(file), device).unwrap();
     assert_eq!(
         config,
@@ -136,7 +136,7 @@ fn assert_weights_match(actual: &StateDict, expected: &StateDict) {
 
 /// Every parameter has PyTorch's gradient, to 1e-4 of its largest magnitude.
 fn assert_grads_match(
-    model: &cae::model::Autoencoder,
+    model: &crate::model::Autoencoder,
     grads: &GradientsParams,
     expected: &StateDict,
 ) {
@@ -159,7 +159,7 @@ fn three_adam_steps_match_pytorch() {
     let x = batch_tensor(&batch, &device);
     let mut losses = Vec::new();
     for _ in 0..3 {
-        let (next, loss) = cae::training::train_step(model, &mut adam, x.clone());
+        let (next, loss) = crate::training::train_step(model, &mut adam, x.clone());
         model = next;
         losses.push(loss);
     }

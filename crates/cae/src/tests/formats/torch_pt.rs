@@ -1,14 +1,14 @@
 //! `.pt` export: read back by cae itself, and checked by Python's standard library (zipfile,
 //! pickle, pickletools; no torch) against the layout and pickle that `torch.save` produces.
 
-use crate::common;
+use crate::tests::fixtures as common;
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use cae::io::torch_pt::{pt_bytes, save_pt};
-use cae::io::weights::{self, HostTensor, StateDict};
+use crate::io::torch_pt::{pt_bytes, save_pt};
+use crate::io::weights::{self, HostTensor, StateDict};
 
 /// Python shared by the checks below. `emulated_torch_pickle` drives the stdlib pickler the way
 /// `torch.save` does (tensor reduction to `_rebuild_tensor_v2`, storages as persistent ids);

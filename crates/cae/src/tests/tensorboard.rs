@@ -1,42 +1,36 @@
 //! TensorBoard event files in the run folder: every record's CRCs hold, the events decode, and
 //! TensorBoard's own reader (`EventAccumulator`, Python's `tensorboard` package) finds the
 //! scalars, the reconstruction grids and the weight histograms; a resumed run continues the
-//! curves without duplicate steps.
+//! curves without duplicate steps. (That `cae train --no-tensorboard` writes none is the
+//! workspace's `commands::train` test.)
 
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use cae::io::tensorboard::{Event, read_records};
+use crate::io::tensorboard::{Event, read_records};
 use prost::Message;
 
-use crate::common::{cae, cifar_subset, s};
+use crate::tests::fixtures::cifar_subset;
+use crate::{DatasetKind, RunOptions, TrainSettings};
 
-/// 96 images in batches of 32: three batches an epoch.
-fn train(run: &Path, extra: &[&str]) {
-    let data = cifar_subset();
-    let mut args = vec![
-        "train",
-        "--dataset",
-        "folder",
-        "--data-dir",
-        s(&data),
-        "--train-limit",
-        "96",
-        "--val-limit",
-        "40",
-        "--batch-size",
-        "32",
-        "--latent",
-        "16",
-        "--channels",
-        "4",
-        "--out",
-        s(run),
-        "--no-report",
-    ];
-    args.extend(extra);
-    cae(&args);
+/// 96 images in batches of 32: three batches an epoch; trained as `cae train` trains.
+fn settings(epochs: usize) -> TrainSettings {
+    let mut settings = TrainSettings::tutorial(DatasetKind::Folder, cifar_subset());
+    settings.data.train_limit = Some(96);
+    settings.data.val_limit = Some(40);
+    settings.optimiser.batch_size = 32;
+    settings.model.latent = 16;
+    settings.model.channels = 4;
+    settings.schedule.epochs = epochs;
+    settings
+}
+
+fn train(run: &Path, epochs: usize, options: RunOptions) {
+    let settings = settings(epochs);
+    let data = &settings.data;
+    let splits = crate::load_dataset(data.dataset, &data.data_dir, settings.run.seed).unwrap();
+    crate::training::train(&settings, splits, run, options, &mut ()).unwrap();
 }
 
 fn events(run: &Path) -> Vec<Event> {
@@ -74,7 +68,7 @@ print(json.dumps({
 }))
 "#;
     let output = Command::new("python3")
-        .args(["-c", script, s(run)])
+        .args(["-c", script, run.to_str().unwrap()])
         .output()
         .expect("python3 runs");
     assert!(
@@ -89,7 +83,7 @@ print(json.dumps({
 fn training_writes_events_tensorboard_reads_and_a_resume_continues_them() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    train(&run, &["--epochs", "1"]);
+    train(&run, 1, RunOptions::default());
     let first = events(&run);
     assert_eq!(first[0].file_version.as_deref(), Some("brain.Event:2"));
     let scalars = |events: &[Event], tag: &str| -> Vec<i64> {
@@ -106,7 +100,14 @@ fn training_writes_events_tensorboard_reads_and_a_resume_continues_them() {
     assert_eq!(scalars(&first, "train/batch_loss"), [1, 2, 3]);
     assert_eq!(scalars(&first, "val/loss"), [3]);
 
-    train(&run, &["--epochs", "2", "--resume"]);
+    train(
+        &run,
+        2,
+        RunOptions {
+            resume: true,
+            ..RunOptions::default()
+        },
+    );
     let view = tensorboard_view(&run);
     assert_eq!(
         view["scalars"]["train/batch_loss"],
@@ -157,7 +158,14 @@ fn training_writes_events_tensorboard_reads_and_a_resume_continues_them() {
     assert_eq!(last.simple_value, Some(val_loss as f32));
 
     let quiet = tmp.path().join("quiet");
-    train(&quiet, &["--epochs", "1", "--no-tensorboard"]);
+    train(
+        &quiet,
+        1,
+        RunOptions {
+            tensorboard: false,
+            ..RunOptions::default()
+        },
+    );
     assert!(events(&quiet).is_empty());
 }
 
@@ -167,10 +175,10 @@ struct BatchStepsOnDisk {
     seen: Vec<Vec<i64>>,
 }
 
-impl cae::Observer for BatchStepsOnDisk {
-    fn on_event(&mut self, event: &cae::Event<'_>) {
-        if let cae::Event::Batch {
-            phase: cae::Phase::Train,
+impl crate::Observer for BatchStepsOnDisk {
+    fn on_event(&mut self, event: &crate::Event<'_>) {
+        if let crate::Event::Batch {
+            phase: crate::Phase::Train,
             ..
         } = event
         {
@@ -194,19 +202,13 @@ impl cae::Observer for BatchStepsOnDisk {
 fn batch_losses_reach_the_event_file_as_the_epoch_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let mut settings = cae::TrainSettings::tutorial(cae::DatasetKind::Folder, cifar_subset());
-    settings.data.train_limit = Some(96);
-    settings.data.val_limit = Some(40);
-    settings.optimiser.batch_size = 32;
-    settings.model.latent = 16;
-    settings.model.channels = 4;
-    settings.schedule.epochs = 1;
-    let splits = cae::load_dataset(settings.data.dataset, &settings.data.data_dir, 0).unwrap();
+    let settings = settings(1);
+    let splits = crate::load_dataset(settings.data.dataset, &settings.data.data_dir, 0).unwrap();
     let mut observer = BatchStepsOnDisk {
         run: run.clone(),
         seen: Vec::new(),
     };
-    cae::Trainer::start(&settings, splits, &run, Default::default(), &mut observer)
+    crate::Trainer::start(&settings, splits, &run, Default::default(), &mut observer)
         .unwrap()
         .run(&mut observer)
         .unwrap();

@@ -1,4 +1,4 @@
-//! What `tests/data_download.rs` leaves out: archives that pass their checksums but break or
+//! What the download tests of `tests::data` leave out: archives that pass their checksums but break or
 //! misbehave while being unpacked leave no partial dataset behind.
 
 use std::fs;
@@ -6,15 +6,15 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::thread;
 
-use cae::data::cifar::{self, ARCHIVE_NAME, ArchiveSpec, BATCHES_DIR, TEST_FILE, TRAIN_FILES};
-use cae::data::download;
+use crate::data::cifar::{self, ARCHIVE_NAME, ArchiveSpec, BATCHES_DIR, TEST_FILE, TRAIN_FILES};
+use crate::data::download;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
-use crate::common::names;
+use crate::tests::fixtures::names;
 
 const RECORD: usize = 3073;
 

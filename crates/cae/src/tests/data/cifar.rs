@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::Path;
 
-use cae::data::cifar::{self, CLASSES, TEST_FILE, TRAIN_FILES};
+use crate::data::cifar::{self, CLASSES, TEST_FILE, TRAIN_FILES};
 
 const IMAGE: usize = 3072;
 const RECORD: usize = 1 + IMAGE;

@@ -1,0 +1,4 @@
+//! The download against misbehaving servers, and the fuzzed readers of untrusted files.
+
+mod download;
+mod fuzz;
