@@ -231,6 +231,9 @@ struct EvalArgs {
     /// Runs already in it are continued (or reused when complete).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Do not write TensorBoard event files into the class run folders.
+    #[arg(long)]
+    no_tensorboard: bool,
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
@@ -271,8 +274,15 @@ fn eval(args: EvalArgs) -> Result<()> {
         let name = &splits.train.class_names[class];
         let run_dir = out.join(format!("class-{class}-{}", sanitize(name)));
         let started = std::time::Instant::now();
-        let result =
-            one_class::evaluate_class(&settings, &splits, class, &test, &run_dir, &mut terminal)?;
+        let result = one_class::evaluate_class(
+            &settings,
+            &splits,
+            class,
+            &test,
+            &run_dir,
+            !args.no_tensorboard,
+            &mut terminal,
+        )?;
         say!(
             "class {class} ({name}): trained on {} images; {} normal, {} anomalous test images; AUROC {}  [{:.0} s]",
             result.train_images,

@@ -5,6 +5,7 @@ use cae::bench::{BenchConfig, run};
 
 #[derive(Args)]
 pub struct BenchArgs {
+    /// Size of the latent code of the benchmarked model.
     #[arg(long, default_value_t = 200)]
     latent: usize,
     /// Training batch size.
@@ -13,6 +14,7 @@ pub struct BenchArgs {
     /// Inference batch size.
     #[arg(long, default_value_t = 256)]
     infer_batch: usize,
+    /// Untimed repetitions before the timed ones.
     #[arg(long, default_value_t = 5)]
     warmup: usize,
     /// Timed repetitions (the median is reported).

@@ -52,9 +52,8 @@ pub struct DenoiseArgs {
     /// otherwise): slower, and closer to the clean image.
     #[arg(long)]
     self_ensemble: bool,
-    /// Refuse images whose size differs from the model's instead of resizing them (bilinear).
-    #[arg(long)]
-    no_resize: bool,
+    #[command(flatten)]
+    resize: super::ResizeArg,
     #[command(flatten)]
     device: super::DeviceArg,
 }
@@ -147,7 +146,7 @@ fn denoise_files(args: &DenoiseArgs) -> Result<()> {
     let (model, config) = super::load_model(&args.model, &device)?;
     let mut inputs = Vec::new();
     for path in &args.images {
-        inputs.extend(imageio::read_model_input(path, &config, !args.no_resize)?);
+        inputs.extend(args.resize.read(path, &config)?);
     }
     let size = config.in_channels * config.height * config.width;
     let noisy = match args.noise {

@@ -14,7 +14,7 @@ use cae::apps::latent_gaussian::{LatentGaussian, file_sha256, path_for_model};
 use cae::apps::one_class;
 use cae::data::batcher::normalized_batch;
 use cae::eval::frechet;
-use cae::{eval::inference, io::imageio};
+use cae::eval::inference;
 
 use super::DataArgs;
 use super::inputs::Split;
@@ -245,9 +245,8 @@ pub struct InterpolateArgs {
     /// The strip PNG: A, the decoded points, then B.
     #[arg(long)]
     out: PathBuf,
-    /// Refuse images whose size differs from the model's instead of resizing them (bilinear).
-    #[arg(long)]
-    no_resize: bool,
+    #[command(flatten)]
+    resize: super::ResizeArg,
     #[command(flatten)]
     device: super::DeviceArg,
 }
@@ -258,8 +257,8 @@ pub fn interpolate(args: InterpolateArgs) -> Result<()> {
     }
     let device = args.device.device()?;
     let (model, config) = super::load_model(&args.model, &device)?;
-    let a = imageio::read_model_input(&args.a, &config, !args.no_resize)?;
-    let b = imageio::read_model_input(&args.b, &config, !args.no_resize)?;
+    let a = args.resize.read(&args.a, &config)?;
+    let b = args.resize.read(&args.b, &config)?;
     let codes = inference::encode(&model, &config, &[a.clone(), b.clone()].concat(), &device);
     let (code_a, code_b) = codes.split_at(config.latent);
     let line = line_codes(code_a, code_b, args.steps);

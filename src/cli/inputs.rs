@@ -42,9 +42,8 @@ pub struct ImageInputs {
     /// Only the first N images of the dataset.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Refuse image files whose size differs from the model's instead of resizing them.
-    #[arg(long)]
-    pub no_resize: bool,
+    #[command(flatten)]
+    pub resize: super::ResizeArg,
 }
 
 /// What [`ImageInputs::load`] read.
@@ -68,11 +67,7 @@ impl ImageInputs {
             }
             let mut pixels = Vec::new();
             for path in &self.images {
-                pixels.extend(cae::io::imageio::read_model_input(
-                    path,
-                    config,
-                    !self.no_resize,
-                )?);
+                pixels.extend(self.resize.read(path, config)?);
             }
             let sources = self
                 .images
@@ -122,6 +117,7 @@ pub struct ModelFlags {
     /// Width of the first convolutions (later ones use 2x and 4x).
     #[arg(long, default_value_t = 16)]
     pub channels: usize,
+    /// Images per training batch.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// Adam learning rate (betas 0.9/0.999, eps 1e-8 as in PyTorch).
@@ -132,9 +128,11 @@ pub struct ModelFlags {
 /// How training runs (`cae train`, `cae sweep`, `cae anomaly eval`).
 #[derive(Args)]
 pub struct TrainingFlags {
+    /// Epochs to train (with --resume: the run's total, counting those already done).
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
-    /// Seed of the initial weights and of --shuffle.
+    /// Seed of the initial weights, of an image folder's one-time shuffle, of --shuffle, of
+    /// the --noise corruptions and of the --variational sampling noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Shuffle the training images every epoch (the tutorial does not).

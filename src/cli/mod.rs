@@ -214,6 +214,22 @@ impl DeviceArg {
     }
 }
 
+/// `--no-resize`, shared by every command that reads image files for a model.
+#[derive(Args, Clone, Copy)]
+pub struct ResizeArg {
+    /// Refuse images whose size differs from the model's instead of resizing them (bilinear).
+    #[arg(long)]
+    pub no_resize: bool,
+}
+
+impl ResizeArg {
+    /// An image file as the model's normalized input, resized to the model's size unless
+    /// --no-resize.
+    pub fn read(&self, path: &std::path::Path, config: &cae::ModelConfig) -> Result<Vec<f32>> {
+        cae::read_model_input(path, config, !self.no_resize)
+    }
+}
+
 /// Reads a model file, saying once when its weights were stored in another precision than
 /// float32 and converted.
 pub fn load_model(

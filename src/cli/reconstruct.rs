@@ -18,9 +18,8 @@ pub struct ReconstructArgs {
     /// Folder for <name>_recon.png and grid.png.
     #[arg(long)]
     out: PathBuf,
-    /// Refuse images whose size differs from the model's instead of resizing them (bilinear).
-    #[arg(long)]
-    no_resize: bool,
+    #[command(flatten)]
+    resize: super::ResizeArg,
     #[command(flatten)]
     device: super::DeviceArg,
 }
@@ -30,7 +29,7 @@ pub fn run(args: ReconstructArgs) -> Result<()> {
     let (model, config) = super::load_model(&args.model, &device)?;
     let mut inputs = Vec::new();
     for path in &args.images {
-        inputs.extend(imageio::read_model_input(path, &config, !args.no_resize)?);
+        inputs.extend(args.resize.read(path, &config)?);
     }
     let outputs = inference::reconstruct(&model, &config, &inputs, &device);
     cae::io::create_output_dir(&args.out)?;

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub use crate::fixtures::{cifar_jpg_dir, cifar_subset, max_abs_diff, names, reference_dir};
+pub use crate::fixtures::{
+    cifar_jpg_dir, cifar_subset, gzip, idx_file, max_abs_diff, names, reference_dir,
+};
 
 /// A `cae` command of this build with `RUST_BACKTRACE=1`, so that a panic or a debug-printed
 /// error would show its backtrace and fail the checks below.
@@ -23,10 +25,16 @@ pub fn cae_output(args: &[&str]) -> Output {
 
 /// Runs `cae`, which must succeed; returns its stdout.
 pub fn cae(args: &[&str]) -> String {
-    let output = cae_output(args);
+    stdout_of(&mut cae_command(args))
+}
+
+/// Runs `command` (a [`cae_command`] with more set on it), which must succeed; returns its
+/// stdout.
+pub fn stdout_of(command: &mut Command) -> String {
+    let output = command.output().expect("cae runs");
     assert!(
         output.status.success(),
-        "cae {args:?} failed: {}",
+        "{command:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()

@@ -1,7 +1,7 @@
 //! Where the test fixtures are (PyTorch's reference files, the CIFAR-10 JPEGs, the committed
-//! fixtures) and the small checks every test uses. One file for both test trees: the integration
-//! tests include it as a module, and so do the `cae` library's unit tests (by path), so that
-//! neither keeps a copy.
+//! fixtures), the small files tests fabricate (IDX, gzip) and the small checks every test uses.
+//! One file for both test trees: the integration tests include it as a module, and so do the
+//! `cae` library's unit tests (by path), so that neither keeps a copy.
 #![allow(dead_code)]
 
 use std::fs;
@@ -98,6 +98,22 @@ pub fn names(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// An IDX file (the MNIST format): the magic number, the dimensions as big-endian `u32`s, then
+/// `data`.
+pub fn idx_file(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut bytes = magic.to_be_bytes().to_vec();
+    bytes.extend(dims.iter().flat_map(|d| d.to_be_bytes()));
+    bytes.extend(data);
+    bytes
+}
+
+/// `bytes` gzipped.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut encoder, bytes).unwrap();
+    encoder.finish().unwrap()
 }
 
 /// Training images per class in [`cifar_subset`] (640 in all).

@@ -13,12 +13,18 @@ use crate::model::ModelConfig;
 use crate::optim::{Adam, AdamConfig};
 use crate::{init, io::weights, training};
 
+/// What to time: the seed model's latent size, the batch sizes, and how often.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct BenchConfig {
+    /// Latent size of the seed model (`--latent`); the rest of its shape is the tutorial's.
     pub latent: usize,
+    /// Images per training step (`--batch-size`).
     pub batch_size: usize,
+    /// Images per inference batch (`--infer-batch`).
     pub infer_batch: usize,
+    /// Untimed repetitions before the timed ones (`--warmup`).
     pub warmup: usize,
+    /// Timed repetitions (`--steps`).
     pub steps: usize,
 }
 
@@ -34,21 +40,32 @@ impl Default for BenchConfig {
     }
 }
 
+/// The wall times of the timed repetitions of one step.
 #[derive(Debug, Clone, Serialize)]
 pub struct Timing {
+    /// Median time of one repetition, in milliseconds.
     pub median_ms: f64,
+    /// Shortest time of one repetition, in milliseconds.
     pub min_ms: f64,
+    /// Mean time of one repetition, in milliseconds.
     pub mean_ms: f64,
+    /// Images per second at the median time.
     pub images_per_second: f64,
 }
 
+/// What [`run`] measured, and where.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
+    /// What was timed.
     pub config: BenchConfig,
+    /// Training steps: forward, MSE, backward and Adam on one batch of `batch_size` images.
     pub train: Timing,
+    /// Reconstructions of one batch of `infer_batch` images, without autodiff.
     pub inference: Timing,
     /// Peak resident memory of this process (VmHWM), when the OS reports it.
     pub peak_rss_mib: Option<f64>,
+    /// The threads the kernels and Burn ran on (rayon's pool: the logical CPUs, or
+    /// `RAYON_NUM_THREADS`).
     pub threads: usize,
     /// The vector level cae's CPU kernels ran at (`CAE_SIMD`).
     pub simd: &'static str,
@@ -80,7 +97,7 @@ pub fn run(config: &BenchConfig, device: &Device) -> BenchReport {
         train: summarize(&train_times, config.batch_size),
         inference: summarize(&infer_times, config.infer_batch),
         peak_rss_mib: peak_rss_mib(),
-        threads: std::thread::available_parallelism().map_or(1, usize::from),
+        threads: rayon::current_num_threads(),
         simd: cae_kernels::simd::SimdLevel::active().name(),
     }
 }
@@ -132,14 +149,19 @@ fn peak_rss_mib() -> Option<f64> {
 /// batch size: the layer's own pass, its input gradient and its weight gradient.
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerTiming {
+    /// The layer, its channels, stride and input size: `encoder conv 2: 16->32 s2 32x32`.
     pub layer: String,
+    /// Median time of the layer's own pass, in milliseconds.
     pub forward_ms: f64,
+    /// Median time of the gradient with respect to the layer's input, in milliseconds.
     pub input_grad_ms: f64,
+    /// Median time of the gradient with respect to the layer's weights, in milliseconds.
     pub weight_grad_ms: f64,
     /// Multiply-adds of one of the three passes, times two, over the median forward time.
     pub forward_gflops: f64,
-    /// The same over the input gradient's and the weight gradient's median times.
+    /// The same over the input gradient's median time.
     pub input_grad_gflops: f64,
+    /// The same over the weight gradient's median time.
     pub weight_grad_gflops: f64,
     /// Each pass's GFLOP/s (forward, input grad, weight grad) as a percentage of the FMA peak
     /// measured in the same run.

@@ -13,18 +13,23 @@ pub struct EpochRecord {
     pub train_loss: f64,
     /// Mean squared error over every validation pixel.
     pub val_loss: f64,
+    /// PSNR in dB of the validation reconstructions (pixels on [0, 1]).
     pub val_psnr: f64,
+    /// Wall time of the epoch: training, validation and its reconstruction grid.
     pub seconds: f64,
     /// Training images per second of wall time for the training phase.
     pub images_per_second: f64,
 }
 
+/// Every loss a run has measured, batch by batch and epoch by epoch (`metrics.csv`,
+/// `epochs.csv`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct History {
     /// Per epoch, the loss of every training batch.
     pub train_batches: Vec<Vec<f64>>,
     /// Per epoch, the loss of every validation batch.
     pub val_batches: Vec<Vec<f64>>,
+    /// One record per finished epoch.
     pub epochs: Vec<EpochRecord>,
 }
 

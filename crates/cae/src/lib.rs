@@ -2,7 +2,8 @@
 //!
 //! The API is re-exported here: the model ([`Autoencoder`], [`ModelConfig`]), its files
 //! ([`load_model`], [`save_model`]), datasets ([`load_dataset`], [`DatasetKind`]), training
-//! ([`Trainer`], [`TrainSettings`], reporting [`Event`]s to an [`Observer`]), inference
+//! ([`Trainer`], [`TrainSettings`], reporting [`Event`]s to an [`Observer`], the measured
+//! [`History`] of [`EpochRecord`]s), inference
 //! ([`encode`], [`decode`], [`reconstruct`], [`read_model_input`], [`write_npy`]) and
 //! anomaly scores ([`score_images`]).
 //!
@@ -22,9 +23,12 @@
 //! datasets and their augmentation, [`training`] the training loop, [`run_folder`] what a run
 //! writes, [`eval`] the use of a trained model (quality, inference, SSIM), [`io`] the file
 //! formats (weights, `.pt`, `.npy`, images, atomic writes), and
-//! [`apps`] the applications (denoising, anomaly detection, generation). The modules not
-//! re-exported above serve the `cae` command and the tests; they may change between versions.
-//! The convolution kernels are the `cae-kernels` crate.
+//! [`apps`] the applications (denoising, anomaly detection, generation). What those modules
+//! make public beyond the re-exports above is what the `cae` command builds on (its flags'
+//! settings, the applications' reports, the file formats); it may change between versions.
+//! Everything else is private to the crate. The convolution kernels are the `cae-kernels` crate.
+
+#![warn(missing_docs)]
 
 pub mod apps;
 pub mod bench;
@@ -53,6 +57,7 @@ mod tests;
 pub use apps::anomaly::{RawScores, Score, score_images};
 pub use data::{DatasetKind, ImageSet, Splits, load as load_dataset};
 pub use eval::inference::{decode, encode, reconstruct};
+pub use history::{EpochRecord, History};
 pub use io::imageio::read_model_input;
 pub use io::npy::write_f32 as write_npy;
 pub use io::weights::{load_model, save_model};

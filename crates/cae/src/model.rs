@@ -18,7 +18,9 @@ pub struct ModelConfig {
     pub channels: usize,
     /// Channels of the images (1 or 3).
     pub in_channels: usize,
+    /// Height of the images in pixels, a positive multiple of 4.
     pub height: usize,
+    /// Width of the images in pixels, a positive multiple of 4.
     pub width: usize,
     /// A variational autoencoder ([`crate::variational`]): the encoder ends in a mean and a
     /// log-variance head instead of Linear + ReLU, and the model holds the decoder's learned
@@ -31,7 +33,9 @@ pub struct ModelConfig {
 /// [`ModelConfig`] is the whole.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelSettings {
+    /// Size of the latent code (`--latent`).
     pub latent: usize,
+    /// Width of the first convolutions (`--channels`); the later ones use 2x and 4x this.
     pub channels: usize,
     /// Start from these weights instead of the seed's initialisation.
     pub init: Option<std::path::PathBuf>,
@@ -64,6 +68,8 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
+    /// Fails unless a model of this shape can be built: a positive latent size and number of
+    /// channels, 1 or 3 image channels, and a height and width that are positive multiples of 4.
     pub fn validate(&self) -> Result<()> {
         if self.latent == 0 || self.channels == 0 {
             bail!(
@@ -152,8 +158,11 @@ impl ModelConfig {
 /// A 3x3 convolution with padding 1. Weight (out, in, 3, 3) as in PyTorch.
 #[derive(Module, Debug)]
 pub struct Conv {
+    /// The kernels, (out, in, 3, 3).
     pub weight: Param<Tensor<4>>,
+    /// One bias per output channel.
     pub bias: Param<Tensor<1>>,
+    /// 1, or 2 to halve the height and width.
     pub stride: usize,
 }
 
@@ -168,8 +177,11 @@ impl Conv {
 /// Weight (in, out, 3, 3) as in PyTorch.
 #[derive(Module, Debug)]
 pub struct ConvTranspose {
+    /// The kernels, (in, out, 3, 3).
     pub weight: Param<Tensor<4>>,
+    /// One bias per output channel.
     pub bias: Param<Tensor<1>>,
+    /// 1, or 2 to double the height and width.
     pub stride: usize,
 }
 
@@ -183,7 +195,9 @@ impl ConvTranspose {
 /// A fully connected layer. Weight stored (in, out), the transpose of PyTorch's layout.
 #[derive(Module, Debug)]
 pub struct Dense {
+    /// The weights, (in, out).
     pub weight: Param<Tensor<2>>,
+    /// One bias per output.
     pub bias: Param<Tensor<1>>,
 }
 
@@ -193,8 +207,10 @@ impl Dense {
     }
 }
 
+/// Images to latent codes: six convolutions, then the code layer.
 #[derive(Module, Debug)]
 pub struct Encoder {
+    /// The six 3x3 convolutions, each followed by ReLU.
     pub convs: Vec<Conv>,
     /// The code (plain: followed by ReLU) or, in a variational model, the posterior mean.
     pub linear: Dense,
@@ -202,19 +218,28 @@ pub struct Encoder {
     pub log_var: Option<Dense>,
 }
 
+/// Latent codes to images: a linear layer back to the deepest feature map, then six
+/// transposed convolutions.
 #[derive(Module, Debug)]
 pub struct Decoder {
+    /// The code to the flattened deepest feature map, followed by ReLU.
     pub linear: Dense,
+    /// The six 3x3 transposed convolutions, each but the last followed by ReLU.
     pub convs: Vec<ConvTranspose>,
+    /// Channels of the deepest feature map (4x the model's `channels`).
     pub deep_channels: usize,
+    /// Height of the deepest feature map (a quarter of the image's).
     pub deep_height: usize,
+    /// Width of the deepest feature map (a quarter of the image's).
     pub deep_width: usize,
 }
 
 /// The autoencoder. Build it with [`crate::io::weights`] (from a weight file) or [`crate::init`].
 #[derive(Module, Debug)]
 pub struct Autoencoder {
+    /// Images to latent codes.
     pub encoder: Encoder,
+    /// Latent codes to images.
     pub decoder: Decoder,
     /// A variational model's log standard deviation of the decoder's Gaussian, shared by all
     /// pixels (shape `[1]`).
@@ -295,10 +320,12 @@ impl Autoencoder {
         self.decode(self.encode(images))
     }
 
+    /// Whether this is a variational autoencoder (its encoder has a log-variance head).
     pub fn is_variational(&self) -> bool {
         self.encoder.log_var.is_some()
     }
 
+    /// The device the model's parameters are on.
     pub fn device(&self) -> Device {
         self.encoder.linear.bias.val().device()
     }

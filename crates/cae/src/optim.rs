@@ -13,10 +13,12 @@ use crate::model::Autoencoder;
 use cae_kernels::{self as kernels, Kernels};
 
 /// The optimiser settings of a training run (Adam's other constants are PyTorch's, see
-/// [`AdamConfig`]).
+/// `AdamConfig`).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OptimiserSettings {
+    /// Adam's learning rate (`--lr`), before any `--lr-drop`.
     pub lr: f64,
+    /// Training images per Adam step (`--batch-size`); an epoch's last batch may be smaller.
     pub batch_size: usize,
 }
 

@@ -14,17 +14,22 @@ pub(crate) const DEFAULT_FACTOR: f64 = 0.1;
 /// How long a run trains, and how its learning rate falls.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleSettings {
+    /// Epochs the run trains in all (`--epochs`), those before a resume included.
     pub epochs: usize,
     /// Lower the learning rate at these epochs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr_drop: Option<LrDrop>,
 }
 
+/// The epochs at which the learning rate is multiplied by a factor (`--lr-drop`), written
+/// `EPOCH[,EPOCH...][:FACTOR]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct LrDrop {
     /// The epochs (1-based, increasing) at whose start the rate is multiplied by `factor`.
     pub epochs: Vec<usize>,
+    /// What the rate is multiplied by at each of those epochs: a positive number, 0.1 when
+    /// none is written.
     pub factor: f64,
 }
 

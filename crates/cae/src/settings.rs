@@ -17,14 +17,19 @@ use crate::schedule::ScheduleSettings;
 /// are flattened into one object, as before they were grouped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainSettings {
+    /// Which images, how many, in which order, corrupted how.
     #[serde(flatten)]
     pub data: DataSettings,
+    /// The model's size and kind, and the weights it starts from.
     #[serde(flatten)]
     pub model: ModelSettings,
+    /// Adam's learning rate and the batch size.
     #[serde(flatten)]
     pub optimiser: OptimiserSettings,
+    /// How many epochs, and when the learning rate drops.
     #[serde(flatten)]
     pub schedule: ScheduleSettings,
+    /// The seed and the backend.
     #[serde(flatten)]
     pub run: RunSettings,
 }
@@ -33,7 +38,10 @@ pub struct TrainSettings {
 /// shuffling and noise, and the backend it runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RunSettings {
+    /// Seed of the initial weights, the shuffles, the input noise and a variational model's
+    /// sampling (`--seed`).
     pub seed: u64,
+    /// The backend the run trains on (`--device`).
     pub device: Backend,
 }
 
@@ -73,6 +81,9 @@ impl TrainSettings {
         }
     }
 
+    /// Fails on settings no run can train with: zero epochs or batch size, a learning rate that
+    /// is not positive, a zero latent size or number of channels, a negative `--beta`, or
+    /// `--beta` or `--kl-warmup` without `--variational`.
     pub fn validate(&self) -> Result<()> {
         if self.schedule.epochs == 0 || self.optimiser.batch_size == 0 {
             bail!("--epochs and --batch-size must be at least 1");

@@ -27,11 +27,15 @@ use crate::{eval::inference, eval::metrics, io::atomic, io::weights};
 /// The values to sweep; every combination becomes one run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SweepGrid {
+    /// Latent sizes (`--latent`).
     #[serde(rename = "latent")]
     pub latents: Vec<usize>,
+    /// Widths of the first convolutions (`--channels`).
     pub channels: Vec<usize>,
+    /// Adam learning rates (`--lr`).
     #[serde(rename = "lr")]
     pub lrs: Vec<f64>,
+    /// Batch sizes (`--batch-size`).
     #[serde(rename = "batch_size")]
     pub batch_sizes: Vec<usize>,
 }
@@ -133,8 +137,11 @@ fn named_run(
 /// How to run a sweep.
 #[derive(Debug, Clone)]
 pub struct SweepOptions {
+    /// The settings of every run, but for the swept ones, which the grid replaces.
     pub base: TrainSettings,
+    /// The values to sweep.
     pub grid: SweepGrid,
+    /// The sweep folder (`--out`): a run folder per combination, `summary.csv` and the figures.
     pub out: PathBuf,
     /// Continue an interrupted sweep: skip finished runs, resume half-finished ones.
     pub resume: bool,
@@ -145,12 +152,19 @@ pub struct SweepOptions {
 /// One line of `summary.csv`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SummaryRow {
+    /// The run's folder in the sweep folder: `latent-200_lr-0.001`.
     pub run: String,
+    /// Size of the latent code.
     pub latent: usize,
+    /// Width of the first convolutions.
     pub channels: usize,
+    /// Adam learning rate, before any `--lr-drop`.
     pub lr: f64,
+    /// Training images per Adam step.
     pub batch_size: usize,
+    /// Epochs the run trained.
     pub epochs: usize,
+    /// Trainable parameters of the model.
     pub params: usize,
     /// Mean training batch loss of the last epoch (a variational run's: the negative ELBO per value).
     pub train_loss: f64,
@@ -165,7 +179,8 @@ pub struct SummaryRow {
     /// during the epoch, so it is biased upwards. NaN for a variational run, whose training
     /// loss is the negative ELBO, not an MSE.
     pub gap: f64,
-    /// Training time of the run, summed over its epochs (across resumes).
+    /// Wall time of the run's epochs (training, validation and the grids), summed over its
+    /// epochs across resumes.
     pub seconds: f64,
 }
 

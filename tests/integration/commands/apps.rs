@@ -297,6 +297,12 @@ fn anomaly_eval_fit_and_score_on_one_class() {
         assert!((0.0..=1.0).contains(&auc), "{value}");
     }
     let run = out.join("class-0-airplane");
+    assert!(
+        common::names(&run)
+            .iter()
+            .any(|n| n.starts_with("events.out.tfevents.")),
+        "TensorBoard event files by default"
+    );
     let (header, scores) = csv_rows(&run.join("test_scores.csv"));
     assert_eq!(header[..3], ["source", "label", "normal"].map(String::from));
     assert_eq!(scores.len(), 100, "one score per test image");
@@ -484,9 +490,18 @@ fn anomaly_eval_over_all_classes_prints_the_table_and_mean() {
         "4",
         "--test-per-class",
         "2",
+        "--no-tensorboard",
         "--out",
         s(&out),
     ]);
+    let class_run = out.join("class-0-airplane");
+    assert!(class_run.join("model.safetensors").is_file());
+    assert!(
+        !common::names(&class_run)
+            .iter()
+            .any(|n| n.starts_with("events.out.tfevents.")),
+        "--no-tensorboard"
+    );
     let table = &stdout[stdout.find("ROC AUC").expect("a table")..];
     assert!(
         table.contains("9 truck") && table.contains("mean"),

@@ -29,6 +29,17 @@ fn bench_reports_json_figures() {
     assert!(report["peak_rss_mib"].as_f64().unwrap() > 1.0);
 }
 
+/// The reported thread count is the one the work ran on (bench/compare.sh gives ONNX Runtime
+/// as many), not the machine's CPU count.
+#[test]
+fn bench_reports_the_threads_it_ran_on() {
+    let stdout = common::stdout_of(
+        common::cae_command(&[&["bench", "--json"], QUICK].concat()).env("RAYON_NUM_THREADS", "1"),
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["threads"], 1, "{report}");
+}
+
 /// One untimed-warm-up step at batch 4: enough to check what is reported.
 const QUICK: &[&str] = &["--steps", "1", "--warmup", "0", "--batch-size", "4"];
 

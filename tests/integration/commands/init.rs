@@ -3,7 +3,6 @@
 
 use crate::common;
 
-use std::process::Command;
 
 #[test]
 fn training_from_the_reference_init_follows_pytorch_losses() {
@@ -24,31 +23,21 @@ fn training_from_the_reference_init_follows_pytorch_losses() {
     }
     let run = dir.path().join("run");
     let init = common::reference_dir().join("seed_latent200_init.pt");
-    let output = Command::new(env!("CARGO_BIN_EXE_cae"))
-        .args([
-            "train",
-            "--dataset",
-            "folder",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--init",
-            init.to_str().unwrap(),
-        ])
-        .args([
-            "--batch-size",
-            "20",
-            "--epochs",
-            "3",
-            "--out",
-            run.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::cae(&[
+        "train",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--init",
+        init.to_str().unwrap(),
+        "--batch-size",
+        "20",
+        "--epochs",
+        "3",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
 
     // One batch per epoch holds all 20 images, so its loss (a mean) does not depend on their order.
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();

@@ -43,6 +43,22 @@ fn quick(command: &str, extra: &[&str]) -> String {
     cae(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
+/// A sweep of the one latent size 8 into `out`, without its report.
+fn sweep_latent_8(out: &str, epochs: &str) {
+    quick(
+        "sweep",
+        &[
+            "--latent",
+            "8",
+            "--epochs",
+            epochs,
+            "--out",
+            out,
+            "--no-report",
+        ],
+    );
+}
+
 fn read_csv(path: &Path) -> (String, Vec<Vec<String>>) {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
@@ -216,18 +232,7 @@ fn resume_skips_finished_runs_and_continues_a_half_finished_one() {
     let out = sweep.to_str().unwrap();
     // As if the sweep had been stopped during its second run: latent 8 finished, latent 16
     // after its first epoch.
-    quick(
-        "sweep",
-        &[
-            "--latent",
-            "8",
-            "--epochs",
-            "2",
-            "--out",
-            out,
-            "--no-report",
-        ],
-    );
+    sweep_latent_8(out, "2");
     let half = sweep.join("latent-16");
     quick(
         "train",
@@ -306,18 +311,7 @@ fn a_finished_run_with_other_settings_is_not_reused() {
     let dir = tempfile::tempdir().unwrap();
     let sweep = dir.path().join("sweep");
     let out = sweep.to_str().unwrap();
-    quick(
-        "sweep",
-        &[
-            "--latent",
-            "8",
-            "--epochs",
-            "1",
-            "--out",
-            out,
-            "--no-report",
-        ],
-    );
+    sweep_latent_8(out, "1");
     let again = quick_args(
         "sweep",
         &[

@@ -12,23 +12,28 @@ fn read_csv(path: &Path) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn quick_run(out: &Path, extra: &[&str]) -> String {
+/// `cae train` on 640 training and 200 validation images into `out`, with `extra`.
+fn quick_args(out: &Path, extra: &[&str]) -> Vec<String> {
     let data = common::cifar_jpg_dir();
-    let mut args = vec![
+    let quick = [
         "train",
         "--dataset",
         "folder",
         "--data-dir",
-        data.to_str().unwrap(),
+        common::s(&data),
         "--train-limit",
         "640",
         "--val-limit",
         "200",
         "--out",
-        out.to_str().unwrap(),
+        common::s(out),
     ];
-    args.extend_from_slice(extra);
-    cae(&args)
+    quick.iter().chain(extra).map(|a| a.to_string()).collect()
+}
+
+fn quick_run(out: &Path, extra: &[&str]) -> String {
+    let args = quick_args(out, extra);
+    cae(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 #[test]
@@ -128,22 +133,8 @@ fn existing_run_is_not_overwritten_without_resume() {
     let run = dir.path().join("run");
     quick_run(&run, &["--epochs", "1"]);
     let before = std::fs::read(run.join("model.safetensors")).unwrap();
-    let data = common::cifar_jpg_dir();
-    let output = common::cae_output(&[
-        "train",
-        "--dataset",
-        "folder",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--train-limit",
-        "640",
-        "--val-limit",
-        "200",
-        "--epochs",
-        "1",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    let args = quick_args(&run, &["--epochs", "1"]);
+    let output = common::cae_output(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -3,15 +3,12 @@
 //! no backtrace even under `RUST_BACKTRACE=1`; `--skip-bad` leaves bad image files out instead.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::common;
-use crate::common::{cae_clean_error, s};
+use crate::common::{cae_clean_error, gzip, idx_file, s};
 use cae::io::weights::{HostTensor, StateDict};
 use cae::model::ModelConfig;
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use safetensors::tensor::{Dtype, TensorView};
 
 /// `cae train` on `data_dir`, which fails while reading the data, before any training.
@@ -113,30 +110,17 @@ fn cifar_empty_batch_is_refused_naming_it() {
 
 // MNIST-style IDX files.
 
-fn idx(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut bytes = magic.to_be_bytes().to_vec();
-    bytes.extend(dims.iter().flat_map(|d| d.to_be_bytes()));
-    bytes.extend(data);
-    bytes
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
-    encoder.write_all(bytes).unwrap();
-    encoder.finish().unwrap()
-}
-
 /// Four valid IDX files (two 4x4 images per split), then `name` replaced by `bytes`.
 fn idx_dir(name: &str, bytes: Vec<u8>) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     for split in ["train", "t10k"] {
-        let images = idx(0x803, &[2, 4, 4], &[7; 32]);
+        let images = idx_file(0x803, &[2, 4, 4], &[7; 32]);
         fs::write(
             tmp.path().join(format!("{split}-images-idx3-ubyte")),
             images,
         )
         .unwrap();
-        let labels = idx(0x801, &[2], &[3, 4]);
+        let labels = idx_file(0x801, &[2], &[3, 4]);
         fs::write(
             tmp.path().join(format!("{split}-labels-idx1-ubyte")),
             labels,
@@ -150,7 +134,10 @@ fn idx_dir(name: &str, bytes: Vec<u8>) -> tempfile::TempDir {
 
 #[test]
 fn idx_truncated_images_are_refused_naming_the_file_and_both_sizes() {
-    let tmp = idx_dir("train-images-idx3-ubyte", idx(0x803, &[2, 4, 4], &[7; 31]));
+    let tmp = idx_dir(
+        "train-images-idx3-ubyte",
+        idx_file(0x803, &[2, 4, 4], &[7; 31]),
+    );
     train_error(
         "mnist",
         tmp.path(),
@@ -160,7 +147,7 @@ fn idx_truncated_images_are_refused_naming_the_file_and_both_sizes() {
 
 #[test]
 fn idx_oversized_labels_are_refused_naming_the_file() {
-    let tmp = idx_dir("t10k-labels-idx1-ubyte", idx(0x801, &[2], &[1, 2, 3]));
+    let tmp = idx_dir("t10k-labels-idx1-ubyte", idx_file(0x801, &[2], &[1, 2, 3]));
     train_error(
         "mnist",
         tmp.path(),
@@ -170,7 +157,7 @@ fn idx_oversized_labels_are_refused_naming_the_file() {
 
 #[test]
 fn idx_bad_label_is_refused_naming_the_file_and_the_label() {
-    let tmp = idx_dir("t10k-labels-idx1-ubyte", idx(0x801, &[2], &[1, 42]));
+    let tmp = idx_dir("t10k-labels-idx1-ubyte", idx_file(0x801, &[2], &[1, 42]));
     train_error(
         "mnist",
         tmp.path(),
@@ -180,13 +167,13 @@ fn idx_bad_label_is_refused_naming_the_file_and_the_label() {
 
 #[test]
 fn idx_wrong_magic_and_corrupt_gzip_are_refused_naming_the_file() {
-    let tmp = idx_dir("train-labels-idx1-ubyte", idx(0x803, &[2], &[1, 2]));
+    let tmp = idx_dir("train-labels-idx1-ubyte", idx_file(0x803, &[2], &[1, 2]));
     train_error(
         "mnist",
         tmp.path(),
         &["train-labels-idx1-ubyte: not an IDX file", "0x00000803"],
     );
-    let mut gz = gzip(&idx(0x803, &[2, 4, 4], &[7; 32]));
+    let mut gz = gzip(&idx_file(0x803, &[2, 4, 4], &[7; 32]));
     gz.truncate(gz.len() / 2);
     let tmp = idx_dir("t10k-images-idx3-ubyte.gz", gz);
     train_error("mnist", tmp.path(), &["t10k-images-idx3-ubyte.gz"]);
@@ -195,7 +182,7 @@ fn idx_wrong_magic_and_corrupt_gzip_are_refused_naming_the_file() {
 #[test]
 fn gzipped_idx_claiming_absurd_sizes_is_refused_before_reading() {
     // A tiny file whose header announces 60000 images of 100000x100000 pixels.
-    let gz = gzip(&idx(0x803, &[60_000, 100_000, 100_000], &[0; 64]));
+    let gz = gzip(&idx_file(0x803, &[60_000, 100_000, 100_000], &[0; 64]));
     let tmp = idx_dir("train-images-idx3-ubyte.gz", gz);
     train_error(
         "mnist",
@@ -213,7 +200,7 @@ fn gzipped_idx_with_endless_trailing_data_stops_counting() {
     // 64 MB of zeros after a 2-label body compress to a few kB: a small "gzip bomb".
     let mut body = vec![1u8, 2];
     body.resize(64 << 20, 0);
-    let gz = gzip(&idx(0x801, &[2], &body));
+    let gz = gzip(&idx_file(0x801, &[2], &body));
     let tmp = idx_dir("t10k-labels-idx1-ubyte.gz", gz);
     train_error(
         "mnist",

@@ -28,17 +28,27 @@ use crate::{eval::inference, eval::metrics};
 /// Images scored per pass: bounds the memory of inputs, codes and reconstructions.
 const CHUNK: usize = 4 * EVAL_BATCH;
 
+/// An anomaly score of an image; higher means more anomalous.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Score {
+    /// `mse`: mean squared reconstruction error, on normalized [-1, 1] pixels.
     Mse,
+    /// `relative-mse`: the log MSE relative to that of normal images with as much fine detail;
+    /// needs a [`Calibration`].
     RelativeMse,
+    /// `ssim`: 1 - SSIM between the image and its reconstruction, on [0, 1] pixels.
     Ssim,
+    /// `latent-mahalanobis`: Mahalanobis distance of the image's code under the fitted latent
+    /// Gaussian.
     LatentMahalanobis,
+    /// `combined`: the mean of `relative-mse`, `ssim` and `latent-mahalanobis`, each
+    /// standardised on normal images; needs a [`Calibration`] and the latent Gaussian.
     Combined,
 }
 
 impl Score {
+    /// Every score, `combined` last (it is made of the others).
     pub const ALL: [Score; 5] = [
         Score::Mse,
         Score::RelativeMse,
@@ -47,6 +57,7 @@ impl Score {
         Score::Combined,
     ];
 
+    /// The name on the command line (`--score`) and in calibrations and CSV files.
     pub fn name(self) -> &'static str {
         match self {
             Score::Mse => "mse",
@@ -66,6 +77,7 @@ impl Score {
 /// The measured scores of a list of images; `combined` is derived from them with a calibration.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RawScores {
+    /// Mean squared reconstruction error of each image, on normalized [-1, 1] pixels.
     pub mse: Vec<f64>,
     /// The fine detail of each image (`fine_detail`), for `relative-mse`.
     pub detail: Vec<f64>,
@@ -78,10 +90,12 @@ pub struct RawScores {
 }
 
 impl RawScores {
-    pub(crate) fn len(&self) -> usize {
+    /// Number of images scored.
+    pub fn len(&self) -> usize {
         self.mse.len()
     }
 
+    /// Whether no image was scored.
     pub fn is_empty(&self) -> bool {
         self.mse.is_empty()
     }
@@ -254,7 +268,9 @@ pub fn check_shape(set: &ImageSet, config: &ModelConfig) -> Result<()> {
 /// How a score is distributed on normal images.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ScoreStats {
+    /// Mean of the score over the normal images.
     pub mean: f64,
+    /// Sample standard deviation (n - 1 denominator) of the score over the normal images.
     pub std: f64,
     /// Scores above this are anomalous; it flags a fraction `fpr` of the normal images.
     pub threshold: f64,
@@ -270,6 +286,7 @@ pub struct Calibration {
     pub n: usize,
     /// Which images they were, for people.
     pub source: String,
+    /// The statistics of every score.
     pub scores: BTreeMap<Score, ScoreStats>,
     /// The line `relative-mse` measures from; absent in calibrations made before that score.
     #[serde(default)]
@@ -326,11 +343,13 @@ impl Calibration {
         Ok(values.iter().map(|v| (v - stats.mean) / std).collect())
     }
 
+    /// The threshold of score `kind` (above it an image is anomalous), if the calibration has
+    /// that score.
     pub fn threshold(&self, kind: Score) -> Option<f64> {
         self.scores.get(&kind).map(|s| s.threshold)
     }
 
-    /// Writes the calibration of the model file `model` beside it, at [`calibration_path`].
+    /// Writes the calibration of the model file `model` beside it, at `calibration_path`.
     pub fn save_for_model(&mut self, model: &Path) -> Result<PathBuf> {
         self.model_sha256 = file_sha256(model)?;
         let path = calibration_path(model);

@@ -26,9 +26,13 @@ pub struct Quality {
     pub ssim: f64,
 }
 
+/// The quality of a set of images ([`report`]) after corruption, after denoising, and after
+/// reconstruction of the clean images.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DenoiseReport {
+    /// The corruption applied to the clean images.
     pub noise: NoiseSpec,
+    /// Number of images.
     pub n: usize,
     /// The corrupted inputs.
     pub noisy: Quality,
@@ -133,7 +137,7 @@ fn total_quality(clean: &[f32], images: &[f32], config: &ModelConfig) -> Result<
     Ok(total)
 }
 
-/// PSNR in dB of `b` against `a`, both on [0, 1], capped at [`MAX_PSNR`].
+/// PSNR in dB of `b` against `a`, both on [0, 1], capped at `MAX_PSNR` (100 dB).
 pub fn psnr(a: &[f32], b: &[f32]) -> f64 {
     let mse = inference::mse(a, b);
     (-10.0 * mse.log10()).min(MAX_PSNR)

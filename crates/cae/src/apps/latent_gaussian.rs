@@ -35,6 +35,7 @@ const META_MODEL_SHA256: &str = "cae.latent.model_sha256";
 /// Mean and (regularised) covariance of latent codes.
 #[derive(Debug, Clone)]
 pub struct LatentGaussian {
+    /// Mean of the codes, one value per latent dimension.
     pub mean: Vec<f64>,
     /// The sample covariance (n - 1 denominator), row-major, without the ridge.
     pub covariance: Vec<f64>,
@@ -143,6 +144,7 @@ impl LatentGaussian {
         })
     }
 
+    /// Size of the codes: the model's latent size.
     pub fn dim(&self) -> usize {
         self.mean.len()
     }

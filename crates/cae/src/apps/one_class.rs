@@ -24,12 +24,20 @@ pub const DEFAULT_FPR: f64 = 0.05;
 /// The outcome for one normal class.
 #[derive(Debug, Clone)]
 pub struct ClassResult {
+    /// Index of the normal class.
     pub class: usize,
+    /// Name of the normal class.
     pub name: String,
+    /// ROC AUC of every score on the test images: the normal class against the others.
     pub auroc: BTreeMap<Score, f64>,
+    /// Training images of the normal class that the model was trained and calibrated on
+    /// (after `--train-limit`).
     pub train_images: usize,
+    /// Test images of the normal class.
     pub normal: usize,
+    /// Test images of the other classes.
     pub anomalous: usize,
+    /// The run folder of the class's model.
     pub run_dir: PathBuf,
 }
 
@@ -96,13 +104,14 @@ pub fn first_per_class(set: &ImageSet, n: usize) -> ImageSet {
 /// Runs the protocol for normal class `class`: trains in `run_dir` (continuing a run already
 /// there) on that class's training images, fits the latent Gaussian and the calibration on them
 /// (saved beside the model), scores `test` and measures every score's ROC AUC. Writes
-/// `run_dir/test_scores.csv`.
+/// `run_dir/test_scores.csv`, and TensorBoard event files when `tensorboard` is set.
 pub fn evaluate_class(
     settings: &TrainSettings,
     splits: &Splits,
     class: usize,
     test: &ImageSet,
     run_dir: &Path,
+    tensorboard: bool,
     observer: &mut dyn Observer,
 ) -> Result<ClassResult> {
     let classes = &splits.train.class_names;
@@ -125,7 +134,7 @@ pub fn evaluate_class(
         run_dir,
         crate::training::RunOptions {
             resume,
-            tensorboard: true,
+            tensorboard,
         },
         observer,
     )

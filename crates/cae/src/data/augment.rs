@@ -19,12 +19,21 @@ use crate::sampling::standard_normal;
 #[serde(try_from = "String", into = "String")]
 pub enum NoiseSpec {
     /// Adds N(0, sigma²) to every value.
-    Gaussian { sigma: f32 },
+    Gaussian {
+        /// Standard deviation on [0, 1] pixels; finite and >= 0.
+        sigma: f32,
+    },
     /// Sets every value with probability `p` to 0 or to 1 (equally likely).
-    SaltPepper { p: f32 },
+    SaltPepper {
+        /// Probability that a value is replaced, in [0, 1].
+        p: f32,
+    },
     /// Sets every value with probability `p` to 0, the masking noise of denoising autoencoders
     /// (Vincent et al., 2010).
-    Mask { p: f32 },
+    Mask {
+        /// Probability that a value is set to 0, in [0, 1].
+        p: f32,
+    },
 }
 
 impl FromStr for NoiseSpec {

@@ -25,9 +25,10 @@ struct Entry {
     label: u16,
 }
 
-/// An image file left out by [`load_skipping_bad`], with the error that reading it gave.
+/// An image file left out by `--skip-bad`, with the error that reading it gave.
 #[derive(Debug, Clone)]
 pub struct Skipped {
+    /// The file left out.
     pub path: PathBuf,
     /// The whole error message, which names the file.
     pub error: String,

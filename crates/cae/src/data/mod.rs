@@ -10,6 +10,7 @@ pub mod batcher;
 pub(crate) mod cifar;
 pub mod download;
 pub(crate) mod folder;
+pub use folder::Skipped;
 pub(crate) mod idx;
 
 /// Where the images come from.
@@ -27,6 +28,7 @@ pub enum DatasetKind {
 }
 
 impl DatasetKind {
+    /// Every kind, in the order `--dataset` lists them.
     pub const ALL: [DatasetKind; 4] = [
         DatasetKind::Cifar10,
         DatasetKind::Folder,
@@ -48,7 +50,9 @@ impl DatasetKind {
 /// The data settings of a training run: which images, how many, in which order, corrupted how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataSettings {
+    /// Which dataset (`--dataset`).
     pub dataset: DatasetKind,
+    /// The folder it is read from (`--data-dir`; default [`default_data_dir`]).
     pub data_dir: std::path::PathBuf,
     /// Only the first N training images.
     pub train_limit: Option<usize>,
@@ -64,27 +68,34 @@ pub struct DataSettings {
 /// A set of equally sized 8-bit images, stored planar (C, H, W) one after another.
 #[derive(Debug, Clone, Default)]
 pub struct ImageSet {
+    /// Channels of every image: 1 (gray) or 3 (RGB).
     pub channels: usize,
+    /// Height of every image, in pixels.
     pub height: usize,
+    /// Width of every image, in pixels.
     pub width: usize,
     /// `len() * channels * height * width` bytes, image after image, each in C, H, W order.
     pub pixels: Vec<u8>,
     /// One label per image, an index into `class_names`.
     pub labels: Vec<u16>,
+    /// The name of every class, indexed by label.
     pub class_names: Vec<String>,
     /// Where each image came from (a file path, or `test_batch.bin#17`), for error messages.
     pub sources: Vec<String>,
 }
 
 impl ImageSet {
+    /// Values of one image (C x H x W).
     pub fn image_len(&self) -> usize {
         self.channels * self.height * self.width
     }
 
+    /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether the set holds no images.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
@@ -115,7 +126,9 @@ impl ImageSet {
 /// The training and the validation images of a dataset.
 #[derive(Debug, Clone, Default)]
 pub struct Splits {
+    /// The training images.
     pub train: ImageSet,
+    /// The validation images: the dataset's test split.
     pub test: ImageSet,
 }
 
@@ -170,7 +183,9 @@ pub(crate) fn load_located(
 /// A dataset as read by [`load_with_options`]: the splits, and the files left out of them.
 #[derive(Debug, Clone, Default)]
 pub struct Loaded {
+    /// The training and validation images.
     pub splits: Splits,
+    /// The image files left out under [`LoadOptions::skip_bad`]; empty otherwise.
     pub skipped: Vec<folder::Skipped>,
     /// The folder the data was read from.
     pub source: std::path::PathBuf,

@@ -1,5 +1,5 @@
 //! Using a trained model: its reconstruction quality over a set of images (here), batched
-//! [`inference`] on pixel buffers, the image [`metrics`] (SSIM), and the [`frechet`] distance of
+//! [`inference`] on pixel buffers, the image metrics (SSIM), and the [`frechet`] distance of
 //! generated images.
 
 pub mod frechet;
@@ -16,6 +16,7 @@ use crate::model::Autoencoder;
 /// Batch size for inference: large enough to keep the kernels busy, small enough for any machine.
 pub const EVAL_BATCH: usize = 256;
 
+/// How well a model reconstructs a set of images ([`evaluate`]).
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct Quality {
     /// Mean squared error over all pixels and images, in the normalized [-1, 1] space (the loss).

@@ -1,6 +1,6 @@
 //! File formats: weight files ([`weights`]: safetensors state dicts under PyTorch's names, and
 //! [`torch_pt`]: PyTorch's `.pt`), ONNX graphs ([`onnx`]), [`npy`] arrays, images
-//! ([`imageio`]), TensorBoard event files ([`tensorboard`]), and the atomic write
+//! ([`imageio`]), TensorBoard event files (`tensorboard`), and the atomic write
 //! every file goes through ([`atomic`]).
 
 pub mod atomic;

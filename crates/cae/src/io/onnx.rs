@@ -48,6 +48,7 @@ pub enum Part {
 }
 
 impl Part {
+    /// Every part, in the order `--part` lists them.
     pub const ALL: [Part; 3] = [Part::Full, Part::Encoder, Part::Decoder];
 
     /// The name on the command line (`--part`).

@@ -15,11 +15,14 @@ use crate::model::{Autoencoder, Conv, ConvTranspose, Decoder, Dense, Encoder, Mo
 /// A float tensor on the host, row-major, in PyTorch's layout.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostTensor {
+    /// The size of every dimension.
     pub shape: Vec<usize>,
+    /// The values, as many as the product of `shape`.
     pub data: Vec<f32>,
 }
 
 impl HostTensor {
+    /// A tensor of this shape holding `data`, which must have as many values as the shape.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
         Self { shape, data }
@@ -255,7 +258,10 @@ pub const CONFIG_KEY: &str = "cae.model_config";
 
 /// A weight file's content: the tensors and, when the file records it, the model configuration.
 pub struct WeightFile {
+    /// The tensors, by PyTorch `state_dict` name, in float32.
     pub tensors: StateDict,
+    /// The configuration a safetensors file records in its metadata ([`CONFIG_KEY`]); `None`
+    /// for a `.pt` file or a safetensors file without it.
     pub config: Option<ModelConfig>,
     /// The precision the file stored, when it was not float32 (`float16`, `bfloat16`,
     /// `float64`, or `mixed` for several): its tensors were converted to float32 on reading.
@@ -290,8 +296,7 @@ pub fn read_weights(path: &Path) -> Result<WeightFile> {
     Ok(file)
 }
 
-/// NaN or infinite weights make every output NaN (before the ReLU kept NaN, finite-looking
-/// ones): refused on load, naming the tensor.
+/// NaN or infinite weights make every output NaN: refused on load, naming the tensor.
 pub(crate) fn refuse_non_finite(dict: &StateDict) -> Result<()> {
     for (name, tensor) in dict {
         let bad = tensor.data.iter().filter(|v| !v.is_finite()).count();

@@ -4,7 +4,7 @@
 //! A run folder holds `config.json` (every setting), `config.toml` (the same as a `--config`
 //! file), `metrics.csv` (every batch's loss),
 //! `epochs.csv` (one row per epoch), `loss.png`, `recon_epoch_NN.png` per epoch,
-//! `checkpoint.safetensors` (what `--resume` needs, [`checkpoint`]), `model.safetensors` once the run has
+//! `checkpoint.safetensors` (what `--resume` needs, `checkpoint`), `model.safetensors` once the run has
 //! finished, and `report.html`. Every file is written atomically ([`crate::io::atomic`]).
 
 pub(crate) mod checkpoint;

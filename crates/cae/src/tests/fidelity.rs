@@ -16,8 +16,13 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 /// The float32 tensors of a reference file (batch.safetensors also holds uint8 pixels).
 fn reference(name: &str) -> StateDict {
-    let bytes = std::fs::read(common::reference_dir().join(name)).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    f32_tensors(&std::fs::read(common::reference_dir().join(name)).unwrap())
+}
+
+/// The float32 tensors of a safetensors file, read with the safetensors crate rather than
+/// cae's own reader.
+fn f32_tensors(bytes: &[u8]) -> StateDict {
+    let file = safetensors::SafeTensors::deserialize(bytes).unwrap();
     file.tensors()
         .into_iter()
         .filter(|(_, view)| view.dtype() == safetensors::Dtype::F32)

@@ -71,6 +71,7 @@ pub(crate) fn what_is_kept(epochs_done: usize, run_dir: &Path) -> String {
 /// from it with the same result as an uninterrupted run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interrupted {
+    /// The run folder.
     pub run_dir: std::path::PathBuf,
     /// The epoch it was in (1-based).
     pub epoch: usize,

@@ -30,8 +30,11 @@ use crate::{init, io::weights, variational, viz};
 /// What a finished run reports.
 #[derive(Debug, Clone)]
 pub struct TrainOutcome {
+    /// The run folder.
     pub run_dir: PathBuf,
+    /// The figures of the last epoch.
     pub last: EpochRecord,
+    /// Every epoch's figures and batch losses, those before a resume included.
     pub history: History,
 }
 

@@ -85,7 +85,8 @@ fn good_archive() -> Vec<u8> {
     archive(|_| {})
 }
 
-fn spec_for(url: &str, body: &[u8]) -> ArchiveSpec {
+/// The archive spec that `body`, served at `url`, meets.
+pub(in crate::tests) fn spec_for(url: &str, body: &[u8]) -> ArchiveSpec {
     ArchiveSpec {
         url: url.to_string(),
         bytes: body.len() as u64,

@@ -2,31 +2,13 @@
 //! corruptions, and the real Fashion-MNIST that Debian's `dataset-fashion-mnist` installs.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::data::idx::{self, DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, MNIST_CLASSES};
-use flate2::Compression;
-use flate2::write::GzEncoder;
+use crate::tests::fixtures::{gzip, idx_file};
 
 const IMAGES_MAGIC: u32 = 0x0803;
 const LABELS_MAGIC: u32 = 0x0801;
-
-/// An IDX file: the magic number, the dimensions (big-endian `u32`s), then `data`.
-fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut bytes = magic.to_be_bytes().to_vec();
-    for d in dims {
-        bytes.extend(d.to_be_bytes());
-    }
-    bytes.extend(data);
-    bytes
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
-    encoder.write_all(bytes).unwrap();
-    encoder.finish().unwrap()
-}
 
 /// Writes `bytes` as `dir/name`, or gzipped as `dir/name.gz`; returns the path.
 fn write(dir: &Path, name: &str, bytes: &[u8], gz: bool) -> PathBuf {
@@ -50,20 +32,20 @@ fn test_pixels() -> Vec<u8> {
 
 /// A complete tiny dataset in `dir`, every file plain or gzipped.
 fn write_dataset(dir: &Path, gz: bool) {
-    let train = idx_bytes(IMAGES_MAGIC, &[3, 2, 3], &train_pixels());
+    let train = idx_file(IMAGES_MAGIC, &[3, 2, 3], &train_pixels());
     write(dir, "train-images-idx3-ubyte", &train, gz);
     write(
         dir,
         "train-labels-idx1-ubyte",
-        &idx_bytes(LABELS_MAGIC, &[3], &[2, 0, 9]),
+        &idx_file(LABELS_MAGIC, &[3], &[2, 0, 9]),
         gz,
     );
-    let test = idx_bytes(IMAGES_MAGIC, &[2, 2, 3], &test_pixels());
+    let test = idx_file(IMAGES_MAGIC, &[2, 2, 3], &test_pixels());
     write(dir, "t10k-images-idx3-ubyte", &test, gz);
     write(
         dir,
         "t10k-labels-idx1-ubyte",
-        &idx_bytes(LABELS_MAGIC, &[2], &[7, 1]),
+        &idx_file(LABELS_MAGIC, &[2], &[7, 1]),
         gz,
     );
 }
@@ -127,7 +109,7 @@ fn gzipped_files_load_exact_pixels_and_labels() {
 #[test]
 fn plain_and_gzipped_files_mix_and_plain_is_preferred() {
     let tmp = dataset(true);
-    let train = idx_bytes(IMAGES_MAGIC, &[3, 2, 3], &[42; 18]);
+    let train = idx_file(IMAGES_MAGIC, &[3, 2, 3], &[42; 18]);
     write(tmp.path(), "train-images-idx3-ubyte", &train, false);
     let splits = idx::load(tmp.path(), &MNIST_CLASSES).unwrap();
     assert_eq!(splits.train.pixels, [42; 18]);
@@ -167,7 +149,7 @@ fn bad_magic_is_an_error_naming_the_file() {
     for gz in [false, true] {
         let tmp = dataset(gz);
         // A label file where the image file belongs.
-        let labels = idx_bytes(LABELS_MAGIC, &[3], &[0, 1, 2]);
+        let labels = idx_file(LABELS_MAGIC, &[3], &[0, 1, 2]);
         let path = write(tmp.path(), "train-images-idx3-ubyte", &labels, gz);
         let error = load_error(tmp.path());
         assert_contains(
@@ -184,7 +166,7 @@ fn bad_magic_is_an_error_naming_the_file() {
 fn truncated_file_is_an_error_naming_it_and_both_sizes() {
     for gz in [false, true] {
         let tmp = dataset(gz);
-        let mut bytes = idx_bytes(IMAGES_MAGIC, &[2, 2, 3], &test_pixels());
+        let mut bytes = idx_file(IMAGES_MAGIC, &[2, 2, 3], &test_pixels());
         bytes.truncate(bytes.len() - 5);
         let path = write(tmp.path(), "t10k-images-idx3-ubyte", &bytes, gz);
         let error = load_error(tmp.path());
@@ -203,7 +185,7 @@ fn truncated_file_is_an_error_naming_it_and_both_sizes() {
 #[test]
 fn file_cut_within_its_header_is_an_error_naming_it() {
     let tmp = dataset(false);
-    let bytes = &idx_bytes(LABELS_MAGIC, &[3], &[0, 1, 2])[..6];
+    let bytes = &idx_file(LABELS_MAGIC, &[3], &[0, 1, 2])[..6];
     let path = write(tmp.path(), "train-labels-idx1-ubyte", bytes, false);
     let error = load_error(tmp.path());
     assert_contains(
@@ -216,7 +198,7 @@ fn file_cut_within_its_header_is_an_error_naming_it() {
 fn oversized_file_is_an_error_naming_it_and_both_sizes() {
     for gz in [false, true] {
         let tmp = dataset(gz);
-        let bytes = idx_bytes(LABELS_MAGIC, &[2], &[7, 1, 0, 0, 0]);
+        let bytes = idx_file(LABELS_MAGIC, &[2], &[7, 1, 0, 0, 0]);
         let path = write(tmp.path(), "t10k-labels-idx1-ubyte", &bytes, gz);
         let error = load_error(tmp.path());
         assert_contains(
@@ -234,7 +216,7 @@ fn oversized_file_is_an_error_naming_it_and_both_sizes() {
 fn absurd_header_is_refused_before_reading_the_data() {
     for gz in [false, true] {
         let tmp = dataset(gz);
-        let huge = idx_bytes(IMAGES_MAGIC, &[u32::MAX, 65_535, 65_535], &[1, 2, 3]);
+        let huge = idx_file(IMAGES_MAGIC, &[u32::MAX, 65_535, 65_535], &[1, 2, 3]);
         let path = write(tmp.path(), "train-images-idx3-ubyte", &huge, gz);
         let error = load_error(tmp.path());
         assert_contains(
@@ -251,12 +233,12 @@ fn absurd_header_is_refused_before_reading_the_data() {
 #[test]
 fn overflowing_or_zero_dimensions_are_errors() {
     let tmp = dataset(false);
-    let overflowing = idx_bytes(IMAGES_MAGIC, &[u32::MAX; 3], &[]);
+    let overflowing = idx_file(IMAGES_MAGIC, &[u32::MAX; 3], &[]);
     let path = write(tmp.path(), "train-images-idx3-ubyte", &overflowing, false);
     let error = load_error(tmp.path());
     assert_contains(&error, &[&path.display().to_string(), "overflow"]);
 
-    let empty = idx_bytes(IMAGES_MAGIC, &[3, 0, 3], &[]);
+    let empty = idx_file(IMAGES_MAGIC, &[3, 0, 3], &[]);
     write(tmp.path(), "train-images-idx3-ubyte", &empty, false);
     let error = load_error(tmp.path());
     assert_contains(
@@ -268,7 +250,7 @@ fn overflowing_or_zero_dimensions_are_errors() {
 #[test]
 fn image_and_label_counts_must_match() {
     let tmp = dataset(true);
-    let labels = idx_bytes(LABELS_MAGIC, &[4], &[0, 1, 2, 3]);
+    let labels = idx_file(LABELS_MAGIC, &[4], &[0, 1, 2, 3]);
     let labels_path = write(tmp.path(), "train-labels-idx1-ubyte", &labels, true);
     let error = load_error(tmp.path());
     let images_path = tmp.path().join("train-images-idx3-ubyte.gz");
@@ -284,7 +266,7 @@ fn image_and_label_counts_must_match() {
 #[test]
 fn label_out_of_range_is_an_error_naming_the_file() {
     let tmp = dataset(false);
-    let labels = idx_bytes(LABELS_MAGIC, &[2], &[7, 10]);
+    let labels = idx_file(LABELS_MAGIC, &[2], &[7, 10]);
     let path = write(tmp.path(), "t10k-labels-idx1-ubyte", &labels, false);
     let error = load_error(tmp.path());
     assert_contains(

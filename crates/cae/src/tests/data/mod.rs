@@ -1,6 +1,6 @@
 //! The dataset readers: CIFAR-10 binaries, image folders, IDX files and the download.
 
 mod cifar;
-mod download;
+pub(super) mod download;
 mod folder;
 mod idx;

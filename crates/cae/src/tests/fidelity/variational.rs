@@ -21,19 +21,7 @@ fn fixture() -> (StateDict, serde_json::Value) {
     let bytes = std::fs::read(fixture_path()).unwrap();
     let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let meta = metadata.metadata().as_ref().unwrap()["fixture"].clone();
-    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let dict = tensors
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let data = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (name, HostTensor::new(view.shape().to_vec(), data))
-        })
-        .collect();
+    let dict = super::f32_tensors(&bytes);
     (dict, serde_json::from_str(&meta).unwrap())
 }
 

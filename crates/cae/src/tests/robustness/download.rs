@@ -6,12 +6,10 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::thread;
 
-use crate::data::cifar::{self, ARCHIVE_NAME, ArchiveSpec, BATCHES_DIR, TEST_FILE, TRAIN_FILES};
-use crate::data::download;
+use crate::data::cifar::{self, ARCHIVE_NAME, BATCHES_DIR, TEST_FILE, TRAIN_FILES};
+use crate::tests::data::download::spec_for;
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use md5::Md5;
-use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
 use crate::tests::fixtures::names;
@@ -45,15 +43,6 @@ fn archive(extra: &[(&str, EntryType)]) -> Vec<u8> {
         member(&mut tar, name, *kind, b"x");
     }
     tar.into_inner().unwrap().finish().unwrap()
-}
-
-fn spec_for(url: &str, body: &[u8]) -> ArchiveSpec {
-    ArchiveSpec {
-        url: url.to_string(),
-        bytes: body.len() as u64,
-        md5: download::hex(&Md5::digest(body)),
-        sha256: download::hex(&Sha256::digest(body)),
-    }
 }
 
 /// Serves `body` once on 127.0.0.1; returns its URL.

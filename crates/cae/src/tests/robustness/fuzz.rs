@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 
 use crate::data::{cifar, folder, idx};
 use crate::model::ModelConfig;
+use crate::tests::fixtures::{gzip, idx_file};
 use burn::tensor::Device;
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
@@ -240,19 +239,6 @@ fn fuzz_cifar_reader() {
 }
 
 // IDX (MNIST) files, plain and gzipped.
-
-fn idx_file(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut bytes = magic.to_be_bytes().to_vec();
-    bytes.extend(dims.iter().flat_map(|d| d.to_be_bytes()));
-    bytes.extend(data);
-    bytes
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
-    encoder.write_all(bytes).unwrap();
-    encoder.finish().unwrap()
-}
 
 #[test]
 fn fuzz_idx_reader() {
