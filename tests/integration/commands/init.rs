@@ -3,7 +3,6 @@
 
 use crate::common;
 
-
 #[test]
 fn training_from_the_reference_init_follows_pytorch_losses() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,7 +2,7 @@
 //! render check lists every section, every image's decoded size and every error, and a
 //! screenshot shows that something was drawn.
 
-use crate::common;
+use crate::common::{self, cae};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -139,19 +139,6 @@ fn screenshot(page: &Path, png: &Path) {
         "the screenshot looks blank: only {} colours",
         colors.len()
     );
-}
-
-fn cae(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_cae"))
-        .args(args)
-        .output()
-        .expect("cae runs");
-    assert!(
-        output.status.success(),
-        "cae {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 /// A run folder as `cae train` leaves it after `epochs` epochs, with made-up numbers and
@@ -363,10 +350,7 @@ fn several_folders_share_one_page() {
     fake_run(&a, 1);
     fake_run(&b, 2);
     let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
-    let output = Command::new(env!("CARGO_BIN_EXE_cae"))
-        .args(["report", a, b])
-        .output()
-        .unwrap();
+    let output = common::cae_output(&["report", a, b]);
     assert!(!output.status.success(), "several folders need --out");
     assert!(String::from_utf8_lossy(&output.stderr).contains("--out"));
 
@@ -381,10 +365,7 @@ fn several_folders_share_one_page() {
 #[test]
 fn a_folder_without_a_run_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_cae"))
-        .args(["report", dir.path().to_str().unwrap()])
-        .output()
-        .unwrap();
+    let output = common::cae_output(&["report", dir.path().to_str().unwrap()]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not a run folder"), "{stderr}");

@@ -929,8 +929,7 @@ fn closed_output_pipe_ends_quietly() {
     use std::os::unix::process::ExitStatusExt;
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cae"))
-        .arg("--help")
+    let output = common::cae_command(&["--help"])
         .stdout(writer)
         .stderr(std::process::Stdio::piped())
         .output()
