@@ -2,7 +2,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use cae::apps::anomaly::check_shape;
 use clap::Args;
 
 use cae::eval::{EVAL_BATCH, evaluate};
@@ -52,7 +51,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if test.is_empty() {
         anyhow::bail!("the dataset has no validation images to evaluate on");
     }
-    check_shape(&test, &config).with_context(|| args.model.display().to_string())?;
+    test.check_fits(&config)
+        .with_context(|| args.model.display().to_string())?;
     let test = Arc::new(test);
     let quality = evaluate(&model, &test, &device, EVAL_BATCH, |_, _, _| {});
     let elbo = model

@@ -8,7 +8,6 @@ use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 
 use cae::ModelConfig;
-use cae::apps::anomaly::check_shape;
 use cae::apps::generate::{grid_rows, line_codes, prior_codes, sample_codes};
 use cae::apps::latent_gaussian::{LatentGaussian, file_sha256, path_for_model};
 use cae::apps::one_class;
@@ -222,7 +221,8 @@ fn reference_for(
 fn validation_images(args: &GenerateArgs, config: &ModelConfig) -> Result<Vec<f32>> {
     let mut test = cae::data::load(args.data.dataset, &args.data.data_dir(), 0)?.test;
     test.truncate(args.report_samples);
-    check_shape(&test, config).with_context(|| args.model.display().to_string())?;
+    test.check_fits(config)
+        .with_context(|| args.model.display().to_string())?;
     if test.len() < 2 {
         bail!("the dataset has fewer than 2 validation images to compare samples with");
     }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
 use super::choice::choice;
@@ -80,7 +80,14 @@ impl ImageInputs {
             .data_dir
             .clone()
             .unwrap_or_else(cae::data::default_data_dir);
-        let splits = cae::data::load(kind, &data_dir, 0)?;
+        // An image folder is read at the model's input size (as `cae eval` reads it, and as
+        // image files are), unless --no-resize.
+        let options = cae::data::LoadOptions {
+            image_size: (kind == DatasetKind::Folder && !self.resize.no_resize)
+                .then_some((config.width as u32, config.height as u32)),
+            ..Default::default()
+        };
+        let splits = cae::data::load_with_options(kind, &data_dir, 0, &options)?.splits;
         let mut set = match self.split {
             Split::Train => splits.train,
             Split::Test => splits.test,
@@ -88,21 +95,13 @@ impl ImageInputs {
         if let Some(n) = self.limit {
             set.truncate(n);
         }
-        if (set.channels, set.height, set.width)
-            != (config.in_channels, config.height, config.width)
-        {
-            bail!(
-                "{}: the model takes {}x{}x{} images, the dataset in {} has {}x{}x{}",
+        set.check_fits(config).with_context(|| {
+            format!(
+                "{} and the dataset in {}",
                 model_path.display(),
-                config.in_channels,
-                config.height,
-                config.width,
-                data_dir.display(),
-                set.channels,
-                set.height,
-                set.width
-            );
-        }
+                data_dir.display()
+            )
+        })?;
         Ok(Inputs::Dataset(set))
     }
 }

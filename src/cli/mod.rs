@@ -217,7 +217,8 @@ impl DeviceArg {
 /// `--no-resize`, shared by every command that reads image files for a model.
 #[derive(Args, Clone, Copy)]
 pub struct ResizeArg {
-    /// Refuse images whose size differs from the model's instead of resizing them (bilinear).
+    /// Refuse images (image files, and the images of --dataset folder) whose size differs
+    /// from the model's instead of resizing them (bilinear).
     #[arg(long)]
     pub no_resize: bool,
 }

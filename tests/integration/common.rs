@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub use crate::fixtures::{
-    cifar_jpg_dir, cifar_subset, gzip, idx_file, max_abs_diff, names, reference_dir,
+    cifar_jpg_dir, cifar_subset, gzip, idx_file, max_abs_diff, names, pairwise_auc, reference_dir,
 };
 
 /// A `cae` command of this build with `RUST_BACKTRACE=1`, so that a panic or a debug-printed

@@ -443,7 +443,7 @@ fn anomaly_eval_fit_and_score_on_one_class() {
     }
 }
 
-/// The AUROC of column `col` by counting pairs: P(anomalous > normal) + P(tie) / 2.
+/// The AUROC of column `col` of `test_scores.csv` by counting pairs.
 fn pairwise_auc(rows: &[Vec<String>], col: usize) -> f64 {
     let values = |normal: &str| -> Vec<f64> {
         rows.iter()
@@ -451,20 +451,7 @@ fn pairwise_auc(rows: &[Vec<String>], col: usize) -> f64 {
             .map(|r| r[col].parse().unwrap())
             .collect()
     };
-    let (normal, anomalous) = (values("1"), values("0"));
-    let mut wins = 0.0;
-    for a in &anomalous {
-        for n in &normal {
-            wins += if a > n {
-                1.0
-            } else if a == n {
-                0.5
-            } else {
-                0.0
-            };
-        }
-    }
-    wins / (normal.len() * anomalous.len()) as f64
+    common::pairwise_auc(&values("1"), &values("0"))
 }
 
 #[test]

@@ -943,3 +943,47 @@ fn closed_output_pipe_ends_quietly() {
         output.status
     );
 }
+
+/// A dataset whose images are not the model's shape is refused, naming the model, the data and
+/// both shapes, by the commands that read a dataset for a model.
+#[test]
+fn a_dataset_of_another_image_shape_is_refused_naming_both_shapes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gray = ModelConfig {
+        in_channels: 1,
+        height: 28,
+        width: 28,
+        ..small_config()
+    };
+    let model = tmp.path().join("gray.safetensors");
+    let dict = cae::init::seed_state_dict(&gray, 0);
+    cae::io::weights::save_safetensors(&model, &dict, Some(&gray), &[]).unwrap();
+    let data = common::cifar_subset();
+    let takes = "the model takes 1x28x28 images";
+    let out = tmp.path().join("codes.npy");
+    let dataset = ["--dataset", "folder", "--data-dir", s(&data)];
+    // An image folder is read at the model's size, so only the channels differ...
+    let encode = [
+        &["encode", "--model", s(&model), "--out", s(&out)][..],
+        &dataset,
+    ]
+    .concat();
+    let has = "the dataset has 3x28x28";
+    cae_clean_error(&encode, &[takes, has, s(&model), s(&data)]);
+    let eval = [&["eval", "--model", s(&model)][..], &dataset].concat();
+    cae_clean_error(&eval, &[takes, has, s(&model)]);
+    // ...unless --no-resize keeps the images as they are.
+    let as_they_are = [&encode[..], &["--no-resize"]].concat();
+    cae_clean_error(&as_they_are, &[takes, "the dataset has 3x32x32", s(&model)]);
+    assert!(!out.exists());
+
+    // A colour model of that size encodes the folder's 32x32 images resized to 28x28.
+    let colour = ModelConfig {
+        in_channels: 3,
+        ..gray
+    };
+    let dict = cae::init::seed_state_dict(&colour, 0);
+    cae::io::weights::save_safetensors(&model, &dict, Some(&colour), &[]).unwrap();
+    common::cae(&[&encode[..], &["--limit", "4"]].concat());
+    assert_eq!(cae::io::npy::read_f32(&out).unwrap().0, [4, 8]);
+}

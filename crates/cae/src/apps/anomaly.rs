@@ -208,7 +208,7 @@ pub fn score_set(
     gaussian: Option<&LatentGaussian>,
     device: &Device,
 ) -> Result<RawScores> {
-    check_shape(set, config)?;
+    set.check_fits(config)?;
     let mut scores = RawScores::default();
     let all: Vec<usize> = (0..set.len()).collect();
     for indices in all.chunks(CHUNK) {
@@ -247,22 +247,6 @@ fn score_chunk(
         codes,
         mahalanobis: None,
     })
-}
-
-/// Fails unless the images of `set` have the model's shape.
-pub fn check_shape(set: &ImageSet, config: &ModelConfig) -> Result<()> {
-    if (set.channels, set.height, set.width) != (config.in_channels, config.height, config.width) {
-        bail!(
-            "the model takes {}x{}x{} images, the dataset has {}x{}x{}",
-            config.in_channels,
-            config.height,
-            config.width,
-            set.channels,
-            set.height,
-            set.width
-        );
-    }
-    Ok(())
 }
 
 /// How a score is distributed on normal images.

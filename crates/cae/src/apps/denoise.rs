@@ -5,7 +5,6 @@ use anyhow::Result;
 use burn::tensor::Device;
 use serde::Serialize;
 
-use super::anomaly::check_shape;
 use super::self_ensemble::self_ensemble;
 use crate::data::ImageSet;
 use crate::data::augment::NoiseSpec;
@@ -86,7 +85,7 @@ pub fn report(
     self_ensembled: bool,
     device: &Device,
 ) -> Result<DenoiseReport> {
-    check_shape(set, config)?;
+    set.check_fits(config)?;
     anyhow::ensure!(!set.is_empty(), "no images to denoise");
     let image_len = set.image_len();
     let mut sums = [Quality::default(); 4];

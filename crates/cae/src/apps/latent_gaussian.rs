@@ -11,7 +11,6 @@ use sha2::{Digest, Sha256};
 
 use burn::tensor::Device;
 
-use super::anomaly::check_shape;
 use super::linalg::Cholesky;
 use crate::data::ImageSet;
 use crate::data::batcher::normalized_batch;
@@ -101,7 +100,7 @@ impl LatentGaussian {
         set: &ImageSet,
         device: &Device,
     ) -> Result<Self> {
-        check_shape(set, config)?;
+        set.check_fits(config)?;
         let mut codes = Vec::with_capacity(set.len() * config.latent);
         let all: Vec<usize> = (0..set.len()).collect();
         for indices in all.chunks(4 * EVAL_BATCH) {

@@ -85,19 +85,7 @@ mod tests {
     fn auc_equals_brute_force_pair_count() {
         let normal: Vec<f64> = (0..57).map(|i| ((i * 37) % 23) as f64 * 0.5).collect();
         let anomalous: Vec<f64> = (0..41).map(|i| ((i * 11) % 19) as f64 * 0.7).collect();
-        let mut wins = 0.0;
-        for a in &anomalous {
-            for n in &normal {
-                wins += if a > n {
-                    1.0
-                } else if a == n {
-                    0.5
-                } else {
-                    0.0
-                };
-            }
-        }
-        let expected = wins / (normal.len() * anomalous.len()) as f64;
+        let expected = crate::tests::fixtures::pairwise_auc(&normal, &anomalous);
         let auc = roc_auc(&normal, &anomalous).unwrap();
         assert!((auc - expected).abs() < 1e-12, "{auc} vs {expected}");
     }

@@ -90,6 +90,20 @@ impl ImageSet {
         self.channels * self.height * self.width
     }
 
+    /// Fails unless the images have the shape the model of `config` takes.
+    pub fn check_fits(&self, config: &crate::ModelConfig) -> anyhow::Result<()> {
+        let model = (config.in_channels, config.height, config.width);
+        let (c, h, w) = (self.channels, self.height, self.width);
+        anyhow::ensure!(
+            (c, h, w) == model,
+            "the model takes {}x{}x{} images, the dataset has {c}x{h}x{w}",
+            model.0,
+            model.1,
+            model.2
+        );
+        Ok(())
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()
