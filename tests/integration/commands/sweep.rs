@@ -291,17 +291,23 @@ fn resume_skips_finished_runs_and_continues_a_half_finished_one() {
     assert!(rows.iter().all(|r| r[5] == "2"), "both runs at epoch 2");
     assert!(sweep.join("report.html").is_file());
 
-    // Records newer than the model mean the run went on after that model was written: the
-    // next sweep resumes that run from its checkpoint instead of taking it as finished.
+    // Both runs are finished now: the same sweep again trains nothing. Records newer than the
+    // model mean the run went on after that model was written: then the sweep resumes that
+    // run from its checkpoint instead of taking it as finished.
+    let again = || {
+        quick(
+            "sweep",
+            &[
+                "--latent", "8,16", "--epochs", "2", "--out", out, "--resume",
+            ],
+        )
+    };
+    let stdout = again();
+    assert!(stdout.contains("latent-16; skipped"), "{stdout}");
     std::thread::sleep(std::time::Duration::from_millis(20));
     let records = std::fs::read(half.join("epochs.csv")).unwrap();
     std::fs::write(half.join("epochs.csv"), records).unwrap();
-    let stdout = quick(
-        "sweep",
-        &[
-            "--latent", "8,16", "--epochs", "2", "--out", out, "--resume",
-        ],
-    );
+    let stdout = again();
     assert!(stdout.contains("latent-8; skipped"), "{stdout}");
     assert!(stdout.contains("latent-16 from its checkpoint"), "{stdout}");
 }
