@@ -214,11 +214,11 @@ impl DeviceArg {
     }
 }
 
-/// `--no-resize`, shared by every command that reads image files for a model.
+/// `--no-resize`, shared by every command that reads images for a model.
 #[derive(Args, Clone, Copy)]
 pub struct ResizeArg {
-    /// Refuse images (image files, and the images of --dataset folder) whose size differs
-    /// from the model's instead of resizing them (bilinear).
+    /// Refuse images whose size differs from the model's instead of resizing them to it
+    /// (bilinear).
     #[arg(long)]
     pub no_resize: bool,
 }
