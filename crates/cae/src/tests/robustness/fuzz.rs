@@ -9,7 +9,7 @@
 //! run (every run prints its seed). A long run of one target:
 //!
 //! ```text
-//! CAE_FUZZ_SECONDS=600 cargo test --release -p cae --lib tests::robustness::fuzz::fuzz_idx -- --nocapture
+//! CAE_FUZZ_SECONDS=600 cargo test --release -p cae --lib fuzz_idx -- --nocapture
 //! ```
 
 use std::fs;
