@@ -9,19 +9,19 @@ use burn::backend::{Backend, backend_extension};
 use burn::tensor::Shape;
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 
-pub fn conv_options(stride: usize) -> ConvOptions<2> {
+pub(crate) fn conv_options(stride: usize) -> ConvOptions<2> {
     ConvOptions::new([stride; 2], [1, 1], [1, 1], 1)
 }
 
 /// Padding 1, and output padding `stride - 1` so that the output is `stride` times the input.
-pub fn conv_transpose_options(stride: usize) -> ConvTransposeOptions<2> {
+pub(crate) fn conv_transpose_options(stride: usize) -> ConvTransposeOptions<2> {
     ConvTransposeOptions::new([stride; 2], [1, 1], [stride - 1; 2], [1, 1], 1)
 }
 
 /// 3x3 convolutions with padding 1 (stride 1 or 2) and their transposes, weights and layouts
 /// as in PyTorch. The default bodies are Burn's generic operations.
 #[backend_extension(Flex, Autodiff)]
-pub trait Conv3x3Backend: Backend {
+pub(crate) trait Conv3x3Backend: Backend {
     /// The convolution, followed by ReLU when `relu` is set.
     fn conv3x3(
         x: FloatTensor<Self>,

@@ -19,7 +19,7 @@ use crate::reduce::{channel_sums, sum_in_order};
 use crate::relu_gate::relu_gate_image;
 
 /// The gradients of one layer.
-pub struct LayerGrads {
+pub(crate) struct LayerGrads {
     /// Of the layer's input, when asked for.
     pub input: Option<Vec<f32>>,
     pub weight: Vec<f32>,
@@ -34,7 +34,7 @@ const GROUP_BUDGET: usize = 96 * 1024;
 /// convolution from feature to image (`input` the feature, `grad` the image side).
 /// `relu_output` is the layer's output when it applied ReLU; the input gradient is computed
 /// when `want_input` is set. `None` when the AVX-512 kernels do not cover this geometry.
-pub fn layer_backward(
+pub(crate) fn layer_backward(
     g: &Conv3x3,
     transposed: bool,
     input: &[f32],

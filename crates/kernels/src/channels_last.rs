@@ -33,18 +33,18 @@ fn lanes() -> usize {
 }
 
 /// Whether this process runs these kernels and the feature channels fill whole vectors.
-pub fn available(g: &Conv3x3) -> bool {
+pub(crate) fn available(g: &Conv3x3) -> bool {
     let lanes = lanes();
     lanes > 0 && g.feature_channels.is_multiple_of(lanes) && g.feature_channels > 0
 }
 
 /// Whether [`forward`] runs this geometry: [`available`], and stride 1 or 2.
-pub fn forward_available(g: &Conv3x3) -> bool {
+pub(crate) fn forward_available(g: &Conv3x3) -> bool {
     available(g) && matches!(g.stride, 1 | 2)
 }
 
 /// Whether [`adjoint`] runs this geometry: stride 2 and image channels in multiples of 16.
-pub fn adjoint_available(g: &Conv3x3) -> bool {
+pub(crate) fn adjoint_available(g: &Conv3x3) -> bool {
     let lanes = lanes();
     g.stride == 2 && lanes > 0 && g.image_channels.is_multiple_of(lanes) && g.image_channels > 0
 }
@@ -63,7 +63,7 @@ struct Segment {
 /// A layer prepared for the kernel, ready to run image by image: the geometry its input is
 /// padded with, the values one image's output holds, and for every tap list pairs of (offset
 /// into the padded input, offset of a packed weight row of `channels` values).
-pub struct Pass {
+pub(crate) struct Pass {
     input: Conv3x3,
     output_len: usize,
     taps: Vec<Vec<(usize, usize)>>,
@@ -77,7 +77,7 @@ pub struct Pass {
 }
 
 /// The forward pass of [`crate::dispatch::forward`] where [`forward_available`] holds.
-pub fn forward(
+pub(crate) fn forward(
     g: &Conv3x3,
     image: &[f32],
     weight: &[f32],
@@ -91,7 +91,7 @@ pub fn forward(
 
 impl Pass {
     /// The forward pass of `g` where [`forward_available`] holds.
-    pub fn forward(g: &Conv3x3, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Self {
+    pub(crate) fn forward(g: &Conv3x3, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Self {
         assert!(
             forward_available(g),
             "channels-last kernels need a vector level, stride 1 or 2 and feature channels in whole vectors"
@@ -139,7 +139,7 @@ impl Pass {
 /// nine, read from the zero-bordered feature map at consecutive columns for every other image
 /// column, so the four parity classes are four small convolutions.
 /// `bias` (per image channel) and ReLU, when given, are applied on the way out.
-pub fn adjoint(
+pub(crate) fn adjoint(
     g: &Conv3x3,
     feature: &[f32],
     weight: &[f32],
@@ -153,7 +153,7 @@ pub fn adjoint(
 
 impl Pass {
     /// The stride-2 adjoint of `g` (see [`adjoint`]) where [`adjoint_available`] holds.
-    pub fn adjoint(g: &Conv3x3, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Self {
+    pub(crate) fn adjoint(g: &Conv3x3, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Self {
         assert!(
             adjoint_available(g),
             "the channels-last adjoint needs a vector level, stride 2 and image channels in whole vectors"
@@ -241,7 +241,7 @@ impl Pass {
 
     /// One image: pads `input`, runs the kernel channels-last and transposes the result into
     /// `out`'s `(channels, positions)`, every value of which it writes.
-    pub fn run_one(&self, input: &[f32], out: &mut [MaybeUninit<f32>]) {
+    pub(crate) fn run_one(&self, input: &[f32], out: &mut [MaybeUninit<f32>]) {
         let g = &self.input;
         assert_eq!(input.len(), g.image_len(), "input size");
         assert_eq!(out.len(), self.output_len, "output size");
@@ -266,7 +266,7 @@ impl Pass {
 }
 
 /// The weight gradient of [`crate::dispatch::weight_grad`] where [`available`] holds.
-pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32> {
+pub(crate) fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32> {
     g.check_weight_grad(image, feature_grad);
     let per_task = g.batch.div_ceil(rayon::current_num_threads()).max(1);
     let partials: Vec<Vec<f32>> = feature_grad
@@ -283,7 +283,12 @@ pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32>
 
 /// Adds the weight gradient of some images and their feature gradients to `by_tap`, laid out
 /// `(ci, 3, 3, co)` as the kernel accumulates it ([`weight_from_taps`] turns it around).
-pub fn accumulate_weight_grad(g: &Conv3x3, images: &[f32], grads: &[f32], by_tap: &mut [f32]) {
+pub(crate) fn accumulate_weight_grad(
+    g: &Conv3x3,
+    images: &[f32],
+    grads: &[f32],
+    by_tap: &mut [f32],
+) {
     assert!(
         available(g),
         "channels-last kernels need a vector level and feature channels in whole vectors"
@@ -322,7 +327,7 @@ pub fn accumulate_weight_grad(g: &Conv3x3, images: &[f32], grads: &[f32], by_tap
 }
 
 /// `(ci, 3, 3, co)` to the weight's `(co, ci, 3, 3)`.
-pub fn weight_from_taps(g: &Conv3x3, by_tap: &[f32]) -> Vec<f32> {
+pub(crate) fn weight_from_taps(g: &Conv3x3, by_tap: &[f32]) -> Vec<f32> {
     let (ci, co) = (g.image_channels, g.feature_channels);
     let mut out = vec![0.0f32; g.weight_len()];
     for (k, row) in by_tap.chunks(co).enumerate() {

@@ -31,7 +31,7 @@ const SMALL_BLOCK_CHANNELS: usize = 4;
 
 /// Whether this process runs the direct kernels and the geometry suits them: stride 1 and maps
 /// at least one vector wide; AVX2 (whose masked loads are slow) also needs whole vectors.
-pub fn available(g: &Conv3x3) -> bool {
+pub(crate) fn available(g: &Conv3x3) -> bool {
     let level = SimdLevel::active();
     let lanes = level.lanes();
     match level {
@@ -113,7 +113,7 @@ unsafe fn pad_with<S: Isa>(g: &Conv3x3, images: &[f32], padded: &mut [f32]) {
 }
 
 /// The forward pass of [`crate::dispatch::forward`] for geometries where [`available`] holds.
-pub fn forward(
+pub(crate) fn forward(
     g: &Conv3x3,
     image: &[f32],
     weight: &[f32],
@@ -131,7 +131,7 @@ pub fn forward(
 }
 
 /// A layer's weight and bias packed for the forward kernel, ready to run image by image.
-pub struct Packed {
+pub(crate) struct Packed {
     geometry: Conv3x3,
     level: SimdLevel,
     /// Offset in the padded input of each (image channel, tap), in the order of `weights`.
@@ -145,7 +145,7 @@ const NEEDS: &str =
     "direct kernels need a vector level and stride 1 on maps at least a vector wide";
 
 impl Packed {
-    pub fn new(g: &Conv3x3, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Self {
+    pub(crate) fn new(g: &Conv3x3, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Self {
         assert!(available(g), "{NEEDS}");
         assert_eq!(weight.len(), g.weight_len(), "weight size");
         let level = SimdLevel::active();
@@ -188,7 +188,7 @@ impl Packed {
     }
 
     /// One image `(ci, H, W)` into `out (co, H, W)`, every value of which it writes.
-    pub fn forward_one(&self, img: &[f32], out: &mut [MaybeUninit<f32>]) {
+    pub(crate) fn forward_one(&self, img: &[f32], out: &mut [MaybeUninit<f32>]) {
         let g = &self.geometry;
         assert_eq!(img.len(), g.image_len(), "image size");
         assert_eq!(out.len(), g.feature_len(), "output size");
@@ -228,7 +228,7 @@ impl Packed {
 
 /// The weight gradient of [`crate::dispatch::weight_grad`] for geometries where [`available`]
 /// holds.
-pub fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32> {
+pub(crate) fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32> {
     assert!(available(g), "{NEEDS}");
     g.check_weight_grad(image, feature_grad);
     let level = SimdLevel::active();

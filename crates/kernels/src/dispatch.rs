@@ -1,7 +1,7 @@
 //! 3x3, padding-1 convolutions on NCHW `f32` slices: the forward pass, its adjoint (which is
 //! also the transposed convolution) and the weight gradient. Each dispatches (see [`Path`]) to
-//! the AVX-512 kernels of [`crate::direct`] or [`crate::channels_last`], or runs the portable
-//! im2col/col2im path of [`crate::im2col`].
+//! the vector kernels (AVX-512 or AVX2+FMA) of the crate's `direct` or `channels_last` module,
+//! or runs the portable im2col/col2im path of its `im2col` module.
 //!
 //! Written for cae's twelve layers because Burn Flex's convolution and transposed-convolution
 //! backward passes spend most of a training step outside matrix products (scalar scatter
@@ -33,9 +33,9 @@ pub fn forward(
 /// `cae bench --layers` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
-    /// [`direct`]: AVX-512, vectorized over 16 output columns.
+    /// The `direct` kernels: vectorized over output columns (16 a vector at AVX-512, 8 at AVX2).
     Direct,
-    /// [`channels_last`]: AVX-512, vectorized over 16 channels.
+    /// The `channels_last` kernels: vectorized over channels (16 or 8 a vector).
     ChannelsLast,
     /// im2col and a matrix product (portable).
     Im2col,
@@ -102,7 +102,7 @@ pub fn adjoint(geometry: &Conv3x3, feature: &[f32], weight: &[f32]) -> Vec<f32> 
 
 /// A transposed convolution's output: [`adjoint`] plus `bias` per image channel, then ReLU
 /// when `relu` is set, fused into the kernels (a separate pass cost 2% of inference).
-pub fn transposed(
+pub(crate) fn transposed(
     geometry: &Conv3x3,
     feature: &[f32],
     weight: &[f32],

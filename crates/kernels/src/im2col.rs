@@ -9,7 +9,7 @@ use crate::reduce::sum_in_order;
 use crate::relu_gate;
 
 /// [`crate::dispatch::forward`] as im2col and one matrix product per group of images: any CPU, any geometry.
-pub fn forward_im2col(
+pub(crate) fn forward_im2col(
     geometry: &Conv3x3,
     image: &[f32],
     weight: &[f32],
@@ -54,7 +54,7 @@ pub fn forward_im2col(
 }
 
 /// [`crate::dispatch::adjoint`] as one matrix product per group of images and col2im: any CPU, any geometry.
-pub fn adjoint_col2im(geometry: &Conv3x3, feature: &[f32], weight: &[f32]) -> Vec<f32> {
+pub(crate) fn adjoint_col2im(geometry: &Conv3x3, feature: &[f32], weight: &[f32]) -> Vec<f32> {
     let g = *geometry;
     g.check_adjoint(feature, weight);
     let (k, p) = (g.patch_len(), g.positions());
@@ -87,7 +87,11 @@ pub fn adjoint_col2im(geometry: &Conv3x3, feature: &[f32], weight: &[f32]) -> Ve
 }
 
 /// [`crate::dispatch::weight_grad`] as im2col and one matrix product per group of images.
-pub fn weight_grad_im2col(geometry: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> Vec<f32> {
+pub(crate) fn weight_grad_im2col(
+    geometry: &Conv3x3,
+    image: &[f32],
+    feature_grad: &[f32],
+) -> Vec<f32> {
     let g = *geometry;
     g.check_weight_grad(image, feature_grad);
     let (k, p) = (g.patch_len(), g.positions());

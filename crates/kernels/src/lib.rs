@@ -1,36 +1,38 @@
 //! Fast CPU kernels for cae's layers, plugged into Burn as a backend extension.
 //!
 //! On the Flex backend the model's 3x3 convolutions and transposed convolutions run cae's
-//! kernels ([`mod@dispatch`] choosing between [`mod@direct`], [`mod@channels_last`] and the
-//! portable [`mod@im2col`] path), forward and backward; on any other backend (or with `CAE_KERNELS=burn` in the environment) they run
+//! kernels ([`mod@dispatch`] choosing between `direct`, `channels_last` and the
+//! portable `im2col` path), forward and backward; on any other backend (or with `CAE_KERNELS=burn` in the environment) they run
 //! Burn's own operations. Both paths are tested against each other and against the PyTorch
 //! reference.
 
-//! The crate is split by job: [`mod@geometry`] (the shapes), [`mod@simd`] (the vector levels,
+//! The crate is split by job: `geometry` (the shapes), [`mod@simd`] (the vector levels,
 //! `CAE_SIMD`, and the operations every kernel is written in once), [`mod@dispatch`] (which
-//! kernel runs a pass), the kernels themselves ([`mod@direct`], [`mod@channels_last`], [`mod@im2col`],
-//! [`mod@backward`] for a layer's grouped backward pass, [`mod@transpose`] for the channels-last
-//! copies), their helpers ([`mod@buffers`], [`mod@reduce`], [`mod@relu_gate`]), [`mod@peak`] (the measured FMA peak), and the Burn
-//! side: [`mod@backend`] (the extension trait), [`mod@flex`] (its Flex implementation) and
-//! [`mod@autodiff`] (the autodiff node).
+//! kernel runs a pass), the kernels themselves (`direct`, `channels_last`, `im2col`,
+//! `backward` for a layer's grouped backward pass, `transpose` for the channels-last
+//! copies), their helpers (`buffers`, `reduce`, `relu_gate`), [`mod@peak`] (the measured FMA peak), and the Burn
+//! side: `backend` (the extension trait), `flex` (its Flex implementation) and
+//! `autodiff` (the autodiff node). The crate's API is the tensor functions below
+//! ([`conv3x3`], [`conv_transpose3x3`]), [`Kernels`] and the public modules; the rest is
+//! private to it (`cargo doc --document-private-items` shows it).
 
-pub mod autodiff;
-pub mod backend;
-pub mod backward;
-pub mod buffers;
+pub(crate) mod autodiff;
+pub(crate) mod backend;
+pub(crate) mod backward;
+pub(crate) mod buffers;
 #[cfg(test)]
 mod burn_parity;
-pub mod channels_last;
-pub mod direct;
+pub(crate) mod channels_last;
+pub(crate) mod direct;
 pub mod dispatch;
-pub mod flex;
-pub mod geometry;
-pub mod im2col;
+pub(crate) mod flex;
+pub(crate) mod geometry;
+pub(crate) mod im2col;
 pub mod peak;
-pub mod reduce;
-pub mod relu_gate;
+pub(crate) mod reduce;
+pub(crate) mod relu_gate;
 pub mod simd;
-pub mod transpose;
+pub(crate) mod transpose;
 
 use std::sync::OnceLock;
 
@@ -96,7 +98,7 @@ pub fn conv_transpose3x3(
 }
 
 /// Either layer with the implementation chosen by the caller ([`Kernels::Cae`] needs Flex).
-pub fn layer3x3(
+pub(crate) fn layer3x3(
     layer: Layer,
     kernels: Kernels,
     x: Tensor<4>,

@@ -2,7 +2,7 @@
 //! order) and over positions per channel.
 
 /// Sum of `values (batch, channels, positions)` over batch and positions, per channel.
-pub fn channel_sums(values: &[f32], batch: usize, channels: usize) -> Vec<f32> {
+pub(crate) fn channel_sums(values: &[f32], batch: usize, channels: usize) -> Vec<f32> {
     let mut sums = vec![0.0f32; channels];
     if batch == 0 || channels == 0 {
         return sums;

@@ -13,13 +13,13 @@ use crate::reduce::sum_in_order;
 /// operand that is a number, so a NaN reaching a layer came out as 0 and finite-looking
 /// outputs hid a broken input or weight.
 #[inline(always)]
-pub fn relu(v: f32) -> f32 {
+pub(crate) fn relu(v: f32) -> f32 {
     if v.is_nan() || v > 0.0 { v } else { 0.0 }
 }
 
 /// The gradient `grad (batch, channels, positions)` kept where `relu_output` is positive or
 /// NaN and zeroed elsewhere, and its [`crate::reduce::channel_sums`], in one parallel pass.
-pub fn relu_backward_and_channel_sums(
+pub(crate) fn relu_backward_and_channel_sums(
     relu_output: &[f32],
     grad: &[f32],
     batch: usize,

@@ -63,7 +63,7 @@ impl SimdLevel {
     }
 
     /// Float32 lanes of one vector register (1 for the portable level).
-    pub fn lanes(self) -> usize {
+    pub(crate) fn lanes(self) -> usize {
         match self {
             Self::Avx512 => 16,
             Self::Avx2Fma => 8,

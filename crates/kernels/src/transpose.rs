@@ -12,7 +12,7 @@ use crate::simd::{Isa, SimdLevel, at_level, instantiate};
 
 /// `dst[c * rows + r] = src[r * cols + c]` for a row-major `(rows, cols)` matrix `src`;
 /// every element of `dst` is written.
-pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [MaybeUninit<f32>]) {
+pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [MaybeUninit<f32>]) {
     assert_eq!(src.len(), rows * cols, "transpose source size");
     assert_eq!(dst.len(), rows * cols, "transpose destination size");
     let level = SimdLevel::active();
@@ -58,7 +58,7 @@ unsafe fn blocks<S: Isa>(src: &[f32], (rows, cols): (usize, usize), dst: *mut f3
 }
 
 /// An initialized buffer seen as one to overwrite.
-pub fn as_uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+pub(crate) fn as_uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
     // SAFETY: same layout; only initialized `f32` values are ever written through it.
     unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
