@@ -1,13 +1,14 @@
 //! The helpers every integration test shares: running the `cae` binary and judging how it
-//! failed, a small subset of the CIFAR-10 JPEGs that loads in a blink, and (from `fixtures`)
-//! where the other fixtures are.
+//! failed, reading the CSV files it writes, and (from `fixtures`) where the fixtures are.
 #![allow(dead_code)]
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub use crate::fixtures::{
-    cifar_jpg_dir, cifar_subset, gzip, idx_file, max_abs_diff, names, pairwise_auc, reference_dir,
+    cifar_jpg_dir, cifar_subset, event_files, gzip, idx_file, max_abs_diff, names, pairwise_auc,
+    reference_dir,
 };
 
 /// A `cae` command of this build with `RUST_BACKTRACE=1`, so that a panic or a debug-printed
@@ -97,6 +98,16 @@ pub fn assert_clean_failure(output: &Output, needles: &[&str]) -> String {
         assert!(stderr.contains(needle), "`{needle}` missing from: {stderr}");
     }
     stderr
+}
+
+/// A CSV file cae wrote (its cells hold no quoted commas): the header's cells and every row's.
+pub fn csv_cells(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let text = fs::read_to_string(path).unwrap();
+    let mut rows = text
+        .lines()
+        .map(|l| l.split(',').map(str::to_owned).collect::<Vec<_>>());
+    let header = rows.next().unwrap();
+    (header, rows.collect())
 }
 
 /// A run folder's checkpoint, as `cae train --resume` looks for it.

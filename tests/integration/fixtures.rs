@@ -108,6 +108,14 @@ pub fn pairwise_auc(normal: &[f64], anomalous: &[f64]) -> f64 {
     wins / (normal.len() * anomalous.len()) as f64
 }
 
+/// The TensorBoard event files in `dir`, by name (the order TensorBoard reads them in).
+pub fn event_files(dir: &Path) -> Vec<String> {
+    names(dir)
+        .into_iter()
+        .filter(|name| name.starts_with("events.out.tfevents."))
+        .collect()
+}
+
 /// The names in `dir`, sorted.
 pub fn names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)

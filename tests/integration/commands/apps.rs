@@ -52,21 +52,6 @@ fn train(data: &Path, out: &Path, extra: &[&str]) -> PathBuf {
     out.join("model.safetensors")
 }
 
-fn csv_rows(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut lines = text.lines();
-    let header = lines
-        .next()
-        .unwrap()
-        .split(',')
-        .map(str::to_string)
-        .collect();
-    let rows = lines
-        .map(|l| l.split(',').map(str::to_string).collect())
-        .collect();
-    (header, rows)
-}
-
 #[test]
 fn denoiser_trains_on_noisy_inputs_and_reports_psnr_and_ssim() {
     let dir = tempfile::tempdir().unwrap();
@@ -275,7 +260,7 @@ fn anomaly_eval_fit_and_score_on_one_class() {
         stdout.contains("class 0 (airplane): trained on 40 images"),
         "{stdout}"
     );
-    let (header, rows) = csv_rows(&out.join("auroc.csv"));
+    let (header, rows) = common::csv_cells(&out.join("auroc.csv"));
     assert_eq!(
         header[5..],
         [
@@ -297,13 +282,8 @@ fn anomaly_eval_fit_and_score_on_one_class() {
         assert!((0.0..=1.0).contains(&auc), "{value}");
     }
     let run = out.join("class-0-airplane");
-    assert!(
-        common::names(&run)
-            .iter()
-            .any(|n| n.starts_with("events.out.tfevents.")),
-        "TensorBoard event files by default"
-    );
-    let (header, scores) = csv_rows(&run.join("test_scores.csv"));
+    assert_eq!(common::event_files(&run).len(), 1, "TensorBoard by default");
+    let (header, scores) = common::csv_cells(&run.join("test_scores.csv"));
     assert_eq!(header[..3], ["source", "label", "normal"].map(String::from));
     assert_eq!(scores.len(), 100, "one score per test image");
     assert_eq!(scores.iter().filter(|r| r[2] == "1").count(), 10);
@@ -382,7 +362,7 @@ fn anomaly_eval_fit_and_score_on_one_class() {
         "--out",
         s(&csv),
     ]);
-    let (header, rows) = csv_rows(&csv);
+    let (header, rows) = common::csv_cells(&csv);
     assert_eq!(
         header,
         ["source", "label", "combined", "anomalous"].map(String::from)
@@ -414,7 +394,7 @@ fn anomaly_eval_fit_and_score_on_one_class() {
             "--out",
             s(&csv),
         ]);
-        let (header, rows) = csv_rows(&csv);
+        let (header, rows) = common::csv_cells(&csv);
         assert_eq!(header[2], score);
         assert_eq!(rows.len(), 2);
         let values: Vec<f64> = rows.iter().map(|r| r[2].parse().unwrap()).collect();
@@ -483,12 +463,7 @@ fn anomaly_eval_over_all_classes_prints_the_table_and_mean() {
     ]);
     let class_run = out.join("class-0-airplane");
     assert!(class_run.join("model.safetensors").is_file());
-    assert!(
-        !common::names(&class_run)
-            .iter()
-            .any(|n| n.starts_with("events.out.tfevents.")),
-        "--no-tensorboard"
-    );
+    assert_eq!(common::event_files(&class_run), Vec::<String>::new());
     let table = &stdout[stdout.find("ROC AUC").expect("a table")..];
     assert!(
         table.contains("9 truck") && table.contains("mean"),
@@ -498,7 +473,7 @@ fn anomaly_eval_over_all_classes_prints_the_table_and_mean() {
         !table.contains("latent-mahalanobis"),
         "--score shows one column: {table}"
     );
-    let (_, rows) = csv_rows(&out.join("auroc.csv"));
+    let (_, rows) = common::csv_cells(&out.join("auroc.csv"));
     assert_eq!(rows.len(), CLASSES + 1);
     assert_eq!(rows[CLASSES][0], "mean");
     for col in 5..9 {

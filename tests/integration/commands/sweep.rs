@@ -59,16 +59,6 @@ fn sweep_latent_8(out: &str, epochs: &str) {
     );
 }
 
-fn read_csv(path: &Path) -> (String, Vec<Vec<String>>) {
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut lines = text.lines();
-    let header = lines.next().unwrap().to_owned();
-    let rows = lines
-        .map(|l| l.split(',').map(str::to_owned).collect())
-        .collect();
-    (header, rows)
-}
-
 fn number(cell: &str) -> f64 {
     cell.parse()
         .unwrap_or_else(|_| panic!("`{cell}` is not a number"))
@@ -114,8 +104,8 @@ fn sweep_trains_every_latent_and_compares_them() {
     );
     assert!(sweep.join("report.html").is_file(), "report by default");
 
-    let (header, rows) = read_csv(&sweep.join("summary.csv"));
-    assert_eq!(header, SUMMARY_HEADER);
+    let (header, rows) = common::csv_cells(&sweep.join("summary.csv"));
+    assert_eq!(header.join(","), SUMMARY_HEADER);
     assert_eq!(rows.len(), 2);
     for (row, latent) in rows.iter().zip([8usize, 16]) {
         let run = sweep.join(format!("latent-{latent}"));
@@ -129,7 +119,7 @@ fn sweep_trains_every_latent_and_compares_them() {
         assert_eq!(number(&row[6]) as usize, config.num_params());
 
         // The last epoch of the run's own epochs.csv.
-        let (_, epochs) = read_csv(&run.join("epochs.csv"));
+        let (_, epochs) = common::csv_cells(&run.join("epochs.csv"));
         assert_eq!(epochs.len(), 2);
         let last = &epochs[1];
         let (train_loss, val_mse) = (number(&row[7]), number(&row[8]));
@@ -247,7 +237,7 @@ fn resume_skips_finished_runs_and_continues_a_half_finished_one() {
         ],
     );
     let finished_model = std::fs::read(sweep.join("latent-8/model.safetensors")).unwrap();
-    let (_, half_epochs) = read_csv(&half.join("epochs.csv"));
+    let (_, half_epochs) = common::csv_cells(&half.join("epochs.csv"));
 
     let again = quick_args(
         "sweep",
@@ -282,10 +272,10 @@ fn resume_skips_finished_runs_and_continues_a_half_finished_one() {
         finished_model,
         "the finished run is left alone"
     );
-    let (_, epochs) = read_csv(&half.join("epochs.csv"));
+    let (_, epochs) = common::csv_cells(&half.join("epochs.csv"));
     assert_eq!(epochs.len(), 2);
     assert_eq!(epochs[0], half_epochs[0], "epoch 1 kept, not retrained");
-    let (_, rows) = read_csv(&sweep.join("summary.csv"));
+    let (_, rows) = common::csv_cells(&sweep.join("summary.csv"));
     let runs: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
     assert_eq!(runs, ["latent-8", "latent-16"]);
     assert!(rows.iter().all(|r| r[5] == "2"), "both runs at epoch 2");

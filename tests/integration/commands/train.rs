@@ -4,14 +4,6 @@ use crate::common::{self, cae};
 
 use std::path::Path;
 
-fn read_csv(path: &Path) -> Vec<Vec<String>> {
-    let text = std::fs::read_to_string(path).unwrap();
-    text.lines()
-        .skip(1)
-        .map(|l| l.split(',').map(str::to_string).collect())
-        .collect()
-}
-
 /// `cae train` on 640 training and 200 validation images into `out`, with `extra`.
 fn quick_args(out: &Path, extra: &[&str]) -> Vec<String> {
     let data = common::cifar_jpg_dir();
@@ -54,7 +46,11 @@ fn short_run_learns_and_writes_every_artifact() {
     ] {
         assert!(run.join(file).is_file(), "{file} missing");
     }
-    assert_eq!(event_files(&run).len(), 1, "one TensorBoard event file");
+    assert_eq!(
+        common::event_files(&run).len(),
+        1,
+        "one TensorBoard event file"
+    );
     let grid = image::open(run.join("recon_epoch_01.png")).unwrap();
     // Ten classes side by side, originals above reconstructions, enlarged.
     assert!(grid.width() > 10 * 32 && grid.height() > 2 * 32 && grid.width() > grid.height());
@@ -66,7 +62,7 @@ fn short_run_learns_and_writes_every_artifact() {
     assert_eq!(config["adam"]["eps"], 1e-8);
     assert_eq!(config["versions"]["burn"], locked_version("burn"));
 
-    let metrics = read_csv(&run.join("metrics.csv"));
+    let metrics = common::csv_cells(&run.join("metrics.csv")).1;
     let train: Vec<f64> = metrics
         .iter()
         .filter(|r| r[2] == "train")
@@ -83,7 +79,7 @@ fn short_run_learns_and_writes_every_artifact() {
     );
 
     // `cae eval` on the same images reproduces the run's validation loss.
-    let epochs = read_csv(&run.join("epochs.csv"));
+    let epochs = common::csv_cells(&run.join("epochs.csv")).1;
     let val_loss: f64 = epochs[0][2].parse().unwrap();
     let data = common::cifar_jpg_dir();
     let json = cae(&[
@@ -116,10 +112,14 @@ fn resumed_run_equals_uninterrupted_run() {
     let split = dir.path().join("split");
     // Without TensorBoard's files, which leave the results as they are.
     quick_run(&whole, &["--epochs", "2", "--shuffle", "--no-tensorboard"]);
-    assert_eq!(event_files(&whole), Vec::<String>::new());
+    assert_eq!(common::event_files(&whole), Vec::<String>::new());
     quick_run(&split, &["--epochs", "1", "--shuffle"]);
     quick_run(&split, &["--epochs", "2", "--shuffle", "--resume"]);
-    assert_eq!(event_files(&split).len(), 2, "one event file per start");
+    assert_eq!(
+        common::event_files(&split).len(),
+        2,
+        "one event file per start"
+    );
     let a = std::fs::read(whole.join("model.safetensors")).unwrap();
     let b = std::fs::read(split.join("model.safetensors")).unwrap();
     assert!(
@@ -160,12 +160,4 @@ fn locked_version(package: &str) -> String {
         .unwrap_or_else(|| panic!("{package} not in Cargo.lock"))
         + entry.len();
     lock[start..].split('"').next().unwrap().to_string()
-}
-
-/// The TensorBoard event files in `run` (what they hold is tested in the `cae` crate).
-fn event_files(run: &Path) -> Vec<String> {
-    common::names(run)
-        .into_iter()
-        .filter(|name| name.starts_with("events.out.tfevents."))
-        .collect()
 }

@@ -2,6 +2,7 @@
 //! turns 8-bit images into normalized tensors ahead of the training loop, and the input
 //! corruptions of denoising training ([`augment`]).
 
+use crate::ModelConfig;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
@@ -91,15 +92,17 @@ impl ImageSet {
     }
 
     /// Fails unless the images have the shape the model of `config` takes.
-    pub fn check_fits(&self, config: &crate::ModelConfig) -> anyhow::Result<()> {
-        let model = (config.in_channels, config.height, config.width);
+    pub fn check_fits(&self, config: &ModelConfig) -> anyhow::Result<()> {
         let (c, h, w) = (self.channels, self.height, self.width);
+        let ModelConfig {
+            in_channels: mc,
+            height: mh,
+            width: mw,
+            ..
+        } = *config;
         anyhow::ensure!(
-            (c, h, w) == model,
-            "the model takes {}x{}x{} images, the dataset has {c}x{h}x{w}",
-            model.0,
-            model.1,
-            model.2
+            (c, h, w) == (mc, mh, mw),
+            "the model takes {mc}x{mh}x{mw} images, the dataset has {c}x{h}x{w}"
         );
         Ok(())
     }

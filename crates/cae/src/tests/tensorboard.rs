@@ -34,20 +34,9 @@ fn train(run: &Path, epochs: usize, options: RunOptions) {
 }
 
 fn events(run: &Path) -> Vec<Event> {
-    let mut files: Vec<_> = fs::read_dir(run)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("events.out.tfevents.")
-        })
-        .collect();
-    files.sort();
-    files
+    crate::tests::fixtures::event_files(run)
         .iter()
-        .flat_map(|file| read_records(&fs::read(file).unwrap()).unwrap())
+        .flat_map(|file| read_records(&fs::read(run.join(file)).unwrap()).unwrap())
         .map(|record| Event::decode(record.as_slice()).unwrap())
         .collect()
 }
