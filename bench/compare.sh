@@ -16,7 +16,7 @@
 # ONNX Runtime runs in python3 (ORT_PYTHON=/path/to/python for another) with as many intra-op
 # threads as cae uses; without onnxruntime there it is skipped (python3 -m pip install onnxruntime).
 #
-# CAE_SIMD=avx512|avx2|portable holds both sides to one vector level (see below).
+# CAE_SIMD=avx512|avx2|neon|portable holds both sides to one vector level (see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${CAE_SHARED:-$(pwd)/../shared}
@@ -49,14 +49,15 @@ if [ -n "$torch" ] && ! "$python" -c "import torch" 2>/dev/null; then
   python=.venv-torch/bin/python
 fi
 
-# CAE_SIMD=avx512|avx2|portable holds cae's kernels to one level; the same is asked of PyTorch
-# (ATEN_CPU_CAPABILITY), so that both sides run the same instructions.
+# CAE_SIMD=avx512|avx2|neon|portable holds cae's kernels to one level; the same is asked of
+# PyTorch (ATEN_CPU_CAPABILITY), so that both sides run the same instructions. On aarch64 NEON is
+# PyTorch's baseline ("default"; its other capability there is SVE).
 case ${CAE_SIMD:-} in
   "") ;;
   avx512) export ATEN_CPU_CAPABILITY=avx512 ;;
   avx2) export ATEN_CPU_CAPABILITY=avx2 ;;
-  portable) export ATEN_CPU_CAPABILITY=default ;;
-  *) echo "CAE_SIMD=$CAE_SIMD is not a level: use avx512, avx2 or portable" >&2; exit 2 ;;
+  neon | portable) export ATEN_CPU_CAPABILITY=default ;;
+  *) echo "CAE_SIMD=$CAE_SIMD is not a level: use avx512, avx2, neon or portable" >&2; exit 2 ;;
 esac
 cargo build --release -q
 cae=${CARGO_TARGET_DIR:-target}/release/cae

@@ -90,7 +90,7 @@ fn print_layers(config: &BenchConfig, json: bool) -> Result<()> {
         return Ok(());
     }
     say!(
-        "SIMD: {} (measured FMA peak {peak:.0} GFLOP/s on {} threads; CAE_SIMD=avx512|avx2|portable chooses the level, portable runs im2col + gemm)",
+        "SIMD: {} (measured FMA peak {peak:.0} GFLOP/s on {} threads; CAE_SIMD=avx512|avx2|neon|portable chooses the level, portable runs im2col + gemm)",
         cae_kernels::simd::SimdLevel::active().name(),
         rayon::current_num_threads()
     );

@@ -2,7 +2,7 @@
 //! images at a time, so that the gated gradient of a group is read by both kernels while it is
 //! in L2 instead of being written out and read back twice.
 //!
-//! Used where the AVX-512 kernels run both gradients (every layer of the seed model); other
+//! Used where the vector kernels run both gradients (every layer of the seed model); other
 //! geometries take the separate passes of [`super::conv3x3`].
 
 use std::borrow::Cow;
@@ -33,7 +33,7 @@ const GROUP_BUDGET: usize = 96 * 1024;
 /// (`transposed` false: `input` is the image, `grad` the feature side) or the transposed
 /// convolution from feature to image (`input` the feature, `grad` the image side).
 /// `relu_output` is the layer's output when it applied ReLU; the input gradient is computed
-/// when `want_input` is set. `None` when the AVX-512 kernels do not cover this geometry.
+/// when `want_input` is set. `None` when the vector kernels do not cover this geometry.
 pub(crate) fn layer_backward(
     g: &Conv3x3,
     transposed: bool,
@@ -187,7 +187,7 @@ enum InputGradKernel {
 
 impl InputGradKernel {
     /// A convolution's input gradient is its adjoint, a transposed convolution's the
-    /// convolution itself (without bias or ReLU). `None` outside the AVX-512 kernels.
+    /// convolution itself (without bias or ReLU). `None` outside the vector kernels.
     fn new(g: &Conv3x3, transposed: bool, weight: &[f32]) -> Option<Self> {
         if transposed {
             return match dispatch::forward_path(g) {

@@ -18,25 +18,30 @@ use crate::reduce::sum_in_order;
 use crate::simd::{Isa, Scalar, SimdLevel, at_level, instantiate};
 
 /// Output channels per block of the forward kernel and positions (vectors of columns) sharing
-/// each weight broadcast, per level, the second for layers with at most 4 output channels (so
-/// that a 3-channel output does not compute unused ones). AVX-512: 8 x 2 (16 sums of 32
-/// registers) and 4 x 4. AVX2 (16 registers): 6 x 2 and 4 x 2; measured with `cae bench
-/// --layers` on Zen 3, 4 x 3 (12 sums, 3 inputs, a broadcast) ran the 16- to 64-channel layers
-/// at 4.4-4.7 ms against 2.6-3.1 ms for 6 x 2 (4 x 2: 3.2-3.7, 8 x 1: 3.3-3.6): with every
-/// register taken LLVM spilled a sum and shuffled the others between registers each step.
-const AVX512_BLOCKS: [(usize, usize); 2] = [(8, 2), (4, 4)];
-const AVX2_BLOCKS: [(usize, usize); 2] = [(6, 2), (4, 2)];
+/// each weight broadcast, by the registers of the level, the second for layers with at most 4
+/// output channels (so that a 3-channel output does not compute unused ones). 32 registers
+/// (AVX-512, NEON): 8 x 2 (16 sums) and 4 x 4. 16 registers (AVX2): 6 x 2 and 4 x 2; measured
+/// with `cae bench --layers` on Zen 3, 4 x 3 (12 sums, 3 inputs, a broadcast) ran the 16- to
+/// 64-channel layers at 4.4-4.7 ms against 2.6-3.1 ms for 6 x 2 (4 x 2: 3.2-3.7, 8 x 1:
+/// 3.3-3.6): with every register taken LLVM spilled a sum and shuffled the others between
+/// registers each step. (NEON's shapes follow its register count; no ARM machine has timed
+/// them.)
+const BLOCKS_OF_32_REGISTERS: [(usize, usize); 2] = [(8, 2), (4, 4)];
+const BLOCKS_OF_16_REGISTERS: [(usize, usize); 2] = [(6, 2), (4, 2)];
 /// The second shape of each level: layers with at most this many output channels.
 const SMALL_BLOCK_CHANNELS: usize = 4;
 
 /// Whether this process runs the direct kernels and the geometry suits them: stride 1 and maps
-/// at least one vector wide; AVX2 (whose masked loads are slow) also needs whole vectors.
+/// at least one vector wide; AVX2 (whose masked loads are slow) and NEON (which has none) also
+/// need whole vectors.
 pub(crate) fn available(g: &Conv3x3) -> bool {
     let level = SimdLevel::active();
     let lanes = level.lanes();
     match level {
         SimdLevel::Avx512 => g.stride == 1 && g.image_width >= lanes,
-        SimdLevel::Avx2Fma => g.stride == 1 && g.image_width.is_multiple_of(lanes),
+        SimdLevel::Avx2Fma | SimdLevel::Neon => {
+            g.stride == 1 && g.image_width.is_multiple_of(lanes)
+        }
         SimdLevel::Portable => false,
     }
 }
@@ -151,8 +156,8 @@ impl Packed {
         let level = SimdLevel::active();
         let (ci, co) = (g.image_channels, g.feature_channels);
         let blocks = match level {
-            SimdLevel::Avx512 => AVX512_BLOCKS,
-            _ => AVX2_BLOCKS,
+            SimdLevel::Avx2Fma => BLOCKS_OF_16_REGISTERS,
+            _ => BLOCKS_OF_32_REGISTERS,
         };
         let block_len = if co <= SMALL_BLOCK_CHANNELS {
             blocks[1].0
@@ -212,13 +217,23 @@ impl Packed {
                 // SAFETY: `new` checked the level; buffers have the sizes the kernel reads.
                 match self.level {
                     #[cfg(target_arch = "x86_64")]
-                    SimdLevel::Avx512 if small => unsafe { run!(avx512, AVX512_BLOCKS[1], true) },
+                    SimdLevel::Avx512 if small => unsafe {
+                        run!(avx512, BLOCKS_OF_32_REGISTERS[1], true)
+                    },
                     #[cfg(target_arch = "x86_64")]
-                    SimdLevel::Avx512 => unsafe { run!(avx512, AVX512_BLOCKS[0], true) },
+                    SimdLevel::Avx512 => unsafe { run!(avx512, BLOCKS_OF_32_REGISTERS[0], true) },
                     #[cfg(target_arch = "x86_64")]
-                    SimdLevel::Avx2Fma if small => unsafe { run!(avx2, AVX2_BLOCKS[1], false) },
+                    SimdLevel::Avx2Fma if small => unsafe {
+                        run!(avx2, BLOCKS_OF_16_REGISTERS[1], false)
+                    },
                     #[cfg(target_arch = "x86_64")]
-                    SimdLevel::Avx2Fma => unsafe { run!(avx2, AVX2_BLOCKS[0], false) },
+                    SimdLevel::Avx2Fma => unsafe { run!(avx2, BLOCKS_OF_16_REGISTERS[0], false) },
+                    #[cfg(target_arch = "aarch64")]
+                    SimdLevel::Neon if small => unsafe {
+                        run!(neon, BLOCKS_OF_32_REGISTERS[1], false)
+                    },
+                    #[cfg(target_arch = "aarch64")]
+                    SimdLevel::Neon => unsafe { run!(neon, BLOCKS_OF_32_REGISTERS[0], false) },
                     _ => unreachable!("{NEEDS}"),
                 }
             },
@@ -243,7 +258,8 @@ pub(crate) fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> V
             with_scratch([0, 0, len], |_, _, padded| {
                 pad_images(g, images, padded);
                 // SAFETY: `available` checked the level; buffers have the sizes the kernel
-                // reads. Output channels per pass: 2 x 9 sums with AVX-512, 9 with AVX2.
+                // reads. Output channels per pass: 2 x 9 sums of 32 registers (AVX-512, NEON),
+                // 9 of AVX2's 16.
                 match level {
                     #[cfg(target_arch = "x86_64")]
                     SimdLevel::Avx512 => unsafe {
@@ -252,6 +268,10 @@ pub(crate) fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> V
                     #[cfg(target_arch = "x86_64")]
                     SimdLevel::Avx2Fma => unsafe {
                         avx2::weight_grad_images::<1>(g, count, padded, grads, &mut partial)
+                    },
+                    #[cfg(target_arch = "aarch64")]
+                    SimdLevel::Neon => unsafe {
+                        neon::weight_grad_images::<2>(g, count, padded, grads, &mut partial)
                     },
                     _ => unreachable!("{NEEDS}"),
                 }

@@ -1,6 +1,6 @@
 //! 3x3, padding-1 convolutions on NCHW `f32` slices: the forward pass, its adjoint (which is
 //! also the transposed convolution) and the weight gradient. Each dispatches (see [`Path`]) to
-//! the vector kernels (AVX-512 or AVX2+FMA) of the crate's `direct` or `channels_last` module,
+//! the vector kernels (AVX-512, AVX2+FMA or NEON) of the crate's `direct` or `channels_last` module,
 //! or runs the portable im2col/col2im path of its `im2col` module.
 //!
 //! Written for cae's twelve layers because Burn Flex's convolution and transposed-convolution
@@ -33,9 +33,9 @@ pub fn forward(
 /// `cae bench --layers` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
-    /// The `direct` kernels: vectorized over output columns (16 a vector at AVX-512, 8 at AVX2).
+    /// The `direct` kernels: vectorized over output columns (16 a vector at AVX-512, 8 at AVX2, 4 at NEON).
     Direct,
-    /// The `channels_last` kernels: vectorized over channels (16 or 8 a vector).
+    /// The `channels_last` kernels: vectorized over channels (16, 8 or 4 a vector).
     ChannelsLast,
     /// im2col and a matrix product (portable).
     Im2col,
@@ -225,6 +225,8 @@ mod tests {
             // Whole AVX2 vectors of columns (the AVX2 direct kernels need them).
             (1, 6, 8),
             (1, 2, 24),
+            // Whole NEON vectors of columns, not whole AVX2 ones.
+            (1, 3, 12),
         ] {
             // Feature channels in multiples of 16 reach the channels-last kernels.
             for (ci, co, batch) in [
@@ -238,6 +240,8 @@ mod tests {
                 (32, 16, 1),
                 // Three AVX2 vectors of channels (one and a half AVX-512 ones).
                 (8, 24, 2),
+                // Three NEON vectors of channels (one and a half AVX2 ones).
+                (4, 12, 2),
             ] {
                 all.push(Conv3x3 {
                     batch,

@@ -230,7 +230,7 @@ impl Conv3x3Backend for Flex {
 }
 
 /// A layer's backward pass on Flex: one grouped pass ([`backward::layer_backward`]) where the
-/// AVX-512 kernels cover the layer, the separate operations elsewhere.
+/// vector kernels cover the layer, the separate operations elsewhere.
 fn flex_backward(step: StepInputs<Flex>, want_input: bool) -> Grads<Flex> {
     let transposed = step.layer == Layer::Transposed;
     let [batch, channels, height, width] = dims4(&step.x);

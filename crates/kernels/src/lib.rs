@@ -16,11 +16,11 @@
 //! ([`conv3x3`], [`conv_transpose3x3`]), [`Kernels`] and the public modules; the rest is
 //! private to it (`cargo doc --document-private-items` shows it).
 
-// The kernels are written once over `simd::Isa` and instantiated for the x86 levels only (no
-// NEON instance yet): elsewhere (aarch64) their generic code is unused and every pass runs the
-// portable path, which `cargo check`/`clippy` would otherwise report as dead code.
+// The kernels are written once over `simd::Isa` and instantiated for x86-64 (AVX-512, AVX2)
+// and aarch64 (NEON): on any other architecture their generic code is unused and every pass
+// runs the portable path, which `cargo check`/`clippy` would otherwise report as dead code.
 #![cfg_attr(
-    not(target_arch = "x86_64"),
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
     allow(
         dead_code,
         unused_variables,

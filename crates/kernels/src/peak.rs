@@ -7,7 +7,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use crate::simd::{Isa, SimdLevel, at_level, instantiate};
+use crate::simd::{Isa, SimdLevel, instantiate};
 
 /// FMAs each chain runs per measurement.
 const ITERATIONS: usize = 10_000_000;
@@ -37,7 +37,15 @@ pub fn fma_peak_gflops() -> f64 {
 /// Runs the FMA chains of one thread; returns their flops.
 fn chains(level: SimdLevel) -> f64 {
     // SAFETY: the level was detected on this CPU.
-    at_level!(level, vector_chains(), scalar())
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { avx512::vector_chains::<CHAINS_OF_32_REGISTERS>() },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2Fma => unsafe { avx2::vector_chains::<CHAINS_OF_16_REGISTERS>() },
+        #[cfg(target_arch = "aarch64")]
+        SimdLevel::Neon => unsafe { neon::vector_chains::<CHAINS_OF_32_REGISTERS>() },
+        _ => scalar(),
+    }
 }
 
 fn scalar() -> f64 {
@@ -53,19 +61,22 @@ fn scalar() -> f64 {
 }
 
 /// Independent accumulators: two FMA ports times a latency of four cycles needs eight; twelve
-/// leave room and fit in AVX2's sixteen registers.
-const CHAINS: usize = 12;
+/// leave room and fit in AVX2's sixteen registers. With 32 registers, 24: ARM cores with four
+/// FMA pipes of latency four (Apple M1, Neoverse V1) need sixteen.
+#[cfg(target_arch = "x86_64")]
+const CHAINS_OF_16_REGISTERS: usize = 12;
+const CHAINS_OF_32_REGISTERS: usize = 24;
 
 instantiate! {
-    fn vector_chains<>() -> f64;
+    fn vector_chains<const CHAINS: usize>() -> f64;
 }
 
-/// [`CHAINS`] chains of vector FMAs, [`ITERATIONS`] long; returns their flops.
+/// `CHAINS` chains of vector FMAs, [`ITERATIONS`] long; returns their flops.
 ///
 /// # Safety
 /// Only from a function compiled for `S` (see [`instantiate`]).
 #[inline(always)]
-unsafe fn vector_chains<S: Isa>() -> f64 {
+unsafe fn vector_chains<S: Isa, const CHAINS: usize>() -> f64 {
     // SAFETY: the caller's contract.
     unsafe {
         let a = S::splat(black_box(0.999_999));

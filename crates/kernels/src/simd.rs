@@ -6,28 +6,36 @@
 //! `#[inline(always)]` wrappers of single intrinsics, so that after inlining the kernel is
 //! exactly the code written with raw intrinsics (checked in the disassembly: see
 //! `docs/perf/kernels-codegen.md`). The level is read once per call of a kernel entry, never
-//! inside a micro-kernel.
+//! inside a micro-kernel. The instances: AVX-512 and AVX2+FMA on x86-64, NEON on aarch64.
 //!
 //! Written here rather than taken from `macerator` or `pulp`: the kernels size their register
 //! tiles from the vector width and register count at compile time (`[[V; N]; P]` accumulators
 //! chosen per level), which needs both as constants of the type; macerator gives the lane
 //! count only as a function and neither crate offers masked loads and stores of the first `n`
-//! lanes, which the direct kernels use on map edges. A NEON instance is one more `impl Isa`
-//! (4 lanes, 32 registers) plus its tile choices; it is not written because aarch64 cannot be
-//! built or tested here.
+//! lanes, which the direct kernels use on map edges.
 
 use std::sync::OnceLock;
 
 /// A level of vector instructions cae's kernels run at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SimdLevel {
-    /// AVX-512F: 16 lanes, 32 registers.
+    /// AVX-512F: 16 lanes, 32 registers (x86-64).
     Avx512,
-    /// AVX2 with FMA: 8 lanes, 16 registers.
+    /// AVX2 with FMA: 8 lanes, 16 registers (x86-64).
     Avx2Fma,
+    /// NEON (Advanced SIMD): 4 lanes, 32 registers (aarch64).
+    Neon,
     /// No vector kernels: every pass runs im2col/col2im around `gemm`.
     Portable,
 }
+
+/// Every level, in the order [`SimdLevel::supported`] lists them and `CAE_SIMD` names them.
+const LEVELS: [SimdLevel; 4] = [
+    SimdLevel::Avx512,
+    SimdLevel::Avx2Fma,
+    SimdLevel::Neon,
+    SimdLevel::Portable,
+];
 
 impl SimdLevel {
     /// The widest level this CPU offers.
@@ -41,16 +49,32 @@ impl SimdLevel {
                 return Self::Avx2Fma;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("neon") {
+                return Self::Neon;
+            }
+        }
         Self::Portable
     }
 
-    /// The levels this CPU can run, widest first.
+    /// The levels this CPU can run, widest first: on x86-64 the levels up to its own (an
+    /// AVX-512 CPU also runs AVX2 code), on aarch64 NEON, and the portable level everywhere.
     pub fn supported() -> Vec<Self> {
         let cpu = Self::of_cpu();
-        [Self::Avx512, Self::Avx2Fma, Self::Portable]
+        LEVELS
             .into_iter()
-            .filter(|level| *level <= cpu)
+            .filter(|level| *level == cpu || level.runs_on(cpu))
             .collect()
+    }
+
+    /// Whether a CPU whose widest level is `cpu` also runs this narrower one.
+    fn runs_on(self, cpu: Self) -> bool {
+        match self {
+            Self::Portable => true,
+            Self::Avx2Fma => cpu == Self::Avx512,
+            _ => false,
+        }
     }
 
     /// The value `CAE_SIMD` takes for this level.
@@ -58,6 +82,7 @@ impl SimdLevel {
         match self {
             Self::Avx512 => "avx512",
             Self::Avx2Fma => "avx2",
+            Self::Neon => "neon",
             Self::Portable => "portable",
         }
     }
@@ -67,6 +92,7 @@ impl SimdLevel {
         match self {
             Self::Avx512 => 16,
             Self::Avx2Fma => 8,
+            Self::Neon => 4,
             Self::Portable => 1,
         }
     }
@@ -76,27 +102,35 @@ impl SimdLevel {
     pub fn requested() -> Result<Self, String> {
         match std::env::var("CAE_SIMD") {
             Err(std::env::VarError::NotPresent) => Ok(Self::of_cpu()),
-            Err(std::env::VarError::NotUnicode(_)) => {
-                Err("CAE_SIMD is not valid UTF-8; use avx512, avx2 or portable".into())
-            }
+            Err(std::env::VarError::NotUnicode(_)) => Err(format!(
+                "CAE_SIMD is not valid UTF-8; use {}",
+                Self::names()
+            )),
             Ok(name) => Self::from_name(&name),
         }
     }
 
+    /// The names `CAE_SIMD` accepts, for messages: "avx512, avx2, neon or portable".
+    fn names() -> String {
+        let names: Vec<_> = LEVELS.iter().map(|l| l.name()).collect();
+        format!(
+            "{} or {}",
+            names[..names.len() - 1].join(", "),
+            names[names.len() - 1]
+        )
+    }
+
     fn from_name(name: &str) -> Result<Self, String> {
-        let level = match name.trim().to_ascii_lowercase().as_str() {
-            "avx512" => Self::Avx512,
-            "avx2" => Self::Avx2Fma,
-            "portable" => Self::Portable,
-            _ => {
-                return Err(format!(
-                    "CAE_SIMD={name:?} is not a level: use avx512, avx2 or portable"
-                ));
-            }
+        let wanted = name.trim().to_ascii_lowercase();
+        let Some(level) = LEVELS.into_iter().find(|l| l.name() == wanted) else {
+            return Err(format!(
+                "CAE_SIMD={name:?} is not a level: use {}",
+                Self::names()
+            ));
         };
-        let cpu = Self::of_cpu();
-        if level > cpu {
-            let has: Vec<_> = Self::supported().iter().map(|l| l.name()).collect();
+        let supported = Self::supported();
+        if !supported.contains(&level) {
+            let has: Vec<_> = supported.iter().map(|l| l.name()).collect();
             return Err(format!(
                 "CAE_SIMD={} asks for instructions this CPU lacks; it runs {}",
                 level.name(),
@@ -118,24 +152,6 @@ impl SimdLevel {
             Ok(level) => *level,
             Err(message) => panic!("{message}"),
         }
-    }
-}
-
-/// Wider levels compare greater: `Avx512 > Avx2Fma > Portable`.
-impl PartialOrd for SimdLevel {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for SimdLevel {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        let rank = |l: &Self| match l {
-            Self::Portable => 0,
-            Self::Avx2Fma => 1,
-            Self::Avx512 => 2,
-        };
-        rank(self).cmp(&rank(other))
     }
 }
 
@@ -174,7 +190,7 @@ pub(crate) trait Isa: Copy {
 }
 
 /// Defines, next to generic kernels `fn name<S: Isa, const ..>(args)`, one module per
-/// instruction set (`avx512`, `avx2`) holding `unsafe fn name<const ..>(args)` compiled for it,
+/// instruction set (`avx512`, `avx2` on x86-64, `neon` on aarch64) holding `unsafe fn name<const ..>(args)` compiled for it,
 /// which runs the kernel with that set: the only place `#[target_feature]` is written.
 macro_rules! instantiate {
     ($( fn $name:ident<$(const $c:ident: $ct:ty),*>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?; )*) => {
@@ -204,6 +220,19 @@ macro_rules! instantiate {
                 }
             )*
         }
+        #[cfg(target_arch = "aarch64")]
+        pub(crate) mod neon {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                /// # Safety
+                /// The CPU has NEON; the kernel's own contract.
+                #[target_feature(enable = "neon")]
+                pub(crate) unsafe fn $name<$(const $c: $ct),*>($($arg: $ty),*) $(-> $ret)? {
+                    unsafe { super::$name::<crate::simd::Neon $(, $c)*>($($arg),*) }
+                }
+            )*
+        }
     };
 }
 pub(crate) use instantiate;
@@ -221,6 +250,8 @@ macro_rules! at_level {
             $crate::simd::SimdLevel::Avx512 => unsafe { avx512::$f($($arg),*) },
             #[cfg(target_arch = "x86_64")]
             $crate::simd::SimdLevel::Avx2Fma => unsafe { avx2::$f($($arg),*) },
+            #[cfg(target_arch = "aarch64")]
+            $crate::simd::SimdLevel::Neon => unsafe { neon::$f($($arg),*) },
             _ => $otherwise,
         }
     };
@@ -532,6 +563,141 @@ mod x86 {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+pub(crate) use arm::Neon;
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use std::arch::aarch64::*;
+
+    use super::Isa;
+
+    #[derive(Clone, Copy)]
+    pub(crate) struct Neon;
+
+    // SAFETY (all methods): the trait's contract; each wraps NEON operations.
+    impl Isa for Neon {
+        const LANES: usize = 4;
+        const REGISTERS: usize = 32;
+        type V = float32x4_t;
+        /// NEON has no masked loads or stores: the mask is the count of lanes, and a partial
+        /// vector goes through a stack copy (the kernels need whole vectors at this level, see
+        /// `direct::available`, so only the padding's row ends would take it).
+        type Mask = usize;
+
+        #[inline(always)]
+        unsafe fn zero() -> float32x4_t {
+            unsafe { vdupq_n_f32(0.0) }
+        }
+        #[inline(always)]
+        unsafe fn splat(value: f32) -> float32x4_t {
+            unsafe { vdupq_n_f32(value) }
+        }
+        #[inline(always)]
+        unsafe fn load(from: *const f32) -> float32x4_t {
+            unsafe { vld1q_f32(from) }
+        }
+        #[inline(always)]
+        unsafe fn store(to: *mut f32, value: float32x4_t) {
+            unsafe { vst1q_f32(to, value) }
+        }
+        #[inline(always)]
+        unsafe fn first(count: usize) -> usize {
+            count.min(4)
+        }
+        #[inline(always)]
+        unsafe fn load_masked(from: *const f32, count: usize) -> float32x4_t {
+            unsafe {
+                if count >= 4 {
+                    return vld1q_f32(from);
+                }
+                let mut lanes = [0.0f32; 4];
+                std::ptr::copy_nonoverlapping(from, lanes.as_mut_ptr(), count);
+                vld1q_f32(lanes.as_ptr())
+            }
+        }
+        #[inline(always)]
+        unsafe fn store_masked(to: *mut f32, count: usize, value: float32x4_t) {
+            unsafe {
+                if count >= 4 {
+                    return vst1q_f32(to, value);
+                }
+                let mut lanes = [0.0f32; 4];
+                vst1q_f32(lanes.as_mut_ptr(), value);
+                std::ptr::copy_nonoverlapping(lanes.as_ptr(), to, count);
+            }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
+            unsafe { vfmaq_f32(c, a, b) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+            unsafe { vaddq_f32(a, b) }
+        }
+        /// `FMAX` already gives +0 for -0 and a NaN for a NaN, but a quieted one: the NaN
+        /// lanes (not equal to themselves) are put back as they were, as at the other levels.
+        #[inline(always)]
+        unsafe fn relu(v: float32x4_t) -> float32x4_t {
+            unsafe { vbslq_f32(vceqq_f32(v, v), vmaxq_f32(v, vdupq_n_f32(0.0)), v) }
+        }
+        #[inline(always)]
+        unsafe fn sum(value: float32x4_t) -> f32 {
+            unsafe { vaddvq_f32(value) }
+        }
+        /// 4 loads, 8 permutes, 4 stores: pairs of rows interleaved by 32-bit elements, then
+        /// by 64-bit pairs.
+        #[inline(always)]
+        unsafe fn transpose_block(
+            from: *const f32,
+            from_stride: usize,
+            to: *mut f32,
+            to_stride: usize,
+        ) {
+            unsafe {
+                let a0 = vld1q_f32(from);
+                let a1 = vld1q_f32(from.add(from_stride));
+                let a2 = vld1q_f32(from.add(2 * from_stride));
+                let a3 = vld1q_f32(from.add(3 * from_stride));
+                // (No closures around intrinsics: one not inlined loses the target features.)
+                let t0 = vreinterpretq_f64_f32(vtrn1q_f32(a0, a1));
+                let t1 = vreinterpretq_f64_f32(vtrn2q_f32(a0, a1));
+                let t2 = vreinterpretq_f64_f32(vtrn1q_f32(a2, a3));
+                let t3 = vreinterpretq_f64_f32(vtrn2q_f32(a2, a3));
+                vst1q_f32(to, vreinterpretq_f32_f64(vtrn1q_f64(t0, t2)));
+                vst1q_f32(to.add(to_stride), vreinterpretq_f32_f64(vtrn1q_f64(t1, t3)));
+                vst1q_f32(
+                    to.add(2 * to_stride),
+                    vreinterpretq_f32_f64(vtrn2q_f64(t0, t2)),
+                );
+                vst1q_f32(
+                    to.add(3 * to_stride),
+                    vreinterpretq_f32_f64(vtrn2q_f64(t1, t3)),
+                );
+            }
+        }
+    }
+}
+
+/// A command that starts this test binary again: directly, or under `CAE_TEST_RUNNER` (a
+/// command line, such as `qemu-aarch64 -L /usr/aarch64-linux-gnu`) where the binary runs
+/// emulated and a child it starts itself would not be (QEMU user mode runs only the process
+/// it was given: the child exits with 127).
+#[cfg(test)]
+fn this_test_binary() -> std::process::Command {
+    let exe = std::env::current_exe().expect("test binary");
+    let runner = std::env::var("CAE_TEST_RUNNER").unwrap_or_default();
+    let mut runner = runner.split_whitespace();
+    match runner.next() {
+        None => std::process::Command::new(exe),
+        Some(program) => {
+            let mut command = std::process::Command::new(program);
+            command.args(runner).arg(exe);
+            command
+        }
+    }
+}
+
 /// Runs `tests` of this test binary again in a child process at every other level this CPU
 /// supports (`CAE_SIMD` is read once per process), and fails unless each passed there.
 #[cfg(test)]
@@ -541,7 +707,7 @@ pub(crate) fn rerun_at_every_other_level(tests: &[&str]) {
         return; // a rerun already: the parent covers the other levels
     }
     for level in SimdLevel::supported().into_iter().filter(|l| *l != active) {
-        let run = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        let run = this_test_binary()
             .arg("--exact")
             .args(tests)
             .args(["--test-threads", "1"])
@@ -552,8 +718,9 @@ pub(crate) fn rerun_at_every_other_level(tests: &[&str]) {
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert!(
             run.status.success(),
-            "CAE_SIMD={} run failed:\n{stdout}\n{stderr}",
-            level.name()
+            "CAE_SIMD={} run failed ({}):\n{stdout}\n{stderr}",
+            level.name(),
+            run.status
         );
         for test in tests {
             assert!(
@@ -571,21 +738,37 @@ mod tests {
 
     #[test]
     fn levels_are_ordered_and_named() {
-        assert!(SimdLevel::Avx512 > SimdLevel::Avx2Fma);
-        assert!(SimdLevel::Avx2Fma > SimdLevel::Portable);
-        for level in SimdLevel::supported() {
-            assert_eq!(SimdLevel::from_name(level.name()), Ok(level));
+        let supported = SimdLevel::supported();
+        assert_eq!(supported[0], SimdLevel::of_cpu());
+        assert_eq!(supported.last(), Some(&SimdLevel::Portable));
+        for level in &supported {
+            assert_eq!(SimdLevel::from_name(level.name()), Ok(*level));
         }
-        assert_eq!(SimdLevel::supported().last(), Some(&SimdLevel::Portable));
+        if SimdLevel::of_cpu() == SimdLevel::Avx512 {
+            assert!(supported.contains(&SimdLevel::Avx2Fma));
+        }
+        // One architecture's levels are never another's.
+        let x86 = supported.contains(&SimdLevel::Avx2Fma);
+        assert!(!(x86 && supported.contains(&SimdLevel::Neon)));
+        assert_eq!(
+            cfg!(target_arch = "aarch64"),
+            supported[0] == SimdLevel::Neon
+        );
     }
 
     #[test]
     fn unknown_and_missing_levels_are_refused() {
         let unknown = SimdLevel::from_name("sse9").unwrap_err();
-        assert!(unknown.contains("avx512, avx2 or portable"), "{unknown}");
-        if SimdLevel::of_cpu() < SimdLevel::Avx512 {
-            let missing = SimdLevel::from_name("avx512").unwrap_err();
-            assert!(missing.contains("this CPU lacks"), "{missing}");
+        assert!(
+            unknown.contains("avx512, avx2, neon or portable"),
+            "{unknown}"
+        );
+        for level in LEVELS {
+            if !SimdLevel::supported().contains(&level) {
+                let missing = SimdLevel::from_name(level.name()).unwrap_err();
+                assert!(missing.contains("this CPU lacks"), "{missing}");
+                assert!(missing.contains("portable"), "{missing}");
+            }
         }
     }
 }
