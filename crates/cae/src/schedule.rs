@@ -28,7 +28,7 @@ pub struct ScheduleSettings {
 pub struct LrDrop {
     /// The epochs (1-based, increasing) at whose start the rate is multiplied by `factor`.
     pub epochs: Vec<usize>,
-    /// What the rate is multiplied by at each of those epochs: a positive number, 0.1 when
+    /// What the rate is multiplied by at each of those epochs: above 0 and at most 1, 0.1 when
     /// none is written.
     pub factor: f64,
 }
@@ -82,6 +82,15 @@ impl LrDrop {
             self.factor.is_finite() && self.factor > 0.0,
             "the factor must be a positive number, not {}",
             self.factor
+        );
+        // A factor above 1 would raise the rate at each "drop": a typo (2 for 0.2, or the
+        // divisor instead of the factor) far more likely than intended.
+        ensure!(
+            self.factor <= 1.0,
+            "the factor multiplies the rate, so it must be at most 1, not {} (for 1/{}, write {})",
+            self.factor,
+            self.factor,
+            1.0 / self.factor
         );
         if self.epochs.first().is_some_and(|&e| e < 2) {
             bail!(
@@ -149,6 +158,8 @@ mod tests {
             ("10:", "is not a number"),
             ("10:0", "positive"),
             ("10:nan", "positive"),
+            ("10:2", "at most 1, not 2 (for 1/2, write 0.5)"),
+            ("10:inf", "positive"),
             ("1", "epoch 2 or later"),
             ("10,5", "increase"),
             ("10,10", "increase"),
