@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use cae::eval::{EVAL_BATCH, evaluate};
-use cae::variational::evaluate_elbo;
+use cae::variational::evaluate_variational;
 
 use super::DataArgs;
 
@@ -54,10 +54,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
     test.check_fits(&config)
         .with_context(|| args.model.display().to_string())?;
     let test = Arc::new(test);
-    let quality = evaluate(&model, &test, &device, EVAL_BATCH, |_, _, _| {});
-    let elbo = model
-        .is_variational()
-        .then(|| evaluate_elbo(&model, &test, &device, EVAL_BATCH));
+    let (quality, elbo) = if model.is_variational() {
+        let (quality, elbo) = evaluate_variational(&model, &test, &device, EVAL_BATCH);
+        (quality, Some(elbo))
+    } else {
+        let quality = evaluate(&model, &test, &device, EVAL_BATCH, |_, _, _| {});
+        (quality, None)
+    };
     if args.json {
         let mut json = serde_json::to_value(quality)?;
         if let (Some(elbo), serde_json::Value::Object(map)) = (elbo, &mut json)

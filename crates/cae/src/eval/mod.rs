@@ -48,28 +48,51 @@ pub fn evaluate(
 ) -> Quality {
     let order: Vec<usize> = (0..set.len()).collect();
     let shape = [set.channels, set.height, set.width];
-    let mut sum_sq = 0.0f64;
-    let mut count = 0usize;
+    let mut errors = SquaredErrors::default();
     for (i, batch) in Prefetcher::new(set.clone(), order, batch_size, 2).enumerate() {
         let x = Tensor::<4>::from_data(
             TensorData::new(batch.data, [batch.len, shape[0], shape[1], shape[2]]),
             device,
         );
-        let y = model.reconstruct(x.clone());
-        let elems = batch.len * shape.iter().product::<usize>();
-        let batch_sum = f64::from((y - x).square().sum().into_scalar::<f32>());
-        on_batch(i, batch_sum / elems as f64, batch.len);
-        sum_sq += batch_sum;
-        count += elems;
+        let batch_mse = errors.add(model.reconstruct(x.clone()), x);
+        on_batch(i, batch_mse, batch.len);
     }
-    let mse = if count == 0 {
-        f64::NAN
-    } else {
-        sum_sq / count as f64
-    };
-    Quality {
-        mse,
-        psnr: psnr_from_normalized_mse(mse),
-        n: set.len(),
+    errors.quality(set.len())
+}
+
+/// The squared reconstruction errors of a pass over a set, batch by batch.
+#[derive(Default)]
+pub(crate) struct SquaredErrors {
+    sum: f64,
+    values: usize,
+}
+
+impl SquaredErrors {
+    /// Adds a batch's errors; returns the batch's mean.
+    pub(crate) fn add(&mut self, reconstruction: Tensor<4>, target: Tensor<4>) -> f64 {
+        let values = target.shape().num_elements();
+        let batch_sum = f64::from(
+            (reconstruction - target)
+                .square()
+                .sum()
+                .into_scalar::<f32>(),
+        );
+        self.sum += batch_sum;
+        self.values += values;
+        batch_sum / values as f64
+    }
+
+    /// The MSE and PSNR of the whole pass, over `images` images.
+    pub(crate) fn quality(&self, images: usize) -> Quality {
+        let mse = if self.values == 0 {
+            f64::NAN
+        } else {
+            self.sum / self.values as f64
+        };
+        Quality {
+            mse,
+            psnr: psnr_from_normalized_mse(mse),
+            n: images,
+        }
     }
 }
