@@ -1,7 +1,7 @@
 //! 3x3, padding-1 convolutions on NCHW `f32` slices: the forward pass, its adjoint (which is
 //! also the transposed convolution) and the weight gradient. Each dispatches (see [`Path`]) to
-//! the vector kernels (AVX-512, AVX2+FMA or NEON) of the crate's `direct` or `channels_last` module,
-//! or runs the portable im2col/col2im path of its `im2col` module.
+//! the vector kernels (AVX-512, AVX2+FMA or NEON) of the crate's `direct` or `channels_last`
+//! module, or runs the portable im2col/col2im path of its `im2col` module.
 //!
 //! Written for cae's twelve layers because Burn Flex's convolution and transposed-convolution
 //! backward passes spend most of a training step outside matrix products (scalar scatter
@@ -33,7 +33,8 @@ pub fn forward(
 /// `cae bench --layers` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
-    /// The `direct` kernels: vectorized over output columns (16 a vector at AVX-512, 8 at AVX2, 4 at NEON).
+    /// The `direct` kernels: vectorized over output columns (16 a vector at AVX-512, 8 at AVX2,
+    /// 4 at NEON).
     Direct,
     /// The `channels_last` kernels: vectorized over channels (16, 8 or 4 a vector).
     ChannelsLast,

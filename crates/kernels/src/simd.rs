@@ -190,8 +190,9 @@ pub(crate) trait Isa: Copy {
 }
 
 /// Defines, next to generic kernels `fn name<S: Isa, const ..>(args)`, one module per
-/// instruction set (`avx512`, `avx2` on x86-64, `neon` on aarch64) holding `unsafe fn name<const ..>(args)` compiled for it,
-/// which runs the kernel with that set: the only place `#[target_feature]` is written.
+/// instruction set (`avx512`, `avx2` on x86-64, `neon` on aarch64) holding
+/// `unsafe fn name<const ..>(args)` compiled for it, which runs the kernel with that set: the
+/// only place `#[target_feature]` is written.
 macro_rules! instantiate {
     ($( fn $name:ident<$(const $c:ident: $ct:ty),*>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?; )*) => {
         #[cfg(target_arch = "x86_64")]

@@ -3,8 +3,8 @@
 //!
 //! An element-by-element loop took a sixth of the convolution time: for a 32x32 map the
 //! channels-first side is strided by exactly 4 KiB, so every store fell into the same cache
-//! set. Here square blocks of one vector's lanes (16 with AVX-512, 8 with AVX2, 4 with NEON) are transposed
-//! in registers and written a row at a time.
+//! set. Here square blocks of one vector's lanes (16 with AVX-512, 8 with AVX2, 4 with NEON) are
+//! transposed in registers and written a row at a time.
 
 use std::mem::MaybeUninit;
 
