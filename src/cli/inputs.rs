@@ -147,8 +147,8 @@ pub struct TrainingFlags {
     /// [0,1] pixels, clipped) while the loss targets the clean images.
     #[arg(long)]
     pub noise: Option<NoiseSpec>,
-    /// Multiply the learning rate by FACTOR (default 0.1, at most 1) at the start of each listed epoch:
-    /// EPOCH[,EPOCH...][:FACTOR], e.g. 30 or 20,30:0.5 (as PyTorch's MultiStepLR).
+    /// Multiply the learning rate by FACTOR (default 0.1, at most 1) at the start of each
+    /// listed epoch: EPOCH[,EPOCH...][:FACTOR], e.g. 30 or 20,30:0.5 (as PyTorch's MultiStepLR).
     #[arg(long)]
     pub lr_drop: Option<LrDrop>,
     /// Train a variational autoencoder: mean and log-variance heads, the reparameterisation

@@ -26,8 +26,20 @@ use crate::simd::{Isa, Scalar, SimdLevel, at_level, instantiate};
 /// 3.3-3.6): with every register taken LLVM spilled a sum and shuffled the others between
 /// registers each step. (NEON's shapes follow its register count; no ARM machine has timed
 /// them.)
-const BLOCKS_OF_32_REGISTERS: [(usize, usize); 2] = [(8, 2), (4, 4)];
-const BLOCKS_OF_16_REGISTERS: [(usize, usize); 2] = [(6, 2), (4, 2)];
+const fn forward_blocks(registers: usize) -> [(usize, usize); 2] {
+    if registers >= 32 {
+        [(8, 2), (4, 4)]
+    } else {
+        [(6, 2), (4, 2)]
+    }
+}
+
+/// Output channels per pass of the direct weight gradient, 9 sums each: 2 with 32 registers
+/// (AVX-512, NEON), 1 with AVX2's 16.
+const fn weight_grad_channels(registers: usize) -> usize {
+    if registers >= 32 { 2 } else { 1 }
+}
+
 /// The second shape of each level: layers with at most this many output channels.
 const SMALL_BLOCK_CHANNELS: usize = 4;
 
@@ -155,10 +167,7 @@ impl Packed {
         assert_eq!(weight.len(), g.weight_len(), "weight size");
         let level = SimdLevel::active();
         let (ci, co) = (g.image_channels, g.feature_channels);
-        let blocks = match level {
-            SimdLevel::Avx2Fma => BLOCKS_OF_16_REGISTERS,
-            _ => BLOCKS_OF_32_REGISTERS,
-        };
+        let blocks = forward_blocks(level.registers());
         let block_len = if co <= SMALL_BLOCK_CHANNELS {
             blocks[1].0
         } else {
@@ -203,37 +212,33 @@ impl Packed {
                 pad_images(g, img, padded);
                 let args = (g, padded, self.taps.as_slice(), self.weights.as_slice());
                 let (bias, relu) = (self.bias.as_slice(), self.relu);
-                // The kernel of one level with one of its block shapes.
+                let small = g.feature_channels <= SMALL_BLOCK_CHANNELS;
+                // The kernel of one level (module and instruction set) with the block shape
+                // `new` packed the weight for.
                 macro_rules! run {
-                    ($isa:ident, $blocks:ident[$i:literal], $masked:literal) => {{
-                        const B: (usize, usize) = $blocks[$i];
+                    ($isa:ident, $set:ty, $masked:literal) => {{
+                        const BLOCKS: [(usize, usize); 2] =
+                            forward_blocks(<$set as Isa>::REGISTERS);
                         let (g, padded, taps, weights) = args;
-                        $isa::forward_image::<{ B.0 }, { B.1 }, $masked>(
-                            g, padded, taps, weights, bias, relu, out,
-                        )
+                        if small {
+                            $isa::forward_image::<{ BLOCKS[1].0 }, { BLOCKS[1].1 }, $masked>(
+                                g, padded, taps, weights, bias, relu, out,
+                            )
+                        } else {
+                            $isa::forward_image::<{ BLOCKS[0].0 }, { BLOCKS[0].1 }, $masked>(
+                                g, padded, taps, weights, bias, relu, out,
+                            )
+                        }
                     }};
                 }
-                let small = g.feature_channels <= SMALL_BLOCK_CHANNELS;
                 // SAFETY: `new` checked the level; buffers have the sizes the kernel reads.
                 match self.level {
                     #[cfg(target_arch = "x86_64")]
-                    SimdLevel::Avx512 if small => unsafe {
-                        run!(avx512, BLOCKS_OF_32_REGISTERS[1], true)
-                    },
+                    SimdLevel::Avx512 => unsafe { run!(avx512, crate::simd::Avx512, true) },
                     #[cfg(target_arch = "x86_64")]
-                    SimdLevel::Avx512 => unsafe { run!(avx512, BLOCKS_OF_32_REGISTERS[0], true) },
-                    #[cfg(target_arch = "x86_64")]
-                    SimdLevel::Avx2Fma if small => unsafe {
-                        run!(avx2, BLOCKS_OF_16_REGISTERS[1], false)
-                    },
-                    #[cfg(target_arch = "x86_64")]
-                    SimdLevel::Avx2Fma => unsafe { run!(avx2, BLOCKS_OF_16_REGISTERS[0], false) },
+                    SimdLevel::Avx2Fma => unsafe { run!(avx2, crate::simd::Avx2Fma, false) },
                     #[cfg(target_arch = "aarch64")]
-                    SimdLevel::Neon if small => unsafe {
-                        run!(neon, BLOCKS_OF_32_REGISTERS[1], false)
-                    },
-                    #[cfg(target_arch = "aarch64")]
-                    SimdLevel::Neon => unsafe { run!(neon, BLOCKS_OF_32_REGISTERS[0], false) },
+                    SimdLevel::Neon => unsafe { run!(neon, crate::simd::Neon, false) },
                     _ => unreachable!("{NEEDS}"),
                 }
             },
@@ -257,22 +262,23 @@ pub(crate) fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> V
             let len = count * g.image_channels * padded_plane(g);
             with_scratch([0, 0, len], |_, _, padded| {
                 pad_images(g, images, padded);
+                // The kernel of one level with the channels per pass its registers allow.
+                macro_rules! run {
+                    ($isa:ident, $set:ty) => {
+                        $isa::weight_grad_images::<
+                            { weight_grad_channels(<$set as Isa>::REGISTERS) },
+                        >(g, count, padded, grads, &mut partial)
+                    };
+                }
                 // SAFETY: `available` checked the level; buffers have the sizes the kernel
-                // reads. Output channels per pass: 2 x 9 sums of 32 registers (AVX-512, NEON),
-                // 9 of AVX2's 16.
+                // reads.
                 match level {
                     #[cfg(target_arch = "x86_64")]
-                    SimdLevel::Avx512 => unsafe {
-                        avx512::weight_grad_images::<2>(g, count, padded, grads, &mut partial)
-                    },
+                    SimdLevel::Avx512 => unsafe { run!(avx512, crate::simd::Avx512) },
                     #[cfg(target_arch = "x86_64")]
-                    SimdLevel::Avx2Fma => unsafe {
-                        avx2::weight_grad_images::<1>(g, count, padded, grads, &mut partial)
-                    },
+                    SimdLevel::Avx2Fma => unsafe { run!(avx2, crate::simd::Avx2Fma) },
                     #[cfg(target_arch = "aarch64")]
-                    SimdLevel::Neon => unsafe {
-                        neon::weight_grad_images::<2>(g, count, padded, grads, &mut partial)
-                    },
+                    SimdLevel::Neon => unsafe { run!(neon, crate::simd::Neon) },
                     _ => unreachable!("{NEEDS}"),
                 }
             });

@@ -39,11 +39,17 @@ fn chains(level: SimdLevel) -> f64 {
     // SAFETY: the level was detected on this CPU.
     match level {
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { avx512::vector_chains::<CHAINS_OF_32_REGISTERS>() },
+        SimdLevel::Avx512 => unsafe {
+            avx512::vector_chains::<{ chains_for(<crate::simd::Avx512 as Isa>::REGISTERS) }>()
+        },
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2Fma => unsafe { avx2::vector_chains::<CHAINS_OF_16_REGISTERS>() },
+        SimdLevel::Avx2Fma => unsafe {
+            avx2::vector_chains::<{ chains_for(<crate::simd::Avx2Fma as Isa>::REGISTERS) }>()
+        },
         #[cfg(target_arch = "aarch64")]
-        SimdLevel::Neon => unsafe { neon::vector_chains::<CHAINS_OF_32_REGISTERS>() },
+        SimdLevel::Neon => unsafe {
+            neon::vector_chains::<{ chains_for(<crate::simd::Neon as Isa>::REGISTERS) }>()
+        },
         _ => scalar(),
     }
 }
@@ -63,9 +69,9 @@ fn scalar() -> f64 {
 /// Independent accumulators: two FMA ports times a latency of four cycles needs eight; twelve
 /// leave room and fit in AVX2's sixteen registers. With 32 registers, 24: ARM cores with four
 /// FMA pipes of latency four (Apple M1, Neoverse V1) need sixteen.
-#[cfg(target_arch = "x86_64")]
-const CHAINS_OF_16_REGISTERS: usize = 12;
-const CHAINS_OF_32_REGISTERS: usize = 24;
+const fn chains_for(registers: usize) -> usize {
+    if registers >= 32 { 24 } else { 12 }
+}
 
 instantiate! {
     fn vector_chains<const CHAINS: usize>() -> f64;

@@ -97,6 +97,15 @@ impl SimdLevel {
         }
     }
 
+    /// Vector registers of the level, which the kernels' tiles are sized for (the scalar
+    /// registers' 16 for the portable level).
+    pub(crate) fn registers(self) -> usize {
+        match self {
+            Self::Avx512 | Self::Neon => 32,
+            Self::Avx2Fma | Self::Portable => 16,
+        }
+    }
+
     /// The level `CAE_SIMD` asks for, or the CPU's when it is unset; an unknown name or a
     /// level this CPU lacks is refused with a message saying what it has.
     pub fn requested() -> Result<Self, String> {
@@ -755,6 +764,20 @@ mod tests {
             cfg!(target_arch = "aarch64"),
             supported[0] == SimdLevel::Neon
         );
+    }
+
+    /// What the dispatching code reads from a level is what its instruction set declares.
+    #[test]
+    fn levels_have_their_instruction_sets_lanes_and_registers() {
+        let of = |level: SimdLevel| (level.lanes(), level.registers());
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(of(SimdLevel::Avx512), (Avx512::LANES, Avx512::REGISTERS));
+            assert_eq!(of(SimdLevel::Avx2Fma), (Avx2Fma::LANES, Avx2Fma::REGISTERS));
+        }
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(of(SimdLevel::Neon), (Neon::LANES, Neon::REGISTERS));
+        assert_eq!(of(SimdLevel::Portable), (Scalar::LANES, Scalar::REGISTERS));
     }
 
     #[test]
