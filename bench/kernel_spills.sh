@@ -25,7 +25,8 @@ fi
 symbols=$(nm -nC "$bin")
 printf '%-58s %6s %7s %8s %6s\n' function fmas stack "in loop" calls
 grep -E ' cae_kernels::[a-z_]+::(avx512|avx2|neon)::' <<<"$symbols" | while read -r address _ name; do
-  next=$(awk -v a="$address" 'found && $1 != a { print $1; exit } $1 == a { found = 1 }' <<<"$symbols")
+  # Compared as strings: awk reads an address such as 0000000000e02260 as the number 0e02260.
+  next=$(awk -v a="$address" 'found && $1 "" != a { print $1; exit } $1 "" == a { found = 1 }' <<<"$symbols")
   code=$($objdump -d --no-show-raw-insn --start-address=0x"$address" --stop-address=0x"$next" "$bin")
   fmas=$(grep -cE "$fma" <<<"$code" || true)
   stack=$(grep -cE "$spill" <<<"$code" || true)

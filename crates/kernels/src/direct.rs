@@ -24,7 +24,8 @@ use crate::simd::{Isa, Scalar, SimdLevel, at_level, instantiate};
 /// with `cae bench --layers` on Zen 3, 4 x 3 (12 sums, 3 inputs, a broadcast) ran the 16- to
 /// 64-channel layers at 4.4-4.7 ms against 2.6-3.1 ms for 6 x 2 (4 x 2: 3.2-3.7, 8 x 1:
 /// 3.3-3.6): with every register taken LLVM spilled a sum and shuffled the others between
-/// registers each step. (NEON's shapes follow its register count; no ARM machine has timed
+/// registers each step. Blocks one channel narrower than the first shape fill out the channel
+/// count ([`plan_blocks`]). (NEON's shapes follow its register count; no ARM machine has timed
 /// them.)
 const fn forward_blocks(registers: usize) -> [(usize, usize); 2] {
     if registers >= 32 {
@@ -42,6 +43,58 @@ const fn weight_grad_channels(registers: usize) -> usize {
 
 /// The second shape of each level: layers with at most this many output channels.
 const SMALL_BLOCK_CHANNELS: usize = 4;
+
+/// One block of output channels of the forward kernel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Block {
+    /// Its first output channel.
+    first: usize,
+    /// How many output channels it computes: `shape`, or fewer in a padded last block.
+    channels: usize,
+    /// Sums per position of the instance that runs it, one of the shapes of the level.
+    shape: usize,
+    /// The packed weight's channels before it: its weights start at `packed * ci * 9`.
+    packed: usize,
+}
+
+/// The blocks of a layer with `co` output channels at a level with `registers` registers:
+/// one small block for at most [`SMALL_BLOCK_CHANNELS`] channels, otherwise as few blocks of
+/// the large shape as cover the channels, some of them one channel narrower so that no sum is
+/// computed for nothing: at AVX2's 6, 16 channels run as 6 + 5 + 5 instead of 6 + 6 + 6 with
+/// two sums discarded, and 32 as 6 + 6 + 5 + 5 + 5 + 5 instead of six blocks of 6. Where the
+/// narrower blocks cannot make up the difference (8 channels: 6 + 2), the last one is padded.
+/// Each output is summed in the same order whatever its block, so the split changes no bit.
+fn plan_blocks(co: usize, registers: usize) -> Vec<Block> {
+    let [(large, _), (small, _)] = forward_blocks(registers);
+    let count = co.div_ceil(large);
+    let narrower = count * large - co;
+    let shapes: Vec<usize> = if co <= SMALL_BLOCK_CHANNELS {
+        vec![small]
+    } else if narrower <= count {
+        let wide = count - narrower;
+        (0..count)
+            .map(|b| if b < wide { large } else { large - 1 })
+            .collect()
+    } else {
+        vec![large; count]
+    };
+    let (mut first, mut packed) = (0, 0);
+    shapes
+        .into_iter()
+        .map(|shape| {
+            let channels = shape.min(co - first);
+            let block = Block {
+                first,
+                channels,
+                shape,
+                packed,
+            };
+            first += channels;
+            packed += shape;
+            block
+        })
+        .collect()
+}
 
 /// Whether this process runs the direct kernels and the geometry suits them: stride 1 and maps
 /// at least one vector wide; AVX2 (whose masked loads are slow) and NEON (which has none) also
@@ -81,12 +134,9 @@ pub(crate) fn pad_images(g: &Conv3x3, images: &[f32], padded: &mut [f32]) {
 instantiate! {
     fn pad_with<>(g: &Conv3x3, images: &[f32], padded: &mut [f32]);
     fn forward_image<const B: usize, const NP: usize, const MASKED: bool>(
-        g: &Conv3x3,
+        layer: &Packed,
+        block: &Block,
         padded: &[f32],
-        taps: &[usize],
-        packed: &[f32],
-        bias: &[f32],
-        relu: bool,
         out: &mut [MaybeUninit<f32>],
     );
     fn weight_grad_images<const O: usize>(
@@ -153,6 +203,7 @@ pub(crate) struct Packed {
     level: SimdLevel,
     /// Offset in the padded input of each (image channel, tap), in the order of `weights`.
     taps: Vec<usize>,
+    blocks: Vec<Block>,
     weights: Vec<f32>,
     bias: Vec<f32>,
     relu: bool,
@@ -167,25 +218,19 @@ impl Packed {
         assert_eq!(weight.len(), g.weight_len(), "weight size");
         let level = SimdLevel::active();
         let (ci, co) = (g.image_channels, g.feature_channels);
-        let blocks = forward_blocks(level.registers());
-        let block_len = if co <= SMALL_BLOCK_CHANNELS {
-            blocks[1].0
-        } else {
-            blocks[0].0
-        };
-        let blocks = co.div_ceil(block_len);
-        // weights[((block * ci + c) * 9 + tap) * block_len + j] = weight[block * block_len + j, c, tap]
-        let mut weights = vec![0.0f32; blocks * ci * 9 * block_len];
-        let mut bias_padded = vec![0.0f32; blocks * block_len];
-        for o in 0..co {
-            let (block, j) = (o / block_len, o % block_len);
-            for c in 0..ci {
-                for tap in 0..9 {
-                    weights[((block * ci + c) * 9 + tap) * block_len + j] =
-                        weight[(o * ci + c) * 9 + tap];
+        let blocks = plan_blocks(co, level.registers());
+        let width: usize = blocks.iter().map(|b| b.shape).sum();
+        // weights[(block.packed * ci + k) * block.shape + j] = weight[block.first + j, k] for
+        // each (channel, tap) k: a block's row of weights for one tap is one load apart.
+        let mut weights = vec![0.0f32; width * ci * 9];
+        for block in &blocks {
+            let packed = &mut weights[block.packed * ci * 9..][..block.shape * ci * 9];
+            for j in 0..block.channels {
+                let rows = &weight[(block.first + j) * ci * 9..][..ci * 9];
+                for (k, &value) in rows.iter().enumerate() {
+                    packed[k * block.shape + j] = value;
                 }
             }
-            bias_padded[o] = bias.map_or(0.0, |b| b[o]);
         }
         let wp = g.image_width + 2;
         let taps = (0..ci * 9)
@@ -195,8 +240,9 @@ impl Packed {
             geometry: *g,
             level,
             taps,
+            blocks,
             weights,
-            bias: bias_padded,
+            bias: bias.map_or_else(|| vec![0.0; co], <[f32]>::to_vec),
             relu,
         }
     }
@@ -206,43 +252,46 @@ impl Packed {
         let g = &self.geometry;
         assert_eq!(img.len(), g.image_len(), "image size");
         assert_eq!(out.len(), g.feature_len(), "output size");
-        with_scratch(
-            [0, 0, g.image_channels * padded_plane(g)],
-            |_, _, padded| {
-                pad_images(g, img, padded);
-                let args = (g, padded, self.taps.as_slice(), self.weights.as_slice());
-                let (bias, relu) = (self.bias.as_slice(), self.relu);
-                let small = g.feature_channels <= SMALL_BLOCK_CHANNELS;
-                // The kernel of one level (module and instruction set) with the block shape
-                // `new` packed the weight for.
-                macro_rules! run {
-                    ($isa:ident, $set:ty, $masked:literal) => {{
-                        const BLOCKS: [(usize, usize); 2] =
-                            forward_blocks(<$set as Isa>::REGISTERS);
-                        let (g, padded, taps, weights) = args;
-                        if small {
-                            $isa::forward_image::<{ BLOCKS[1].0 }, { BLOCKS[1].1 }, $masked>(
-                                g, padded, taps, weights, bias, relu, out,
-                            )
-                        } else {
-                            $isa::forward_image::<{ BLOCKS[0].0 }, { BLOCKS[0].1 }, $masked>(
-                                g, padded, taps, weights, bias, relu, out,
-                            )
+        let ci = g.image_channels;
+        with_scratch([0, 0, ci * padded_plane(g)], |_, _, padded| {
+            pad_images(g, img, padded);
+            // The instance of one level (module and instruction set) for each block's shape.
+            macro_rules! run {
+                ($isa:ident, $set:ty, $masked:literal) => {{
+                    const BLOCKS: [(usize, usize); 2] = forward_blocks(<$set as Isa>::REGISTERS);
+                    const LARGE: (usize, usize) = BLOCKS[0];
+                    const SMALL: (usize, usize) = BLOCKS[1];
+                    for block in &self.blocks {
+                        match block.shape {
+                            s if s == LARGE.0 => {
+                                $isa::forward_image::<{ LARGE.0 }, { LARGE.1 }, $masked>(
+                                    self, block, padded, out,
+                                )
+                            }
+                            s if s == LARGE.0 - 1 => {
+                                $isa::forward_image::<{ LARGE.0 - 1 }, { LARGE.1 }, $masked>(
+                                    self, block, padded, out,
+                                )
+                            }
+                            _ => $isa::forward_image::<{ SMALL.0 }, { SMALL.1 }, $masked>(
+                                self, block, padded, out,
+                            ),
                         }
-                    }};
-                }
-                // SAFETY: `new` checked the level; buffers have the sizes the kernel reads.
-                match self.level {
-                    #[cfg(target_arch = "x86_64")]
-                    SimdLevel::Avx512 => unsafe { run!(avx512, crate::simd::Avx512, true) },
-                    #[cfg(target_arch = "x86_64")]
-                    SimdLevel::Avx2Fma => unsafe { run!(avx2, crate::simd::Avx2Fma, false) },
-                    #[cfg(target_arch = "aarch64")]
-                    SimdLevel::Neon => unsafe { run!(neon, crate::simd::Neon, false) },
-                    _ => unreachable!("{NEEDS}"),
-                }
-            },
-        );
+                    }
+                }};
+            }
+            // SAFETY: `new` checked the level and packed each block for its shape; buffers
+            // have the sizes the kernel reads.
+            match self.level {
+                #[cfg(target_arch = "x86_64")]
+                SimdLevel::Avx512 => unsafe { run!(avx512, crate::simd::Avx512, true) },
+                #[cfg(target_arch = "x86_64")]
+                SimdLevel::Avx2Fma => unsafe { run!(avx2, crate::simd::Avx2Fma, false) },
+                #[cfg(target_arch = "aarch64")]
+                SimdLevel::Neon => unsafe { run!(neon, crate::simd::Neon, false) },
+                _ => unreachable!("{NEEDS}"),
+            }
+        });
     }
 }
 
@@ -288,31 +337,32 @@ pub(crate) fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> V
     sum_in_order(&partials, g.weight_len())
 }
 
-/// One image: `out (co, H, W)` from its padded input `(ci, H + 2, W + 2)`, with the weight
-/// packed in blocks of `B` output channels and `taps` the input offset of each of its rows.
+/// One block of output channels of one image's `out (co, H, W)` from its padded input `(ci, H +
+/// 2, W + 2)`, the block's weight packed `B` values to a row.
 /// `NP` vectors of columns share each weight broadcast; with few output channels, more
 /// positions keep enough sums in flight. `MASKED` loads and stores the last vector of a row
 /// masked; without it rows hold whole vectors.
 ///
 /// # Safety
 /// Only from a function compiled for `S` (see [`instantiate`]); buffers of the geometry's
-/// sizes, the weight packed by [`Packed::new`] in blocks of `B`.
+/// sizes, `block` one of `layer`'s and of shape `B`.
 #[inline(always)]
 unsafe fn forward_image<S: Isa, const B: usize, const NP: usize, const MASKED: bool>(
-    g: &Conv3x3,
+    layer: &Packed,
+    block: &Block,
     padded: &[f32],
-    taps: &[usize],
-    packed: &[f32],
-    bias: &[f32],
-    relu: bool,
     out: &mut [MaybeUninit<f32>],
 ) {
-    let (h, w, ci, co) = (
-        g.image_height,
-        g.image_width,
-        g.image_channels,
-        g.feature_channels,
-    );
+    let Packed {
+        geometry: g,
+        taps,
+        bias,
+        relu,
+        ..
+    } = layer;
+    let (h, w, relu) = (g.image_height, g.image_width, *relu);
+    let (first, channels) = (block.first, block.channels);
+    debug_assert!(block.shape == B && first + channels <= g.feature_channels);
     let wp = w + 2;
     let chunks = w.div_ceil(S::LANES);
     let positions = h * chunks;
@@ -321,69 +371,69 @@ unsafe fn forward_image<S: Isa, const B: usize, const NP: usize, const MASKED: b
     // SAFETY: the caller's contract; every offset below stays inside the padded input, the
     // packed weight and the output.
     unsafe {
-        for block in 0..co.div_ceil(B) {
-            let weights = packed[block * ci * 9 * B..].as_ptr();
-            let mut t = 0;
-            while t < positions {
-                // Positions past the end repeat the last one with nothing to store.
-                let mut at = [(0usize, 0usize, 0usize); NP];
-                for (i, at) in at.iter_mut().enumerate() {
-                    let u = (t + i).min(positions - 1);
-                    let (y, x) = (u / chunks, (u % chunks) * S::LANES);
-                    let valid = if t + i < positions {
-                        (w - x).min(S::LANES)
-                    } else {
-                        0
-                    };
-                    *at = (y, x, valid);
-                }
-                // (No closures around intrinsics: one not inlined loses the target features.)
-                let mut masks = [S::first(0); NP];
-                for (m, &(_, _, valid)) in masks.iter_mut().zip(&at) {
-                    *m = S::first(valid);
-                }
-                let mut acc = [[S::zero(); B]; NP];
-                // One loop over (channel, tap) through the offset table: with the nine taps
-                // unrolled, LLVM hoisted their loads and spilled half the sums on AVX2.
-                for (k, &tap) in taps.iter().enumerate() {
-                    let mut v = [S::zero(); NP];
-                    for ((v, &(y, x, _)), &m) in v.iter_mut().zip(&at).zip(&masks) {
-                        let from = src.add(tap + y * wp + x);
-                        *v = if MASKED {
-                            S::load_masked(from, m)
-                        } else {
-                            S::load(from)
-                        };
-                    }
-                    let wt = weights.add(k * B);
-                    for j in 0..B {
-                        let wj = S::splat(*wt.add(j));
-                        for (acc, v) in acc.iter_mut().zip(&v) {
-                            acc[j] = S::fma(wj, *v, acc[j]);
-                        }
-                    }
-                }
-                for j in 0..B {
-                    let o = block * B + j;
-                    if o >= co {
-                        break;
-                    }
-                    let b = S::splat(bias[o]);
-                    for ((acc, &(y, x, valid)), &m) in acc.iter().zip(&at).zip(&masks) {
-                        let mut r = S::add(acc[j], b);
-                        if relu {
-                            r = S::relu(r);
-                        }
-                        let to = dst.add(o * h * w + y * w + x);
-                        if MASKED {
-                            S::store_masked(to, m, r);
-                        } else if valid > 0 {
-                            S::store(to, r);
-                        }
-                    }
-                }
-                t += NP;
+        let weights =
+            layer.weights[block.packed * g.image_channels * 9..][..taps.len() * B].as_ptr();
+        let mut t = 0;
+        while t < positions {
+            // Positions past the end repeat the last one with nothing to store.
+            let mut at = [(0usize, 0usize, 0usize); NP];
+            for (i, at) in at.iter_mut().enumerate() {
+                let u = (t + i).min(positions - 1);
+                let (y, x) = (u / chunks, (u % chunks) * S::LANES);
+                let valid = if t + i < positions {
+                    (w - x).min(S::LANES)
+                } else {
+                    0
+                };
+                *at = (y, x, valid);
             }
+            // (No closures around intrinsics: one not inlined loses the target features.)
+            let mut masks = [S::first(0); NP];
+            for (m, &(_, _, valid)) in masks.iter_mut().zip(&at) {
+                *m = S::first(valid);
+            }
+            let mut acc = [[S::zero(); B]; NP];
+            // One loop over (channel, tap) through the offset table: with the nine taps
+            // unrolled, LLVM hoisted their loads and spilled half the sums on AVX2.
+            for (k, &tap) in taps.iter().enumerate() {
+                let mut v = [S::zero(); NP];
+                for ((v, &(y, x, _)), &m) in v.iter_mut().zip(&at).zip(&masks) {
+                    let from = src.add(tap + y * wp + x);
+                    *v = if MASKED {
+                        S::load_masked(from, m)
+                    } else {
+                        S::load(from)
+                    };
+                }
+                let wt = weights.add(k * B);
+                for j in 0..B {
+                    let wj = S::splat(*wt.add(j));
+                    for (acc, v) in acc.iter_mut().zip(&v) {
+                        acc[j] = S::fma(wj, *v, acc[j]);
+                    }
+                }
+            }
+            // A constant bound, so that the sums stay in registers.
+            for j in 0..B {
+                if j >= channels {
+                    break;
+                }
+                let o = first + j;
+                let b = S::splat(bias[o]);
+                for ((acc, &(y, x, valid)), &m) in acc.iter().zip(&at).zip(&masks) {
+                    let mut r = S::add(acc[j], b);
+                    if relu {
+                        r = S::relu(r);
+                    }
+                    let to = dst.add(o * h * w + y * w + x);
+                    if MASKED {
+                        S::store_masked(to, m, r);
+                    } else if valid > 0 {
+                        S::store(to, r);
+                    }
+                }
+            }
+            t += NP;
         }
     }
 }
@@ -463,5 +513,48 @@ unsafe fn weight_grad_images<S: Isa, const O: usize>(
             }
             o += O;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// For every register count and channel count: the blocks cover the channels once, in
+    /// order, with the level's shapes, and compute no unused sum unless a padded last block
+    /// is the only way.
+    #[test]
+    fn blocks_cover_the_channels_without_waste() {
+        for registers in [16, 32] {
+            let [(large, _), (small, _)] = forward_blocks(registers);
+            for co in 1..=80 {
+                let blocks = plan_blocks(co, registers);
+                let (mut next, mut packed) = (0, 0);
+                for b in &blocks {
+                    assert_eq!((b.first, b.packed), (next, packed), "{co} at {registers}");
+                    assert!(b.channels >= 1 && b.channels <= b.shape);
+                    assert!([large, large - 1, small].contains(&b.shape));
+                    next += b.channels;
+                    packed += b.shape;
+                }
+                assert_eq!(next, co, "{co} channels at {registers} registers");
+                let padded = packed - co;
+                if co > SMALL_BLOCK_CHANNELS
+                    && co.div_ceil(large) * large - co <= co.div_ceil(large)
+                {
+                    assert_eq!(padded, 0, "{co} at {registers}: {blocks:?}");
+                }
+                assert_eq!(blocks.len(), co.div_ceil(large).max(1));
+            }
+        }
+        let shapes = |co| {
+            plan_blocks(co, 16)
+                .iter()
+                .map(|b| b.shape)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shapes(16), [6, 5, 5]);
+        assert_eq!(shapes(32), [6, 6, 5, 5, 5, 5]);
+        assert_eq!(shapes(3), [4]);
     }
 }

@@ -235,6 +235,9 @@ mod tests {
                 (1, 2, 1),
                 (5, 3, 9),
                 (3, 16, 2),
+                // Blocks one channel narrower than the widest at every level (AVX2: 5 + 5
+                // + 5; 32 registers: 8 + 7).
+                (3, 15, 2),
                 (17, 32, 3),
                 (9, 64, 2),
                 (16, 8, 2),
