@@ -220,8 +220,9 @@ impl Packed {
         let (ci, co) = (g.image_channels, g.feature_channels);
         let blocks = plan_blocks(co, level.registers());
         let width: usize = blocks.iter().map(|b| b.shape).sum();
-        // weights[(block.packed * ci + k) * block.shape + j] = weight[block.first + j, k] for
-        // each (channel, tap) k: a block's row of weights for one tap is one load apart.
+        // weights[block.packed * ci * 9 + k * block.shape + j] = weight[block.first + j, k] for
+        // each (channel, tap) k: a block's weights for one tap are side by side, one load
+        // apart. The sums of a padded last block beyond its channels keep zero weights.
         let mut weights = vec![0.0f32; width * ci * 9];
         for block in &blocks {
             let packed = &mut weights[block.packed * ci * 9..][..block.shape * ci * 9];
