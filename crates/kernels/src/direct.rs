@@ -49,12 +49,11 @@ const SMALL_BLOCK_CHANNELS: usize = 4;
 pub(crate) struct Block {
     /// Its first output channel.
     first: usize,
-    /// How many output channels it computes: `shape`, or fewer in a padded last block.
+    /// How many output channels it computes: `shape`, or fewer in a padded last block (so
+    /// its weights start at `first * ci * 9` in the packed weight).
     channels: usize,
     /// Sums per position of the instance that runs it, one of the shapes of the level.
     shape: usize,
-    /// The packed weight's channels before it: its weights start at `packed * ci * 9`.
-    packed: usize,
 }
 
 /// The blocks of a layer with `co` output channels at a level with `registers` registers:
@@ -78,7 +77,7 @@ fn plan_blocks(co: usize, registers: usize) -> Vec<Block> {
     } else {
         vec![large; count]
     };
-    let (mut first, mut packed) = (0, 0);
+    let mut first = 0;
     shapes
         .into_iter()
         .map(|shape| {
@@ -87,10 +86,8 @@ fn plan_blocks(co: usize, registers: usize) -> Vec<Block> {
                 first,
                 channels,
                 shape,
-                packed,
             };
             first += channels;
-            packed += shape;
             block
         })
         .collect()
@@ -220,12 +217,12 @@ impl Packed {
         let (ci, co) = (g.image_channels, g.feature_channels);
         let blocks = plan_blocks(co, level.registers());
         let width: usize = blocks.iter().map(|b| b.shape).sum();
-        // weights[block.packed * ci * 9 + k * block.shape + j] = weight[block.first + j, k] for
+        // weights[block.first * ci * 9 + k * block.shape + j] = weight[block.first + j, k] for
         // each (channel, tap) k: a block's weights for one tap are side by side, one load
         // apart. The sums of a padded last block beyond its channels keep zero weights.
         let mut weights = vec![0.0f32; width * ci * 9];
         for block in &blocks {
-            let packed = &mut weights[block.packed * ci * 9..][..block.shape * ci * 9];
+            let packed = &mut weights[block.first * ci * 9..][..block.shape * ci * 9];
             for j in 0..block.channels {
                 let rows = &weight[(block.first + j) * ci * 9..][..ci * 9];
                 for (k, &value) in rows.iter().enumerate() {
@@ -373,7 +370,7 @@ unsafe fn forward_image<S: Isa, const B: usize, const NP: usize, const MASKED: b
     // packed weight and the output.
     unsafe {
         let weights =
-            layer.weights[block.packed * g.image_channels * 9..][..taps.len() * B].as_ptr();
+            layer.weights[block.first * g.image_channels * 9..][..taps.len() * B].as_ptr();
         let mut t = 0;
         while t < positions {
             // Positions past the end repeat the last one with nothing to store.
@@ -532,7 +529,8 @@ mod tests {
                 let blocks = plan_blocks(co, registers);
                 let (mut next, mut packed) = (0, 0);
                 for b in &blocks {
-                    assert_eq!((b.first, b.packed), (next, packed), "{co} at {registers}");
+                    // Padded only at the end: each block's weights start at its first channel.
+                    assert_eq!((b.first, b.first), (next, packed), "{co} at {registers}");
                     assert!(b.channels >= 1 && b.channels <= b.shape);
                     assert!([large, large - 1, small].contains(&b.shape));
                     next += b.channels;
