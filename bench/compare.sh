@@ -49,21 +49,28 @@ if [ -n "$torch" ] && ! "$python" -c "import torch" 2>/dev/null; then
   python=.venv-torch/bin/python
 fi
 
-# CAE_SIMD=avx512|avx2|neon|portable holds cae's kernels to one level; the same is asked of
-# PyTorch (ATEN_CPU_CAPABILITY), so that both sides run the same instructions. On aarch64 NEON is
-# PyTorch's baseline ("default"; its other capability there is SVE).
+# CAE_SIMD=avx512|avx2|neon|portable holds cae's convolution kernels to one level; the same is
+# asked of PyTorch's: ATEN_CPU_CAPABILITY for ATen's own vector code and ONEDNN_MAX_CPU_ISA for
+# oneDNN, which runs its convolutions and dispatches on its own. With ATEN_CPU_CAPABILITY=avx2
+# alone, ONEDNN_VERBOSE=1 showed torch's convolutions on an AVX-512 Xeon still running
+# `jit:avx512_core`; with ONEDNN_MAX_CPU_ISA=AVX2 as well, `jit:avx2`. The matrix products of the
+# Linear layers stay at their libraries' own choice on both sides (MKL in torch, the `gemm` crate
+# in cae: neither reads these variables). On aarch64 NEON is PyTorch's baseline ("default"; its
+# other capability there is SVE) and oneDNN's variable is left alone.
 case ${CAE_SIMD:-} in
   "") ;;
-  avx512) export ATEN_CPU_CAPABILITY=avx512 ;;
-  avx2) export ATEN_CPU_CAPABILITY=avx2 ;;
-  neon | portable) export ATEN_CPU_CAPABILITY=default ;;
+  avx512) export ATEN_CPU_CAPABILITY=avx512 ONEDNN_MAX_CPU_ISA=AVX512_CORE ;;
+  avx2) export ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ;;
+  portable) export ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 ;;
+  neon) export ATEN_CPU_CAPABILITY=default ;;
   *) echo "CAE_SIMD=$CAE_SIMD is not a level: use avx512, avx2, neon or portable" >&2; exit 2 ;;
 esac
+if [ "$(uname -m)" = aarch64 ]; then unset ONEDNN_MAX_CPU_ISA; fi
 cargo build --release -q
 cae=${CARGO_TARGET_DIR:-target}/release/cae
 echo "CPU: $(lscpu | sed -n 's/^Model name: *//p')"
 if [ -n "$torch" ]; then
-  echo "PyTorch: $("$python" -c 'import torch; print(torch.__version__, "CPU capability", torch.backends.cpu.get_cpu_capability())')"
+  echo "PyTorch: $("$python" -c 'import torch; print(torch.__version__, "CPU capability", torch.backends.cpu.get_cpu_capability())'), oneDNN ISA limit ${ONEDNN_MAX_CPU_ISA:-none}"
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
