@@ -355,10 +355,11 @@ instantiate! {
 /// `cae bench --layers`) 6 x 2 ran the stride-2 layers at 1.5 ms where 4 x 4 took 1.7-3.5 ms
 /// and 8 x 2 1.6-2.6 ms. With 32 registers, four or more vectors of channels (64 channels at
 /// AVX-512) also run as 8 x 2 tiles, two vectors at a time, rather than 4 x 4: a 4 x 4 tile
-/// reads four weight vectors for every 16 FMAs where 8 x 2 reads two, and its weight rows
-/// (147 KB for 64 -> 64 channels) do not stay in L1. On an AVX-512 Xeon, one image on one
-/// thread: 32 -> 64 channels at stride 2 in 17 us instead of 21, 64 -> 64 in 28 instead of 32;
-/// `cae bench`, 10 alternated rounds: training +4.8%, inference +2.1% (medians of the ratios).
+/// reads four weight vectors for every 16 FMAs where 8 x 2 reads two, and the weight rows
+/// (147 KB for 64 -> 64 channels, half of it per two vectors) come from L2 either way. On an
+/// AVX-512 Xeon, one image on one thread: 32 -> 64 channels at stride 2 in 17 us instead of
+/// 21, 64 -> 64 in 28 instead of 32; `cae bench`, 10 alternated rounds: training +4.8%,
+/// inference +2.1% (medians of the ratios).
 fn tile_shape(registers: usize, vectors_left: usize) -> (usize, usize) {
     match (registers >= 32, vectors_left) {
         (true, 1) => (16, 1),
