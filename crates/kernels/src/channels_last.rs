@@ -6,8 +6,8 @@
 //! ran at a third to a half of the stride-1 layers' rate (`cae bench --layers`). Here the
 //! weight gradient is a sum of outer products over output positions, `dW[tap, 16 co] +=
 //! x[tap at p] * dY[p, 16 co]`, with up to 27 taps in registers; the forward pass and the
-//! stride-2 adjoint keep a block of positions times up to 64 channels in registers and write a
-//! channels-last `(positions, channels)` result, transposed back per image.
+//! stride-2 adjoint keep a block of positions times one or two vectors of channels in registers
+//! and write a channels-last `(positions, channels)` result, transposed back per image.
 
 use rayon::prelude::*;
 
