@@ -61,11 +61,13 @@ case ${CAE_SIMD:-} in
   "") ;;
   avx512) export ATEN_CPU_CAPABILITY=avx512 ONEDNN_MAX_CPU_ISA=AVX512_CORE ;;
   avx2) export ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ;;
-  portable) export ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 ;;
+  portable)
+    export ATEN_CPU_CAPABILITY=default
+    if [ "$(uname -m)" = x86_64 ]; then export ONEDNN_MAX_CPU_ISA=SSE41; fi
+    ;;
   neon) export ATEN_CPU_CAPABILITY=default ;;
   *) echo "CAE_SIMD=$CAE_SIMD is not a level: use avx512, avx2, neon or portable" >&2; exit 2 ;;
 esac
-if [ "$(uname -m)" = aarch64 ]; then unset ONEDNN_MAX_CPU_ISA; fi
 cargo build --release -q
 cae=${CARGO_TARGET_DIR:-target}/release/cae
 echo "CPU: $(lscpu | sed -n 's/^Model name: *//p')"
