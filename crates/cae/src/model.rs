@@ -2,8 +2,6 @@
 
 use anyhow::{Result, bail};
 use burn::module::{Module, Param};
-use burn::tensor::activation::relu;
-use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -202,8 +200,9 @@ pub struct Dense {
 }
 
 impl Dense {
-    pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        linear(x, self.weight.val(), Some(self.bias.val()))
+    /// The layer, then ReLU when `relu` is set (fused on CPU).
+    pub(crate) fn forward(&self, x: Tensor<2>, relu: bool) -> Tensor<2> {
+        kernels::dense(x, self.weight.val(), self.bias.val(), relu)
     }
 }
 
@@ -249,12 +248,8 @@ pub struct Autoencoder {
 impl Encoder {
     /// The code: relu(linear(features)) for a plain model, the posterior mean for a variational one.
     pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let code = self.linear.forward(self.features(x));
-        if self.log_var.is_some() {
-            code
-        } else {
-            relu(code)
-        }
+        let variational = self.log_var.is_some();
+        self.linear.forward(self.features(x), !variational)
     }
 
     /// A variational model's posterior: mean and log-variance (N, latent) each; `None` for a
@@ -263,8 +258,8 @@ impl Encoder {
         let head = self.log_var.as_ref()?;
         let features = self.features(x);
         Some((
-            self.linear.forward(features.clone()),
-            head.forward(features),
+            self.linear.forward(features.clone(), false),
+            head.forward(features, false),
         ))
     }
 
@@ -278,7 +273,7 @@ impl Encoder {
 impl Decoder {
     pub(crate) fn forward(&self, z: Tensor<2>) -> Tensor<4> {
         let batch = z.dims()[0];
-        let x = relu(self.linear.forward(z));
+        let x = self.linear.forward(z, true);
         let mut x = x.reshape([batch, self.deep_channels, self.deep_height, self.deep_width]);
         let last = self.convs.len() - 1;
         for (i, conv) in self.convs.iter().enumerate() {

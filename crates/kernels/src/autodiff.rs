@@ -1,5 +1,6 @@
 //! [`Conv3x3Backend`] on Burn's autodiff backend: each layer is one tracked node whose
-//! backward pass is handwritten from the same kernels (input, weight and bias gradients at once).
+//! backward pass is handwritten from the same kernels (input, weight and bias gradients at once),
+//! and so is each fully connected layer.
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::NodeId;
@@ -33,11 +34,7 @@ impl<B: Conv3x3Backend> Backward<B, 3> for Layer3x3Step {
         let (x_state, weight_state, layer, stride, relu_output) = ops.state;
         let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
         let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight_state);
-        // Without ReLU the output is not read: the gradient stands in for it.
-        let (output, relu) = match relu_output {
-            Some(output) => (output, true),
-            None => (grad.clone(), false),
-        };
+        let (output, relu) = output_for_backward::<B>(relu_output, &grad);
         let transposed = layer == Layer::Transposed;
         let (dx, dw, db) = match node_x {
             Some(_) => {
@@ -51,10 +48,32 @@ impl<B: Conv3x3Backend> Backward<B, 3> for Layer3x3Step {
                 (None, dw, db)
             }
         };
-        for (node, value) in [(node_x, dx), (node_weight, Some(dw)), (node_bias, Some(db))] {
-            if let (Some(node), Some(value)) = (node, value) {
-                grads.register::<B>(node.id, value);
-            }
+        let ids = [node_x, node_weight, node_bias].map(|node| node.map(|node| node.id));
+        register_all::<B>(grads, ids, [dx, Some(dw), Some(db)]);
+    }
+}
+
+/// The layer's output as its backward pass takes it, and whether the layer applied ReLU:
+/// without ReLU the output is not read, and the gradient stands in for it.
+fn output_for_backward<B: Conv3x3Backend>(
+    relu_output: Option<FloatTensor<B>>,
+    grad: &FloatTensor<B>,
+) -> (FloatTensor<B>, bool) {
+    match relu_output {
+        Some(output) => (output, true),
+        None => (grad.clone(), false),
+    }
+}
+
+/// Registers each gradient with its parent's node, where both are there.
+fn register_all<B: Conv3x3Backend>(
+    grads: &mut Gradients,
+    nodes: [Option<NodeId>; 3],
+    values: [Option<FloatTensor<B>>; 3],
+) {
+    for (node, value) in nodes.into_iter().zip(values) {
+        if let (Some(node), Some(value)) = (node, value) {
+            grads.register::<B>(node, value);
         }
     }
 }
@@ -95,7 +114,76 @@ fn tracked<B: Conv3x3Backend, C: CheckpointStrategy>(
     }
 }
 
+/// The backward step of a fully connected layer: input, weight and bias gradients.
+#[derive(Debug)]
+struct DenseStep;
+
+/// What [`DenseStep`] keeps: the input and weight nodes, and the ReLU output when the layer
+/// applied ReLU.
+type DenseState<B> = (NodeId, NodeId, Option<FloatTensor<B>>);
+
+impl<B: Conv3x3Backend> Backward<B, 3> for DenseStep {
+    type State = DenseState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_weight, node_bias] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_state, weight_state, relu_output) = ops.state;
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
+        let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight_state);
+        let (output, relu) = output_for_backward::<B>(relu_output, &grad);
+        let (dx, dw, db) = match node_x {
+            Some(_) => {
+                let (dx, dw, db) = B::dense_backward(x, weight, output, grad, relu);
+                (Some(dx), dw, db)
+            }
+            None => {
+                let (dw, db) = B::dense_param_backward(x, weight, output, grad, relu);
+                (None, dw, db)
+            }
+        };
+        let ids = [node_x, node_weight, node_bias].map(|node| node.map(|node| node.id));
+        register_all::<B>(grads, ids, [dx, Some(dw), Some(db)]);
+    }
+}
+
 impl<B: Conv3x3Backend, C: CheckpointStrategy> Conv3x3Backend for Autodiff<B, C> {
+    fn dense(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        match DenseStep
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let (x_state, weight_state) = (prep.checkpoint(&x), prep.checkpoint(&weight));
+                let out = B::dense(
+                    x.into_primitive(),
+                    weight.into_primitive(),
+                    bias.into_primitive(),
+                    relu,
+                );
+                let relu_output = relu.then(|| out.clone());
+                prep.finish((x_state, weight_state, relu_output), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::dense(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                relu,
+            )),
+        }
+    }
+
     fn conv3x3(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,

@@ -117,6 +117,42 @@ pub(crate) trait Conv3x3Backend: Backend {
         (dx.expect("asked for the input gradient"), dw, db)
     }
 
+    /// A fully connected layer, `x (batch, in) . weight (in, out) + bias`, followed by ReLU
+    /// when `relu` is set.
+    fn dense(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        burn_dense::<Self>(x, weight, bias, relu)
+    }
+
+    /// [`Self::dense`]'s input, weight and bias gradients; `output` is the layer's output,
+    /// which with `relu` set gates `output_grad` first and otherwise is not read.
+    fn dense_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (dx, dw, db) = burn_dense_backward::<Self>(x, weight, output, output_grad, relu, true);
+        (dx.expect("asked for the input gradient"), dw, db)
+    }
+
+    /// [`Self::dense_backward`] without the input gradient (an untracked input).
+    fn dense_param_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (_, dw, db) = burn_dense_backward::<Self>(x, weight, output, output_grad, relu, false);
+        (dw, db)
+    }
+
     /// [`Self::layer3x3_backward`] without the input gradient (an untracked input).
     #[allow(clippy::too_many_arguments)]
     fn layer3x3_param_backward(
@@ -218,6 +254,42 @@ pub(crate) fn burn_conv_transpose3x3<B: Backend>(
 ) -> FloatTensor<B> {
     let out = B::conv_transpose2d(x, weight, Some(bias), conv_transpose_options(stride));
     if relu { B::relu(out) } else { out }
+}
+
+/// [`Conv3x3Backend::dense`] in Burn's generic operations.
+pub(crate) fn burn_dense<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+    relu: bool,
+) -> FloatTensor<B> {
+    let out = B::float_matmul(x, weight);
+    let shape = out.shape();
+    let bias = B::float_reshape(bias, Shape::new([1, shape[1]]));
+    let out = B::float_add(out, B::float_expand(bias, shape));
+    if relu { B::relu(out) } else { out }
+}
+
+/// [`Conv3x3Backend::dense_backward`] in Burn's generic operations (the input gradient when
+/// `want_input`).
+pub(crate) fn burn_dense_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    output: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+    relu: bool,
+    want_input: bool,
+) -> Grads<B> {
+    let grad = if relu {
+        B::relu_backward(output, output_grad)
+    } else {
+        output_grad
+    };
+    let outputs = grad.shape()[1];
+    let bias = B::float_reshape(B::float_sum_dim(grad.clone(), 0), Shape::new([outputs]));
+    let dw = B::float_matmul(B::float_transpose(x), grad.clone());
+    let dx = want_input.then(|| B::float_matmul(grad, B::float_transpose(weight)));
+    (dx, dw, bias)
 }
 
 /// [`Conv3x3Backend::channel_sum`] in Burn's generic operations.

@@ -17,6 +17,19 @@ struct Case {
     relu: bool,
 }
 
+/// Held while a test draws its inputs from the Flex device's random generator: each test
+/// seeds it and compares two runs that must draw the same values, which another test drawing
+/// at the same time (tests run on parallel threads) would change.
+static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Both kernels' results for one seed, drawn under [`DEVICE_RNG`].
+fn both<T>(run: impl Fn(Kernels) -> T) -> (T, T) {
+    let _drawing = DEVICE_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    (run(Kernels::Cae), run(Kernels::Burn))
+}
+
 fn max_relative(a: Tensor<1>, b: Tensor<1>) -> f32 {
     let scale: f32 = b.clone().abs().max().into_scalar::<f32>().max(1e-6);
     (a - b).abs().max().into_scalar::<f32>() / scale
@@ -98,8 +111,7 @@ fn cae_kernels_match_burn_forward_and_backward() {
     }
     for (i, case) in cases.iter().enumerate() {
         // Burn's conv_transpose2d output for odd inputs is `stride * size`, as in the model.
-        let ours = run(case, Kernels::Cae, i as u64);
-        let burns = run(case, Kernels::Burn, i as u64);
+        let (ours, burns) = both(|kernels| run(case, kernels, i as u64));
         for (name, (a, b)) in ["output", "x grad", "weight grad", "bias grad"]
             .iter()
             .zip(ours.into_iter().zip(burns))
@@ -113,6 +125,73 @@ fn cae_kernels_match_burn_forward_and_backward() {
                 case.stride,
                 case.relu
             );
+        }
+    }
+}
+
+/// Output and gradients of `sum(output * probe)` through a fully connected layer with the
+/// chosen kernels; without `x_tracked` the input takes no gradient (the weight and bias
+/// only, as for a layer right after the data).
+fn run_dense(
+    (batch, inputs, outputs): (usize, usize, usize),
+    relu: bool,
+    x_tracked: bool,
+    kernels: Kernels,
+    seed: u64,
+) -> Vec<Tensor<1>> {
+    let device = Device::flex().autodiff();
+    device.seed(seed);
+    let uniform = Distribution::Uniform(-1.0, 1.0);
+    let mut x = Tensor::<2>::random([batch, inputs], uniform, &device);
+    if x_tracked {
+        x = x.require_grad();
+    }
+    let weight = Tensor::<2>::random([inputs, outputs], uniform, &device).require_grad();
+    let bias = Tensor::<1>::random([outputs], uniform, &device).require_grad();
+    let out = kernels::dense_with(kernels, x.clone(), weight.clone(), bias.clone(), relu);
+    let probe = Tensor::<2>::random(out.dims(), uniform, &device);
+    let grads = (out.clone() * probe).sum().backward();
+    let mut results = vec![
+        flat(out.inner()),
+        flat(weight.grad(&grads).expect("weight grad")),
+        flat(bias.grad(&grads).expect("bias grad")),
+    ];
+    if x_tracked {
+        results.push(flat(x.grad(&grads).expect("x grad")));
+    } else {
+        assert!(
+            x.grad(&grads).is_none(),
+            "an untracked input got a gradient"
+        );
+    }
+    results
+}
+
+/// The fully connected layers give Burn's `linear` (and ReLU) outputs and gradients bit for
+/// bit: the same products in the same order, the bias and the gate fused.
+#[test]
+fn dense_layers_match_burn_bit_for_bit() {
+    let mut case = 0;
+    for sizes in [(64, 4096, 200), (7, 33, 5), (1, 1, 1), (3, 200, 4096)] {
+        for relu in [false, true] {
+            for x_tracked in [false, true] {
+                let (ours, burns) =
+                    both(|kernels| run_dense(sizes, relu, x_tracked, kernels, case));
+                for (name, (a, b)) in ["output", "weight grad", "bias grad", "x grad"]
+                    .iter()
+                    .zip(ours.into_iter().zip(burns))
+                {
+                    let what = format!("{sizes:?}, relu {relu}, x tracked {x_tracked}: {name}");
+                    assert_eq!(a.dims(), b.dims(), "{what} shape");
+                    let (a, b) = (a.into_data(), b.into_data());
+                    assert_eq!(
+                        a.as_slice::<f32>().unwrap(),
+                        b.as_slice::<f32>().unwrap(),
+                        "{what}"
+                    );
+                }
+                case += 1;
+            }
         }
     }
 }

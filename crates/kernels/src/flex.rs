@@ -9,9 +9,10 @@ use burn::tensor::{DType, TensorData};
 
 use crate::backend::{
     Conv3x3Backend, Grads, Layer, StepInputs, burn_channel_sum, burn_conv_transpose3x3,
-    burn_conv3x3, burn_relu_backward_and_channel_sum, conv_options, conv_transpose_options,
-    separate_backward,
+    burn_conv3x3, burn_dense, burn_dense_backward, burn_relu_backward_and_channel_sum,
+    conv_options, conv_transpose_options, separate_backward,
 };
+use crate::dense::Dense;
 use crate::geometry::Conv3x3;
 use crate::{backward, dispatch, reduce, relu_gate};
 
@@ -200,6 +201,43 @@ impl Conv3x3Backend for Flex {
         (dw, db)
     }
 
+    fn dense(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, relu: bool) -> FlexTensor {
+        match (
+            dense_sizes(&x, &weight),
+            values(&x),
+            values(&weight),
+            values(&bias),
+        ) {
+            (Some(d), Some(x), Some(w), Some(b)) if b.len() == d.outputs => {
+                let out = d.forward(&x, &w, &b, relu);
+                FlexTensor::from_data(TensorData::new(out, [d.batch, d.outputs]))
+            }
+            _ => burn_dense::<Self>(x, weight, bias, relu),
+        }
+    }
+
+    fn dense_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output: FlexTensor,
+        output_grad: FlexTensor,
+        relu: bool,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (dx, dw, db) = flex_dense_backward(x, weight, output, output_grad, relu, true);
+        (dx.expect("asked for the input gradient"), dw, db)
+    }
+
+    fn dense_param_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output: FlexTensor,
+        output_grad: FlexTensor,
+        relu: bool,
+    ) -> (FlexTensor, FlexTensor) {
+        let (_, dw, db) = flex_dense_backward(x, weight, output, output_grad, relu, false);
+        (dw, db)
+    }
+
     /// One pass instead of Burn's mask and then the sum.
     fn relu_backward_and_channel_sum(
         relu_output: FlexTensor,
@@ -262,4 +300,41 @@ fn flex_backward(step: StepInputs<Flex>, want_input: bool) -> Grads<Flex> {
         }
     }
     separate_backward::<Flex>(step, want_input)
+}
+
+/// The sizes of a fully connected layer on `f32` matrices `x (batch, in)`, `weight (in, out)`.
+fn dense_sizes(x: &FlexTensor, weight: &FlexTensor) -> Option<Dense> {
+    let (xs, ws) = (x.shape(), weight.shape());
+    (xs.num_dims() == 2 && ws.num_dims() == 2 && xs[1] == ws[0]).then(|| Dense {
+        batch: xs[0],
+        inputs: xs[1],
+        outputs: ws[1],
+    })
+}
+
+fn flex_dense_backward(
+    x: FlexTensor,
+    weight: FlexTensor,
+    output: FlexTensor,
+    output_grad: FlexTensor,
+    relu: bool,
+    want_input: bool,
+) -> Grads<Flex> {
+    let sizes = dense_sizes(&x, &weight);
+    let relu_output = relu.then(|| values(&output));
+    let inputs = (values(&x), values(&weight), values(&output_grad));
+    if let (Some(d), (Some(xv), Some(w), Some(dy)), None | Some(Some(_))) =
+        (sizes, inputs, &relu_output)
+    {
+        let relu_output = relu_output.as_ref().and_then(|o| o.as_deref());
+        let grads = d.backward(&xv, &w, &dy, relu_output, want_input);
+        return (
+            grads
+                .input
+                .map(|dx| FlexTensor::from_data(TensorData::new(dx, [d.batch, d.inputs]))),
+            FlexTensor::from_data(TensorData::new(grads.weight, [d.inputs, d.outputs])),
+            FlexTensor::from_data(TensorData::new(grads.bias, [d.outputs])),
+        );
+    }
+    burn_dense_backward::<Flex>(x, weight, output, output_grad, relu, want_input)
 }

@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use crate::buffers::with_scratch;
 use crate::geometry::Conv3x3;
+use crate::product::gemm_rowmajor;
 use crate::reduce::sum_in_order;
 use crate::relu_gate;
 
@@ -37,11 +38,12 @@ pub(crate) fn forward_im2col(
                 // out[co, (i, p)] (+)= weight[co, k] * columns[k, (i, p)]
                 unsafe {
                     gemm_rowmajor(
-                        out,
+                        out.as_mut_ptr(),
                         bias.is_some(),
                         (g.feature_channels, count * p, k),
                         (weight, k as isize, 1),
                         (columns, (count * p) as isize, 1),
+                        gemm::Parallelism::None,
                     );
                 }
                 if relu {
@@ -71,11 +73,12 @@ pub(crate) fn adjoint_col2im(geometry: &Conv3x3, feature: &[f32], weight: &[f32]
                 // columns[k, (i, p)] = weight[co, k]^T * gathered[co, (i, p)]
                 unsafe {
                     gemm_rowmajor(
-                        columns,
+                        columns.as_mut_ptr(),
                         false,
                         (k, count * p, g.feature_channels),
                         (weight, 1, k as isize),
                         (gathered, (count * p) as isize, 1),
+                        gemm::Parallelism::None,
                     );
                 }
                 for (i, img) in images.chunks_mut(g.image_len()).enumerate() {
@@ -110,11 +113,12 @@ pub(crate) fn weight_grad_im2col(
                     // partial[co, k] = gathered[co, (i, p)] * columns[k, (i, p)]^T
                     unsafe {
                         gemm_rowmajor(
-                            &mut partial,
+                            partial.as_mut_ptr(),
                             false,
                             (g.feature_channels, k, count * p),
                             (gathered, (count * p) as isize, 1),
                             (columns, 1, (count * p) as isize),
+                            gemm::Parallelism::None,
                         );
                     }
                 },
@@ -151,44 +155,6 @@ fn scatter_images(values: &[f32], out: &mut [f32], channels: usize, p: usize) {
         for (c, row) in item.chunks_mut(p).enumerate() {
             row.copy_from_slice(&values[c * count * p + i * p..][..p]);
         }
-    }
-}
-
-/// Row-major `dst[m, n] (+)= lhs[m, k] * rhs[k, n]`, with `lhs`/`rhs` given as
-/// (slice, row stride, column stride) and `dst` contiguous.
-///
-/// # Safety
-/// The strides must keep every index inside the slices.
-unsafe fn gemm_rowmajor(
-    dst: &mut [f32],
-    accumulate: bool,
-    (m, n, k): (usize, usize, usize),
-    (lhs, lhs_rs, lhs_cs): (&[f32], isize, isize),
-    (rhs, rhs_rs, rhs_cs): (&[f32], isize, isize),
-) {
-    debug_assert!(dst.len() >= m * n);
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs,
-            lhs_rs,
-            rhs.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
     }
 }
 

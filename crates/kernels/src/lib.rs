@@ -38,12 +38,14 @@ pub(crate) mod buffers;
 #[cfg(test)]
 mod burn_parity;
 pub(crate) mod channels_last;
+pub(crate) mod dense;
 pub(crate) mod direct;
 pub mod dispatch;
 pub(crate) mod flex;
 pub(crate) mod geometry;
 pub(crate) mod im2col;
 pub mod peak;
+pub(crate) mod product;
 pub(crate) mod reduce;
 pub(crate) mod relu_gate;
 pub mod simd;
@@ -110,6 +112,35 @@ pub fn conv_transpose3x3(
 ) -> Tensor<4> {
     let kernels = kernels_for(&x.device());
     layer3x3(Layer::Transposed, kernels, x, weight, bias, stride, relu)
+}
+
+/// A fully connected layer, `x (batch, in) . weight (in, out) + bias`, then ReLU when `relu`
+/// is set.
+pub fn dense(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>, relu: bool) -> Tensor<2> {
+    let kernels = kernels_for(&x.device());
+    dense_with(kernels, x, weight, bias, relu)
+}
+
+/// [`dense`] with the implementation chosen by the caller ([`Kernels::Cae`] needs Flex).
+pub(crate) fn dense_with(
+    kernels: Kernels,
+    x: Tensor<2>,
+    weight: Tensor<2>,
+    bias: Tensor<1>,
+    relu: bool,
+) -> Tensor<2> {
+    match kernels {
+        Kernels::Burn => {
+            let out = burn::tensor::module::linear(x, weight, Some(bias));
+            if relu { activation::relu(out) } else { out }
+        }
+        Kernels::Cae => Tensor::from_dispatch(<Dispatch as Conv3x3Backend>::dense(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            relu,
+        )),
+    }
 }
 
 /// Either layer with the implementation chosen by the caller ([`Kernels::Cae`] needs Flex).
