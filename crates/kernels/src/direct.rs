@@ -115,7 +115,10 @@ pub(crate) fn padded_plane(g: &Conv3x3) -> usize {
 /// Copies `(channels, H, W)` images into `(channels, H + 2, W + 2)` with zero borders. Only
 /// the border is zeroed: the whole-buffer fill cost as much as the copy. With a vector level
 /// the rows are copied in (masked) vectors: a `memcpy` call per row was a tenth of a training
-/// step.
+/// step. At AVX-512 the direct kernel could skip the copy and read the image itself with every
+/// lane outside it masked off (masked-off lanes load zeros without touching memory); on a Zen 4
+/// that gave the same results bit for bit but no speed (six alternated `cae bench` rounds:
+/// training steps 1.00x, inference 1.01x as long, medians of the ratios), so every level pads.
 pub(crate) fn pad_images(g: &Conv3x3, images: &[f32], padded: &mut [f32]) {
     assert!(
         images.len() / (g.image_height * g.image_width) * padded_plane(g) <= padded.len(),
