@@ -44,7 +44,10 @@ pub(crate) unsafe fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32
 }
 
 /// Runs `one` on every image of `input` (`input_len` values each) in parallel, into a new
-/// vector of `output_len` values per image.
+/// vector of `output_len` values per image. A single image runs on one thread: sharing its
+/// channel blocks (direct) and output rows (channels-last) among two threads made batch-1
+/// inference 1.71x as slow on a Zen 4 (five alternated `cae bench --batch-size 1` rounds,
+/// 1.43-2.0x): handing half of each layer to the other thread cost more than the half layer.
 ///
 /// # Safety
 /// `one` must write every element of the output slice it is given.
