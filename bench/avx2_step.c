@@ -1,9 +1,10 @@
 // The inner loop of cae's AVX2 direct convolution kernel as LLVM compiles it (objdump of
 // cae_kernels::direct::avx2::forward_image: per (channel, tap) a tap offset from a table, 2 row
-// loads, 6 broadcasts, 12 FMAs), run alone on one thread over one L1-resident 16-channel padded
-// 32x32 image, and a 4 x 3 block (3 row loads, 4 broadcasts) beside it. It tells whether the
-// instruction mix itself holds the kernel below the FMA peak on a CPU: compare its GFLOP/s with
-// `cae bench`'s peak per thread (half the 2-thread figure).
+// loads, 6 broadcasts, 12 FMAs), run alone on one thread over a 16-channel padded 32x32 image
+// (74 KiB; the tiles read only its first 18 columns, so about half of it, more of it from L1
+// than the kernel in place, which sweeps whole rows), and a 4 x 3 block (3 row loads, 4
+// broadcasts) beside it. Each round prints both against one thread's FMA peak measured in the
+// same round: it tells whether the instruction mix itself holds the kernel below the peak.
 //
 //   gcc -O2 -o /tmp/avx2_step bench/avx2_step.c && /tmp/avx2_step
 #include <stdio.h>
