@@ -165,9 +165,16 @@ pub struct Conv {
 }
 
 impl Conv {
-    /// The convolution, then ReLU when `relu` is set (fused on CPU).
-    pub(crate) fn forward(&self, x: Tensor<4>, relu: bool) -> Tensor<4> {
-        kernels::conv3x3(x, self.weight.val(), self.bias.val(), self.stride, relu)
+    /// The convolution, then ReLU when `relu` is set (fused on CPU), as one layer of a
+    /// [`kernels::layer_stack`].
+    pub(crate) fn layer(&self, relu: bool) -> kernels::StackLayer {
+        kernels::StackLayer {
+            layer: kernels::Layer::Conv,
+            weight: self.weight.val(),
+            bias: self.bias.val(),
+            stride: self.stride,
+            relu,
+        }
     }
 }
 
@@ -184,9 +191,16 @@ pub struct ConvTranspose {
 }
 
 impl ConvTranspose {
-    /// The transposed convolution, then ReLU when `relu` is set (fused on CPU).
-    pub(crate) fn forward(&self, x: Tensor<4>, relu: bool) -> Tensor<4> {
-        kernels::conv_transpose3x3(x, self.weight.val(), self.bias.val(), self.stride, relu)
+    /// The transposed convolution, then ReLU when `relu` is set (fused on CPU), as one layer
+    /// of a [`kernels::layer_stack`].
+    pub(crate) fn layer(&self, relu: bool) -> kernels::StackLayer {
+        kernels::StackLayer {
+            layer: kernels::Layer::Transposed,
+            weight: self.weight.val(),
+            bias: self.bias.val(),
+            stride: self.stride,
+            relu,
+        }
     }
 }
 
@@ -265,8 +279,8 @@ impl Encoder {
 
     /// The flattened output of the six convolutions.
     fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self.convs.iter().fold(x, |x, conv| conv.forward(x, true));
-        x.flatten(1, 3)
+        let layers = self.convs.iter().map(|conv| conv.layer(true)).collect();
+        kernels::layer_stack(x, layers).flatten(1, 3)
     }
 }
 
@@ -274,12 +288,14 @@ impl Decoder {
     pub(crate) fn forward(&self, z: Tensor<2>) -> Tensor<4> {
         let batch = z.dims()[0];
         let x = self.linear.forward(z, true);
-        let mut x = x.reshape([batch, self.deep_channels, self.deep_height, self.deep_width]);
+        let x = x.reshape([batch, self.deep_channels, self.deep_height, self.deep_width]);
         let last = self.convs.len() - 1;
-        for (i, conv) in self.convs.iter().enumerate() {
-            x = conv.forward(x, i != last);
-        }
-        x
+        let layers = self
+            .convs
+            .iter()
+            .enumerate()
+            .map(|(i, conv)| conv.layer(i != last));
+        kernels::layer_stack(x, layers.collect())
     }
 }
 

@@ -416,6 +416,7 @@ mod tests {
             "backward::tests::grouped_backward_matches_the_separate_passes",
             "transpose::tests::transposes_every_shape",
             "channels_last::tests::weight_grad_sums_every_group_of_images",
+            "stack::tests::stack_matches_layer_by_layer",
         ]);
     }
 

@@ -1,0 +1,319 @@
+//! A run of 3x3 layers without autodiff (inference), one image at a time through all of them:
+//! each thread takes an image through every layer of the run, its intermediate maps in two
+//! per-thread buffers that stay in L2, instead of each layer streaming the whole batch through
+//! memory and the threads meeting once per layer.
+//!
+//! Every image passes through the same per-image kernels, built the same way, as in the
+//! layer-by-layer path ([`crate::dispatch::forward`] and [`crate::dispatch::transposed`]), so
+//! the outputs are the same bit for bit; a run with a layer those kernels do not cover (the
+//! portable level, other shapes) is `None` and runs layer by layer.
+
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+
+use crate::backend::Layer;
+use crate::buffers::per_image;
+use crate::channels_last::Pass;
+use crate::direct::Packed;
+use crate::dispatch::{self, Path};
+use crate::geometry::{Conv3x3, flipped_convolution};
+
+thread_local! {
+    /// The two maps an image alternates between on its way through a run, kept between calls
+    /// (the kernels' own scratch buffers are in use while they run).
+    static BETWEEN_LAYERS: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
+}
+
+/// One layer of a run, as its weight and bias values and its shape.
+pub(crate) struct StackStep<'a> {
+    pub layer: Layer,
+    /// The layer's geometry: for a transposed convolution its output is the image side.
+    pub geometry: Conv3x3,
+    pub weight: &'a [f32],
+    pub bias: &'a [f32],
+    pub relu: bool,
+}
+
+/// The per-image kernel of one layer, prepared once per call.
+enum ImageKernel {
+    Direct(Packed),
+    ChannelsLast(Pass),
+}
+
+impl ImageKernel {
+    /// The kernel the layer-by-layer path runs for `step`, with its per-image input and
+    /// output sizes; `None` where that path is not a per-image vector kernel.
+    fn new(step: &StackStep) -> Option<(Self, usize, usize)> {
+        let g = &step.geometry;
+        let bias = Some(step.bias);
+        match step.layer {
+            Layer::Conv => {
+                let kernel = Self::forward(g, step.weight, bias, step.relu)?;
+                Some((kernel, g.image_len(), g.feature_len()))
+            }
+            Layer::Transposed => {
+                // As `dispatch::transposed`: stride 2 runs the channels-last adjoint, stride 1
+                // the forward kernel of the flipped convolution.
+                let kernel = match (dispatch::adjoint_path(g), g.stride) {
+                    (Path::ChannelsLast, 2) => {
+                        Self::ChannelsLast(Pass::adjoint(g, step.weight, bias, step.relu))
+                    }
+                    (Path::Col2im, _) => return None,
+                    _ => {
+                        let (swapped, flipped) = flipped_convolution(g, step.weight);
+                        Self::forward(&swapped, &flipped, bias, step.relu)?
+                    }
+                };
+                Some((kernel, g.feature_len(), g.image_len()))
+            }
+        }
+    }
+
+    /// As `dispatch::forward`.
+    fn forward(g: &Conv3x3, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Option<Self> {
+        match dispatch::forward_path(g) {
+            Path::Direct => Some(Self::Direct(Packed::new(g, weight, bias, relu))),
+            Path::ChannelsLast => Some(Self::ChannelsLast(Pass::forward(g, weight, bias, relu))),
+            _ => None,
+        }
+    }
+
+    fn run_one(&self, input: &[f32], out: &mut [MaybeUninit<f32>]) {
+        match self {
+            Self::Direct(packed) => packed.forward_one(input, out),
+            Self::ChannelsLast(pass) => pass.run_one(input, out),
+        }
+    }
+}
+
+/// The output of `steps` applied in turn to the `batch` images of `input`; `None` (before any
+/// work) when a step has no per-image vector kernel or the steps' shapes do not chain.
+pub(crate) fn forward_stack(input: &[f32], batch: usize, steps: &[StackStep]) -> Option<Vec<f32>> {
+    let mut kernels = Vec::with_capacity(steps.len());
+    let mut sizes: Vec<usize> = Vec::with_capacity(steps.len() + 1);
+    for step in steps {
+        let (kernel, input_len, output_len) = ImageKernel::new(step)?;
+        if sizes.last().is_some_and(|&previous| previous != input_len) {
+            return None;
+        }
+        if sizes.is_empty() {
+            sizes.push(input_len);
+        }
+        sizes.push(output_len);
+        kernels.push(kernel);
+    }
+    let (&first, &last) = (sizes.first()?, sizes.last()?);
+    if input.len() != batch * first {
+        return None;
+    }
+    let widest = sizes.iter().copied().max().unwrap_or(0);
+    // SAFETY: the last kernel writes every value of each image's output.
+    Some(unsafe {
+        per_image(input, first, last, |image, out| {
+            BETWEEN_LAYERS.with(|cell| {
+                let mut buffers = cell.borrow_mut();
+                for buffer in buffers.iter_mut() {
+                    if buffer.len() < widest {
+                        buffer.resize(widest, 0.0);
+                    }
+                }
+                let [a, b] = &mut *buffers;
+                let (mut from, mut to): (&mut Vec<f32>, &mut Vec<f32>) = (a, b);
+                let count = kernels.len();
+                for (i, kernel) in kernels.iter().enumerate() {
+                    let source: &[f32] = if i == 0 { image } else { &from[..sizes[i]] };
+                    if i + 1 == count {
+                        kernel.run_one(source, out);
+                    } else {
+                        let target = &mut to[..sizes[i + 1]];
+                        // SAFETY: an initialized `f32` slice viewed as possibly uninitialized
+                        // values of the same type; the kernel writes every one of them.
+                        let target = std::slice::from_raw_parts_mut(
+                            target.as_mut_ptr().cast::<MaybeUninit<f32>>(),
+                            target.len(),
+                        );
+                        kernel.run_one(source, target);
+                        std::mem::swap(&mut from, &mut to);
+                    }
+                }
+            })
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simd::SimdLevel;
+    use crate::{self as kernels, StackLayer};
+    use burn::tensor::{Device, Tensor, TensorData};
+    use rand::rngs::Xoshiro256PlusPlus;
+    use rand::{RngExt, SeedableRng};
+
+    fn random(rng: &mut Xoshiro256PlusPlus, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    /// `(layer, in channels, out channels, stride, relu)` of the seed model's encoder and
+    /// decoder convolutions.
+    const ENCODER: [(Layer, usize, usize, usize, bool); 6] = [
+        (Layer::Conv, 3, 16, 1, true),
+        (Layer::Conv, 16, 16, 1, true),
+        (Layer::Conv, 16, 32, 2, true),
+        (Layer::Conv, 32, 32, 1, true),
+        (Layer::Conv, 32, 64, 2, true),
+        (Layer::Conv, 64, 64, 1, true),
+    ];
+    const DECODER: [(Layer, usize, usize, usize, bool); 6] = [
+        (Layer::Transposed, 64, 64, 1, true),
+        (Layer::Transposed, 64, 32, 2, true),
+        (Layer::Transposed, 32, 32, 1, true),
+        (Layer::Transposed, 32, 16, 2, true),
+        (Layer::Transposed, 16, 16, 1, true),
+        (Layer::Transposed, 16, 3, 1, false),
+    ];
+
+    /// Random weights and biases for `layers`, as tensors.
+    fn stack_layers(
+        rng: &mut Xoshiro256PlusPlus,
+        layers: &[(Layer, usize, usize, usize, bool)],
+        device: &Device,
+    ) -> Vec<StackLayer> {
+        layers
+            .iter()
+            .map(|&(layer, inputs, outputs, stride, relu)| {
+                let shape = match layer {
+                    Layer::Conv => [outputs, inputs, 3, 3],
+                    Layer::Transposed => [inputs, outputs, 3, 3],
+                };
+                let weight = random(rng, inputs * outputs * 9);
+                StackLayer {
+                    layer,
+                    weight: Tensor::from_data(TensorData::new(weight, shape), device),
+                    bias: Tensor::from_data(
+                        TensorData::new(random(rng, outputs), [outputs]),
+                        device,
+                    ),
+                    stride,
+                    relu,
+                }
+            })
+            .collect()
+    }
+
+    fn bits(t: Tensor<4>) -> Vec<u32> {
+        let values = t.into_data().convert::<f32>();
+        values
+            .as_slice::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    }
+
+    /// The seed model's encoder (32x32 and Fashion-MNIST's 28x28 images) and decoder, image by
+    /// image, against the same layers one at a time: the same values bit for bit, and for the
+    /// seed model's shapes the stacked path taken at every vector level.
+    #[test]
+    fn stack_matches_layer_by_layer() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
+        let device = Device::flex();
+        for (layers, channels, size) in [
+            (&ENCODER, 3, 32),
+            (&DECODER, 64, 8),
+            (&ENCODER, 3, 28),
+            (&DECODER, 64, 7),
+        ] {
+            let mut layers = layers.to_vec();
+            if channels == 3 && size == 28 {
+                // Fashion-MNIST's single channel in and out.
+                layers[0].1 = 1;
+            }
+            let channels = layers[0].1;
+            let stack = stack_layers(&mut rng, &layers, &device);
+            let batch = 5;
+            let x = random(&mut rng, batch * channels * size * size);
+            let x =
+                Tensor::<4>::from_data(TensorData::new(x, [batch, channels, size, size]), &device);
+            let stacked = kernels::layer_stack(x.clone(), stack.iter().map(copy).collect());
+            let one_by_one = stack.iter().fold(x.clone(), |x, l| match l.layer {
+                Layer::Conv => {
+                    kernels::conv3x3(x, l.weight.clone(), l.bias.clone(), l.stride, l.relu)
+                }
+                Layer::Transposed => kernels::conv_transpose3x3(
+                    x,
+                    l.weight.clone(),
+                    l.bias.clone(),
+                    l.stride,
+                    l.relu,
+                ),
+            });
+            assert_eq!(stacked.dims(), one_by_one.dims(), "{layers:?} at {size}");
+            assert!(
+                bits(stacked) == bits(one_by_one),
+                "{layers:?} at {size}: values differ"
+            );
+            // The host path itself: taken for the seed model's shapes at every vector level,
+            // declined at the portable one (elsewhere it depends on the kernels' coverage).
+            let host = super::super::stacked(&x, &stack);
+            if size % 8 == 0 {
+                let vector = SimdLevel::active() != SimdLevel::Portable;
+                assert_eq!(host.is_some(), vector, "{layers:?} at {size}");
+            }
+        }
+    }
+
+    fn copy(l: &StackLayer) -> StackLayer {
+        StackLayer {
+            layer: l.layer,
+            weight: l.weight.clone(),
+            bias: l.bias.clone(),
+            stride: l.stride,
+            relu: l.relu,
+        }
+    }
+
+    /// Shapes that do not chain, and autodiff tensors, run layer by layer (which then reports
+    /// the mismatch, or tracks the gradients).
+    #[test]
+    fn stack_declines_what_it_cannot_run() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(12);
+        let device = Device::flex();
+        let g = |image_channels, feature_channels| Conv3x3 {
+            batch: 2,
+            image_channels,
+            image_height: 8,
+            image_width: 8,
+            feature_channels,
+            stride: 1,
+        };
+        let (w1, w2) = (random(&mut rng, 16 * 16 * 9), random(&mut rng, 32 * 32 * 9));
+        let bias = random(&mut rng, 32);
+        let step = |geometry: Conv3x3, weight| StackStep {
+            layer: Layer::Conv,
+            geometry,
+            weight,
+            bias: &bias[..geometry.feature_channels],
+            relu: true,
+        };
+        let input = random(&mut rng, 2 * 16 * 64);
+        // 16 channels out of the first layer, 32 into the second.
+        let steps = [step(g(16, 16), &w1[..]), step(g(32, 32), &w2[..])];
+        assert!(forward_stack(&input, 2, &steps).is_none());
+        // The wrong number of input values.
+        assert!(forward_stack(&input[1..], 2, &steps[..1]).is_none());
+
+        let tracked = Tensor::<4>::from_data(
+            TensorData::new(input.clone(), [2, 16, 8, 8]),
+            &device.clone().autodiff(),
+        )
+        .require_grad();
+        let layers = stack_layers(&mut rng, &ENCODER[1..2], &device.clone().autodiff());
+        let out = kernels::layer_stack(tracked.clone(), layers);
+        let grads = out.sum().backward();
+        assert!(
+            tracked.grad(&grads).is_some(),
+            "an autodiff input keeps its gradient"
+        );
+    }
+}
