@@ -78,7 +78,8 @@ fn register_all<B: Conv3x3Backend>(
     }
 }
 
-/// Runs `layer` on the inner backend and records its backward step when any input is tracked.
+/// Runs `layer` on the inner backend (or takes its output as `given`, computed already) and
+/// records its backward step when any input is tracked.
 fn tracked<B: Conv3x3Backend, C: CheckpointStrategy>(
     layer: Layer,
     x: FloatTensor<Autodiff<B, C>>,
@@ -86,7 +87,20 @@ fn tracked<B: Conv3x3Backend, C: CheckpointStrategy>(
     bias: FloatTensor<Autodiff<B, C>>,
     stride: usize,
     relu: bool,
+    given: Option<FloatTensor<B>>,
 ) -> FloatTensor<Autodiff<B, C>> {
+    let output = |x: FloatTensor<Autodiff<B, C>>,
+                  weight: FloatTensor<Autodiff<B, C>>,
+                  bias: FloatTensor<Autodiff<B, C>>| match given {
+        Some(output) => output,
+        None => layer.forward::<B>(
+            x.into_primitive(),
+            weight.into_primitive(),
+            bias.into_primitive(),
+            stride,
+            relu,
+        ),
+    };
     match Layer3x3Step
         .prepare::<C>([x.node(), weight.node(), bias.node()])
         .compute_bound()
@@ -94,23 +108,11 @@ fn tracked<B: Conv3x3Backend, C: CheckpointStrategy>(
     {
         OpsKind::Tracked(mut prep) => {
             let (x_state, weight_state) = (prep.checkpoint(&x), prep.checkpoint(&weight));
-            let out = layer.forward::<B>(
-                x.into_primitive(),
-                weight.into_primitive(),
-                bias.into_primitive(),
-                stride,
-                relu,
-            );
+            let out = output(x, weight, bias);
             let relu_output = relu.then(|| out.clone());
             prep.finish((x_state, weight_state, layer, stride, relu_output), out)
         }
-        OpsKind::UnTracked(prep) => prep.finish(layer.forward::<B>(
-            x.into_primitive(),
-            weight.into_primitive(),
-            bias.into_primitive(),
-            stride,
-            relu,
-        )),
+        OpsKind::UnTracked(prep) => prep.finish(output(x, weight, bias)),
     }
 }
 
@@ -191,7 +193,7 @@ impl<B: Conv3x3Backend, C: CheckpointStrategy> Conv3x3Backend for Autodiff<B, C>
         stride: usize,
         relu: bool,
     ) -> FloatTensor<Self> {
-        tracked::<B, C>(Layer::Conv, x, weight, bias, stride, relu)
+        tracked::<B, C>(Layer::Conv, x, weight, bias, stride, relu, None)
     }
 
     fn conv_transpose3x3(
@@ -201,6 +203,24 @@ impl<B: Conv3x3Backend, C: CheckpointStrategy> Conv3x3Backend for Autodiff<B, C>
         stride: usize,
         relu: bool,
     ) -> FloatTensor<Self> {
-        tracked::<B, C>(Layer::Transposed, x, weight, bias, stride, relu)
+        tracked::<B, C>(Layer::Transposed, x, weight, bias, stride, relu, None)
+    }
+
+    fn layer3x3_with_output(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        stride: usize,
+        relu: bool,
+        transposed: bool,
+    ) -> FloatTensor<Self> {
+        let layer = if transposed {
+            Layer::Transposed
+        } else {
+            Layer::Conv
+        };
+        let given = Some(output.into_primitive());
+        tracked::<B, C>(layer, x, weight, bias, stride, relu, given)
     }
 }

@@ -62,6 +62,22 @@ pub(crate) trait Conv3x3Backend: Backend {
         burn_conv_transpose3x3::<Self>(x, weight, bias, stride, relu)
     }
 
+    /// Either layer (`transposed` chooses) whose output `output` was computed already, by the
+    /// crate's `stack` module: the result is `output` itself; under autodiff its node records
+    /// the same backward step as [`Self::conv3x3`] and [`Self::conv_transpose3x3`] do.
+    fn layer3x3_with_output(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        stride: usize,
+        relu: bool,
+        transposed: bool,
+    ) -> FloatTensor<Self> {
+        let _ = (x, weight, bias, stride, relu, transposed);
+        output
+    }
+
     fn conv_transpose3x3_x_backward(
         weight: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,

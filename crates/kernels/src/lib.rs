@@ -57,7 +57,7 @@ use std::sync::OnceLock;
 use burn::backend::{BackendTensor, Dispatch, DispatchDevice, DispatchTensor, DispatchTensorKind};
 use burn::tensor::activation;
 use burn::tensor::module::{conv_transpose2d, conv2d};
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 pub use backend::Layer;
 use backend::{Conv3x3Backend, conv_options, conv_transpose_options};
@@ -191,30 +191,73 @@ pub struct StackLayer {
     pub relu: bool,
 }
 
-/// `layers` applied in turn to `x`. Without autodiff on Flex each image goes through all of
-/// them on one thread (the crate's `stack` module: `cae bench`'s inference batches of 256 took
-/// 0.90x as long as layer by layer at AVX-512 and 0.89x at AVX2 on a Zen 4, medians of five
-/// alternated rounds each); otherwise, and wherever the vector kernels do not cover a layer,
-/// layer by layer. The values are the same either way.
+/// `layers` applied in turn to `x`. On Flex each image goes through all of them on one thread
+/// (the crate's `stack` module: `cae bench`'s inference batches of 256 took 0.90x as long as
+/// layer by layer at AVX-512 and 0.89x at AVX2 on a Zen 4, medians of five alternated rounds
+/// each); under autodiff every layer's output is kept and each layer still records its own
+/// node, with the same backward step. Wherever the vector kernels do not cover a layer, and on
+/// other backends, layer by layer. The values are the same either way.
 pub fn layer_stack(x: Tensor<4>, layers: Vec<StackLayer>) -> Tensor<4> {
     let kernels = kernels_for(&x.device());
-    let x = if kernels == Kernels::Cae && !x.is_autodiff() {
-        match stacked(&x, &layers) {
-            Some(out) => return out,
-            None => x,
+    if kernels == Kernels::Cae {
+        if !x.is_autodiff() {
+            if let Some(out) = stacked(&x, &layers, stack::forward_stack) {
+                return out;
+            }
+        } else if let Some(outputs) = stacked(&x, &layers, stack::forward_stack_keeping) {
+            return layers.into_iter().zip(outputs).fold(x, |x, (l, out)| {
+                Tensor::from_dispatch(<Dispatch as Conv3x3Backend>::layer3x3_with_output(
+                    x.into_dispatch(),
+                    l.weight.into_dispatch(),
+                    l.bias.into_dispatch(),
+                    out.into_dispatch(),
+                    l.stride,
+                    l.relu,
+                    l.layer == Layer::Transposed,
+                ))
+            });
         }
-    } else {
-        x
-    };
+    }
     layers.into_iter().fold(x, |x, l| {
         layer3x3(l.layer, kernels, x, l.weight, l.bias, l.stride, l.relu)
     })
 }
 
-/// [`layer_stack`] image by image on host values; `None` where it does not apply.
-fn stacked(x: &Tensor<4>, layers: &[StackLayer]) -> Option<Tensor<4>> {
+/// What the host functions of the `stack` module return, as tensors of the given shapes.
+trait StackOutput: Sized {
+    fn into_tensors(self, shapes: &[[usize; 4]], device: &Device) -> Self::Tensors;
+    type Tensors;
+}
+
+impl StackOutput for Vec<f32> {
+    type Tensors = Tensor<4>;
+    fn into_tensors(self, shapes: &[[usize; 4]], device: &Device) -> Tensor<4> {
+        let shape = shapes[shapes.len() - 1];
+        Tensor::from_data(TensorData::new(self, shape), device)
+    }
+}
+
+impl StackOutput for Vec<Vec<f32>> {
+    type Tensors = Vec<Tensor<4>>;
+    fn into_tensors(self, shapes: &[[usize; 4]], device: &Device) -> Vec<Tensor<4>> {
+        self.into_iter()
+            .zip(shapes)
+            .map(|(values, &shape)| Tensor::from_data(TensorData::new(values, shape), device))
+            .collect()
+    }
+}
+
+/// [`layer_stack`] on host values: `run` (a function of the `stack` module) on the values of
+/// `x` and of the layers' weights and biases, without autodiff (which `inner` drops without a
+/// copy); `None` where it does not apply.
+fn stacked<O: StackOutput>(
+    x: &Tensor<4>,
+    layers: &[StackLayer],
+    run: impl FnOnce(&[f32], usize, &[stack::StackStep]) -> Option<O>,
+) -> Option<O::Tensors> {
     let [batch, mut channels, mut height, mut width] = x.dims();
     let mut geometries = Vec::with_capacity(layers.len());
+    let mut shapes = Vec::with_capacity(layers.len());
     for l in layers {
         let [w0, w1, kh, kw] = l.weight.dims();
         if [kh, kw] != [3, 3] || !matches!(l.stride, 1 | 2) {
@@ -244,16 +287,17 @@ fn stacked(x: &Tensor<4>, layers: &[StackLayer]) -> Option<Tensor<4>> {
             Layer::Transposed => (g.image_channels, g.image_height, g.image_width),
         };
         geometries.push(g);
+        shapes.push([batch, channels, height, width]);
     }
     let device = x.device();
-    let input = x.clone().into_dispatch();
+    let input = x.clone().inner().into_dispatch();
     let weights: Vec<DispatchTensor> = layers
         .iter()
-        .map(|l| l.weight.clone().into_dispatch())
+        .map(|l| l.weight.clone().inner().into_dispatch())
         .collect();
     let biases: Vec<DispatchTensor> = layers
         .iter()
-        .map(|l| l.bias.clone().into_dispatch())
+        .map(|l| l.bias.clone().inner().into_dispatch())
         .collect();
     let out = flex_f32(&input).and_then(|values| {
         let steps = layers
@@ -270,14 +314,9 @@ fn stacked(x: &Tensor<4>, layers: &[StackLayer]) -> Option<Tensor<4>> {
                 })
             })
             .collect::<Option<Vec<_>>>()?;
-        stack::forward_stack(values, batch, &steps)
+        run(values, batch, &steps)
     });
-    out.map(|out| {
-        Tensor::from_data(
-            TensorData::new(out, [batch, channels, height, width]),
-            &device,
-        )
-    })
+    out.map(|out| out.into_tensors(&shapes, &device))
 }
 
 /// The values of a contiguous `f32` Flex tensor without autodiff, in place.

@@ -11,6 +11,8 @@
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
+use rayon::prelude::*;
+
 use crate::backend::Layer;
 use crate::buffers::per_image;
 use crate::channels_last::Pass;
@@ -86,9 +88,14 @@ impl ImageKernel {
     }
 }
 
-/// The output of `steps` applied in turn to the `batch` images of `input`; `None` (before any
-/// work) when a step has no per-image vector kernel or the steps' shapes do not chain.
-pub(crate) fn forward_stack(input: &[f32], batch: usize, steps: &[StackStep]) -> Option<Vec<f32>> {
+/// The per-image kernels of `steps` and the per-image sizes of their input and each output;
+/// `None` when a step has no per-image vector kernel, the steps' shapes do not chain, or
+/// `input_values` is not `batch` inputs.
+fn prepare(
+    steps: &[StackStep],
+    input_values: usize,
+    batch: usize,
+) -> Option<(Vec<ImageKernel>, Vec<usize>)> {
     let mut kernels = Vec::with_capacity(steps.len());
     let mut sizes: Vec<usize> = Vec::with_capacity(steps.len() + 1);
     for step in steps {
@@ -102,10 +109,14 @@ pub(crate) fn forward_stack(input: &[f32], batch: usize, steps: &[StackStep]) ->
         sizes.push(output_len);
         kernels.push(kernel);
     }
-    let (&first, &last) = (sizes.first()?, sizes.last()?);
-    if input.len() != batch * first {
-        return None;
-    }
+    (!kernels.is_empty() && input_values == batch * sizes[0]).then_some((kernels, sizes))
+}
+
+/// The output of `steps` applied in turn to the `batch` images of `input`; `None` (before any
+/// work) where [`prepare`] declines.
+pub(crate) fn forward_stack(input: &[f32], batch: usize, steps: &[StackStep]) -> Option<Vec<f32>> {
+    let (kernels, sizes) = prepare(steps, input.len(), batch)?;
+    let (first, last) = (sizes[0], sizes[sizes.len() - 1]);
     let widest = sizes.iter().copied().max().unwrap_or(0);
     // SAFETY: the last kernel writes every value of each image's output.
     Some(unsafe {
@@ -139,6 +150,50 @@ pub(crate) fn forward_stack(input: &[f32], batch: usize, steps: &[StackStep]) ->
             })
         })
     })
+}
+
+/// [`forward_stack`] keeping every step's output (a training step's backward pass reads them
+/// all): each image still goes through all the steps on one thread, each layer's output for it
+/// read back by the next while it is in L2.
+pub(crate) fn forward_stack_keeping(
+    input: &[f32],
+    batch: usize,
+    steps: &[StackStep],
+) -> Option<Vec<Vec<f32>>> {
+    let (kernels, sizes) = prepare(steps, input.len(), batch)?;
+    let mut outputs: Vec<Vec<f32>> = sizes[1..]
+        .iter()
+        .map(|&len| Vec::with_capacity(batch * len))
+        .collect();
+    /// The outputs' buffers, written by image from several threads.
+    struct Targets(Vec<*mut MaybeUninit<f32>>);
+    // SAFETY: each image writes only its own disjoint range of every buffer.
+    unsafe impl Sync for Targets {}
+    let targets = Targets(
+        outputs
+            .iter_mut()
+            .map(|v| v.spare_capacity_mut().as_mut_ptr())
+            .collect(),
+    );
+    let targets = &targets;
+    (0..batch).into_par_iter().for_each(|n| {
+        let mut source = &input[n * sizes[0]..][..sizes[0]];
+        for (i, kernel) in kernels.iter().enumerate() {
+            let len = sizes[i + 1];
+            // SAFETY: image `n`'s range of output `i`, inside its capacity and written by this
+            // image alone; the kernel writes every value of it, which the next step then reads.
+            unsafe {
+                let out = std::slice::from_raw_parts_mut(targets.0[i].add(n * len), len);
+                kernel.run_one(source, out);
+                source = std::slice::from_raw_parts(out.as_ptr().cast::<f32>(), len);
+            }
+        }
+    });
+    for (output, &len) in outputs.iter_mut().zip(&sizes[1..]) {
+        // SAFETY: every image wrote its range of every output.
+        unsafe { output.set_len(batch * len) };
+    }
+    Some(outputs)
 }
 
 #[cfg(test)]
@@ -255,11 +310,73 @@ mod tests {
             );
             // The host path itself: taken for the seed model's shapes at every vector level,
             // declined at the portable one (elsewhere it depends on the kernels' coverage).
-            let host = super::super::stacked(&x, &stack);
+            let host = super::super::stacked(&x, &stack, forward_stack);
             if size % 8 == 0 {
                 let vector = SimdLevel::active() != SimdLevel::Portable;
                 assert_eq!(host.is_some(), vector, "{layers:?} at {size}");
             }
+        }
+    }
+
+    /// Under autodiff (a training step) the stacked forward pass keeps every layer's output and
+    /// each layer records its own node: the output and every gradient (input, weights, biases)
+    /// are those of the layers run one at a time, bit for bit, and the stacked path is taken
+    /// for the seed model's shapes at every vector level.
+    #[test]
+    fn stack_under_autodiff_matches_layer_by_layer() {
+        let device = Device::flex().autodiff();
+        for (layers, channels, size) in [(&ENCODER, 3, 32), (&DECODER, 64, 8)] {
+            let run = |stacked: bool| {
+                let mut rng = Xoshiro256PlusPlus::seed_from_u64(13);
+                let stack: Vec<StackLayer> = stack_layers(&mut rng, layers, &device)
+                    .into_iter()
+                    .map(|l| StackLayer {
+                        weight: l.weight.require_grad(),
+                        bias: l.bias.require_grad(),
+                        ..l
+                    })
+                    .collect();
+                let batch = 3;
+                let x = random(&mut rng, batch * channels * size * size);
+                let shape = [batch, channels, size, size];
+                let x = Tensor::<4>::from_data(TensorData::new(x, shape), &device).require_grad();
+                let taken = super::super::stacked(&x, &stack, forward_stack_keeping).is_some();
+                let out = if stacked {
+                    kernels::layer_stack(x.clone(), stack.iter().map(copy).collect())
+                } else {
+                    stack.iter().fold(x.clone(), |x, l| {
+                        let (w, b) = (l.weight.clone(), l.bias.clone());
+                        match l.layer {
+                            Layer::Conv => kernels::conv3x3(x, w, b, l.stride, l.relu),
+                            Layer::Transposed => {
+                                kernels::conv_transpose3x3(x, w, b, l.stride, l.relu)
+                            }
+                        }
+                    })
+                };
+                let probe = Tensor::<4>::from_data(
+                    TensorData::new(random(&mut rng, out.shape().num_elements()), out.dims()),
+                    &device,
+                );
+                let grads = (out.clone() * probe).sum().backward();
+                let mut all = vec![bits(out.inner()), bits(x.grad(&grads).expect("input grad"))];
+                for l in &stack {
+                    all.push(bits(l.weight.grad(&grads).expect("weight grad")));
+                    let bias = l.bias.grad(&grads).expect("bias grad");
+                    all.push(bits(bias.unsqueeze::<4>()));
+                }
+                (all, taken)
+            };
+            let ((stacked, taken), (one_by_one, _)) = (run(true), run(false));
+            assert!(
+                stacked == one_by_one,
+                "{layers:?}: values or gradients differ"
+            );
+            assert_eq!(
+                taken,
+                SimdLevel::active() != SimdLevel::Portable,
+                "{layers:?}"
+            );
         }
     }
 
