@@ -192,10 +192,10 @@ pub struct StackLayer {
 }
 
 /// `layers` applied in turn to `x`. On Flex each image goes through all of them on one thread
-/// (the crate's `stack` module: `cae bench`'s inference batches of 256 took 0.90x as long as
-/// layer by layer at AVX-512 and 0.89x at AVX2 on a Zen 4, medians of five alternated rounds
-/// each); under autodiff every layer's output is kept and each layer still records its own
-/// node, with the same backward step. Wherever the vector kernels do not cover a layer, and on
+/// (the crate's `stack` module: on a Zen 4 `cae bench`'s inference batches of 256 took 0.90x
+/// as long as layer by layer at AVX-512 and 0.89x at AVX2, its training steps 0.96x at AVX-512;
+/// medians of alternated rounds, README); under autodiff every layer's output is kept and each
+/// layer still records its own node, with the same backward step. Wherever the vector kernels do not cover a layer, and on
 /// other backends, layer by layer. The values are the same either way.
 pub fn layer_stack(x: Tensor<4>, layers: Vec<StackLayer>) -> Tensor<4> {
     let kernels = kernels_for(&x.device());
