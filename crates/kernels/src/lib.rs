@@ -195,8 +195,9 @@ pub struct StackLayer {
 /// (the crate's `stack` module: on a Zen 4 `cae bench`'s inference batches of 256 took 0.90x
 /// as long as layer by layer at AVX-512 and 0.89x at AVX2, its training steps 0.96x at AVX-512;
 /// medians of alternated rounds, README); under autodiff every layer's output is kept and each
-/// layer still records its own node, with the same backward step. Wherever the vector kernels do not cover a layer, and on
-/// other backends, layer by layer. The values are the same either way.
+/// layer still records its own node, with the same backward step. Wherever the vector kernels
+/// do not cover a layer, and on other backends, layer by layer. The values are the same either
+/// way.
 pub fn layer_stack(x: Tensor<4>, layers: Vec<StackLayer>) -> Tensor<4> {
     let kernels = kernels_for(&x.device());
     if kernels == Kernels::Cae {
@@ -225,8 +226,8 @@ pub fn layer_stack(x: Tensor<4>, layers: Vec<StackLayer>) -> Tensor<4> {
 
 /// What the host functions of the `stack` module return, as tensors of the given shapes.
 trait StackOutput: Sized {
-    fn into_tensors(self, shapes: &[[usize; 4]], device: &Device) -> Self::Tensors;
     type Tensors;
+    fn into_tensors(self, shapes: &[[usize; 4]], device: &Device) -> Self::Tensors;
 }
 
 impl StackOutput for Vec<f32> {

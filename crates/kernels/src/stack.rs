@@ -1,7 +1,9 @@
-//! A run of 3x3 layers without autodiff (inference), one image at a time through all of them:
-//! each thread takes an image through every layer of the run, its intermediate maps in two
-//! per-thread buffers that stay in L2, instead of each layer streaming the whole batch through
-//! memory and the threads meeting once per layer.
+//! A run of 3x3 layers one image at a time through all of them: each thread takes an image
+//! through every layer of the run, each layer's output for it read by the next while it is in
+//! L2, instead of each layer streaming the whole batch through memory and the threads meeting
+//! once per layer. Without autodiff the maps between layers live in two per-thread buffers
+//! ([`forward_stack`]); a training step keeps every layer's output for its backward pass
+//! ([`forward_stack_keeping`]).
 //!
 //! Every image passes through the same per-image kernels, built the same way, as in the
 //! layer-by-layer path ([`crate::dispatch::forward`] and [`crate::dispatch::transposed`]), so
