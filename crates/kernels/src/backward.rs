@@ -11,10 +11,9 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use crate::buffers::written;
-use crate::channels_last::{self, Pass};
-use crate::direct::Packed;
-use crate::dispatch::{self, Path};
-use crate::geometry::{Conv3x3, flipped_convolution};
+use crate::channels_last;
+use crate::dispatch::ImageKernel;
+use crate::geometry::Conv3x3;
 use crate::reduce::{channel_sums, sum_in_order};
 use crate::relu_gate::relu_gate_image;
 
@@ -47,7 +46,7 @@ pub(crate) fn layer_backward(
         return None;
     }
     let kernel = match want_input {
-        true => Some(InputGradKernel::new(g, transposed, weight)?),
+        true => Some(input_grad_kernel(g, transposed, weight)?),
         false => None,
     };
     let layer = GroupWork::new(g, transposed, kernel);
@@ -100,14 +99,14 @@ pub(crate) fn layer_backward(
 struct GroupWork<'a> {
     geometry: &'a Conv3x3,
     transposed: bool,
-    kernel: Option<InputGradKernel>,
+    kernel: Option<ImageKernel>,
     input_len: usize,
     grad_len: usize,
     grad_channels: usize,
 }
 
 impl<'a> GroupWork<'a> {
-    fn new(g: &'a Conv3x3, transposed: bool, kernel: Option<InputGradKernel>) -> Self {
+    fn new(g: &'a Conv3x3, transposed: bool, kernel: Option<ImageKernel>) -> Self {
         let (input_len, grad_len, grad_channels) = if transposed {
             (g.feature_len(), g.image_len(), g.image_channels)
         } else {
@@ -179,48 +178,14 @@ impl<'a> GroupWork<'a> {
     }
 }
 
-/// The kernel that turns a gated gradient into the input gradient, prepared once per call.
-enum InputGradKernel {
-    Direct(Packed),
-    ChannelsLast(Pass),
-}
-
-impl InputGradKernel {
-    /// A convolution's input gradient is its adjoint, a transposed convolution's the
-    /// convolution itself (without bias or ReLU). `None` outside the vector kernels.
-    fn new(g: &Conv3x3, transposed: bool, weight: &[f32]) -> Option<Self> {
-        if transposed {
-            return match dispatch::forward_path(g) {
-                Path::Direct => Some(Self::Direct(Packed::new(g, weight, None, false))),
-                Path::ChannelsLast => {
-                    Some(Self::ChannelsLast(Pass::forward(g, weight, None, false)))
-                }
-                _ => None,
-            };
-        }
-        match (dispatch::adjoint_path(g), g.stride) {
-            (Path::ChannelsLast, 2) => {
-                Some(Self::ChannelsLast(Pass::adjoint(g, weight, None, false)))
-            }
-            (Path::Direct, 1) => {
-                let (swapped, flipped) = flipped_convolution(g, weight);
-                Some(Self::Direct(Packed::new(&swapped, &flipped, None, false)))
-            }
-            (Path::ChannelsLast, 1) => {
-                let (swapped, flipped) = flipped_convolution(g, weight);
-                Some(Self::ChannelsLast(Pass::forward(
-                    &swapped, &flipped, None, false,
-                )))
-            }
-            _ => None,
-        }
-    }
-
-    fn run_one(&self, grad: &[f32], out: &mut [MaybeUninit<f32>]) {
-        match self {
-            Self::Direct(packed) => packed.forward_one(grad, out),
-            Self::ChannelsLast(pass) => pass.run_one(grad, out),
-        }
+/// The kernel that turns a gated gradient into the input gradient, prepared once per call: a
+/// convolution's input gradient is its adjoint, a transposed convolution's the convolution
+/// itself (without bias or ReLU). `None` outside the vector kernels.
+fn input_grad_kernel(g: &Conv3x3, transposed: bool, weight: &[f32]) -> Option<ImageKernel> {
+    if transposed {
+        ImageKernel::forward(g, weight, None, false)
+    } else {
+        ImageKernel::adjoint(g, weight, None, false)
     }
 }
 

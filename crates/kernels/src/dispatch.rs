@@ -7,7 +7,11 @@
 //! backward passes spend most of a training step outside matrix products (scalar scatter
 //! loops, zeroing and page faults on fresh buffers); `cae bench` shows the gain.
 
-use crate::geometry::{Conv3x3, flipped, swapped};
+use std::mem::MaybeUninit;
+
+use crate::channels_last::Pass;
+use crate::direct::Packed;
+use crate::geometry::{Conv3x3, flipped, flipped_convolution, swapped};
 use crate::im2col::{adjoint_col2im, forward_im2col, weight_grad_im2col};
 use crate::relu_gate;
 use crate::{channels_last, direct};
@@ -26,6 +30,59 @@ pub fn forward(
         Path::Direct => direct::forward(geometry, image, weight, bias, relu),
         Path::ChannelsLast => channels_last::forward(geometry, image, weight, bias, relu),
         _ => forward_im2col(geometry, image, weight, bias, relu),
+    }
+}
+
+/// The per-image vector kernel that [`forward`] or the adjoint (of [`adjoint`] and
+/// [`transposed`]) runs for a geometry, prepared once per call for callers that run images
+/// one at a time themselves (a run of layers, the grouped backward pass).
+pub(crate) enum ImageKernel {
+    Direct(Packed),
+    ChannelsLast(Pass),
+}
+
+impl ImageKernel {
+    /// The kernel of [`forward`]; `None` where that is im2col.
+    pub(crate) fn forward(
+        g: &Conv3x3,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) -> Option<Self> {
+        match forward_path(g) {
+            Path::Direct => Some(Self::Direct(Packed::new(g, weight, bias, relu))),
+            Path::ChannelsLast => Some(Self::ChannelsLast(Pass::forward(g, weight, bias, relu))),
+            _ => None,
+        }
+    }
+
+    /// The kernel of the adjoint, as `adjoint_then` chooses it: stride 2 the channels-last
+    /// adjoint, stride 1 the forward kernel of the flipped convolution; `None` where that is
+    /// col2im or im2col.
+    pub(crate) fn adjoint(
+        g: &Conv3x3,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) -> Option<Self> {
+        match (adjoint_path(g), g.stride) {
+            (Path::ChannelsLast, 2) => {
+                Some(Self::ChannelsLast(Pass::adjoint(g, weight, bias, relu)))
+            }
+            (Path::Col2im, _) => None,
+            _ => {
+                let (swapped, flipped) = flipped_convolution(g, weight);
+                Self::forward(&swapped, &flipped, bias, relu)
+            }
+        }
+    }
+
+    /// One image into `out`, every value of which it writes.
+    pub(crate) fn run_one(&self, input: &[f32], out: &mut [MaybeUninit<f32>]) {
+        match self {
+            Self::Direct(packed) => packed.forward_one(input, out),
+            Self::ChannelsLast(pass) => pass.run_one(input, out),
+        }
     }
 }
 

@@ -36,21 +36,6 @@ fn dims4(tensor: &FlexTensor) -> [usize; 4] {
     [shape[0], shape[1], shape[2], shape[3]]
 }
 
-/// The geometry of a convolution given its image and weight `(feature, image, 3, 3)`.
-fn geometry(image: [usize; 4], weight: [usize; 4], stride: usize) -> Option<Conv3x3> {
-    let [batch, image_channels, image_height, image_width] = image;
-    (weight[1] == image_channels && weight[2..] == [3, 3] && matches!(stride, 1 | 2)).then_some(
-        Conv3x3 {
-            batch,
-            image_channels,
-            image_height,
-            image_width,
-            feature_channels: weight[0],
-            stride,
-        },
-    )
-}
-
 fn out_shape(g: &Conv3x3, feature: bool) -> [usize; 4] {
     if feature {
         [
@@ -72,7 +57,7 @@ impl Conv3x3Backend for Flex {
         stride: usize,
         relu: bool,
     ) -> FlexTensor {
-        let g = geometry(dims4(&x), dims4(&weight), stride);
+        let g = Conv3x3::of_convolution(dims4(&x), dims4(&weight), stride);
         match (g, values(&x), values(&weight), values(&bias)) {
             (Some(g), Some(x), Some(w), Some(b)) => {
                 let out = dispatch::forward(&g, &x, &w, Some(&b), relu);
@@ -88,7 +73,7 @@ impl Conv3x3Backend for Flex {
         output_grad: FlexTensor,
         stride: usize,
     ) -> FlexTensor {
-        let g = geometry(dims4(&x), dims4(&weight), stride);
+        let g = Conv3x3::of_convolution(dims4(&x), dims4(&weight), stride);
         match (g, values(&output_grad), values(&weight)) {
             (Some(g), Some(dy), Some(w)) => {
                 flex_tensor(dispatch::adjoint(&g, &dy, &w), out_shape(&g, false))
@@ -103,7 +88,7 @@ impl Conv3x3Backend for Flex {
         output_grad: FlexTensor,
         stride: usize,
     ) -> FlexTensor {
-        let g = geometry(dims4(&x), dims4(&weight), stride);
+        let g = Conv3x3::of_convolution(dims4(&x), dims4(&weight), stride);
         match (g, values(&x), values(&output_grad)) {
             (Some(g), Some(x), Some(dy)) => {
                 flex_tensor(dispatch::weight_grad(&g, &x, &dy), dims4(&weight))
@@ -121,10 +106,7 @@ impl Conv3x3Backend for Flex {
         stride: usize,
         relu: bool,
     ) -> FlexTensor {
-        let [batch, _, height, width] = dims4(&x);
-        let image = [batch, dims4(&weight)[1], height * stride, width * stride];
-        let g =
-            geometry(image, dims4(&weight), stride).filter(|g| g.feature_channels == dims4(&x)[1]);
+        let g = Conv3x3::of_transposed(dims4(&x), dims4(&weight), stride);
         match (g, values(&x), values(&weight), values(&bias)) {
             (Some(g), Some(x), Some(w), Some(b)) => {
                 let out = dispatch::transposed(&g, &x, &w, &b, relu);
@@ -139,7 +121,7 @@ impl Conv3x3Backend for Flex {
         output_grad: FlexTensor,
         stride: usize,
     ) -> FlexTensor {
-        let g = geometry(dims4(&output_grad), dims4(&weight), stride);
+        let g = Conv3x3::of_convolution(dims4(&output_grad), dims4(&weight), stride);
         match (g, values(&output_grad), values(&weight)) {
             (Some(g), Some(dy), Some(w)) => flex_tensor(
                 dispatch::forward(&g, &dy, &w, None, false),
@@ -159,7 +141,7 @@ impl Conv3x3Backend for Flex {
         output_grad: FlexTensor,
         stride: usize,
     ) -> FlexTensor {
-        let g = geometry(dims4(&output_grad), dims4(&weight), stride);
+        let g = Conv3x3::of_convolution(dims4(&output_grad), dims4(&weight), stride);
         match (g, values(&output_grad), values(&x)) {
             (Some(g), Some(dy), Some(x)) => {
                 flex_tensor(dispatch::weight_grad(&g, &dy, &x), dims4(&weight))
@@ -273,10 +255,10 @@ fn flex_backward(step: StepInputs<Flex>, want_input: bool) -> Grads<Flex> {
     let transposed = step.layer == Layer::Transposed;
     let [batch, channels, height, width] = dims4(&step.x);
     let geometry = if transposed {
-        geometry(dims4(&step.grad), dims4(&step.weight), step.stride)
+        Conv3x3::of_convolution(dims4(&step.grad), dims4(&step.weight), step.stride)
             .filter(|g| g.feature_channels == channels && g.batch == batch)
     } else {
-        geometry(
+        Conv3x3::of_convolution(
             [batch, channels, height, width],
             dims4(&step.weight),
             step.stride,

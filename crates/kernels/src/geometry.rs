@@ -18,6 +18,39 @@ pub struct Conv3x3 {
 }
 
 impl Conv3x3 {
+    /// The geometry of a convolution of `image` `(batch, channels, H, W)` with `weight`
+    /// `(feature, image, 3, 3)`; `None` unless the shapes fit a 3x3 layer of stride 1 or 2.
+    pub(crate) fn of_convolution(
+        image: [usize; 4],
+        weight: [usize; 4],
+        stride: usize,
+    ) -> Option<Self> {
+        let [batch, image_channels, image_height, image_width] = image;
+        (weight[1] == image_channels && weight[2..] == [3, 3] && matches!(stride, 1 | 2)).then_some(
+            Conv3x3 {
+                batch,
+                image_channels,
+                image_height,
+                image_width,
+                feature_channels: weight[0],
+                stride,
+            },
+        )
+    }
+
+    /// The geometry of a transposed convolution of `input` `(batch, channels, h, w)` with
+    /// `weight` `(in, out, 3, 3)`: its output `(batch, out, h * stride, w * stride)` is the
+    /// image side of the convolution whose weight is this one read as `(feature, image, 3, 3)`.
+    pub(crate) fn of_transposed(
+        input: [usize; 4],
+        weight: [usize; 4],
+        stride: usize,
+    ) -> Option<Self> {
+        let [batch, channels, height, width] = input;
+        let image = [batch, weight[1], height * stride, width * stride];
+        Self::of_convolution(image, weight, stride).filter(|g| g.feature_channels == channels)
+    }
+
     pub fn feature_height(&self) -> usize {
         (self.image_height - 1) / self.stride + 1
     }

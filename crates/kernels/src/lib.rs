@@ -260,28 +260,10 @@ fn stacked<O: StackOutput>(
     let mut geometries = Vec::with_capacity(layers.len());
     let mut shapes = Vec::with_capacity(layers.len());
     for l in layers {
-        let [w0, w1, kh, kw] = l.weight.dims();
-        if [kh, kw] != [3, 3] || !matches!(l.stride, 1 | 2) {
-            return None;
-        }
+        let input = [batch, channels, height, width];
         let g = match l.layer {
-            Layer::Conv if w1 == channels => Conv3x3 {
-                batch,
-                image_channels: channels,
-                image_height: height,
-                image_width: width,
-                feature_channels: w0,
-                stride: l.stride,
-            },
-            Layer::Transposed if w0 == channels => Conv3x3 {
-                batch,
-                image_channels: w1,
-                image_height: height * l.stride,
-                image_width: width * l.stride,
-                feature_channels: w0,
-                stride: l.stride,
-            },
-            _ => return None,
+            Layer::Conv => Conv3x3::of_convolution(input, l.weight.dims(), l.stride)?,
+            Layer::Transposed => Conv3x3::of_transposed(input, l.weight.dims(), l.stride)?,
         };
         (channels, height, width) = match l.layer {
             Layer::Conv => (g.feature_channels, g.feature_height(), g.feature_width()),

@@ -17,10 +17,8 @@ use rayon::prelude::*;
 
 use crate::backend::Layer;
 use crate::buffers::per_image;
-use crate::channels_last::Pass;
-use crate::direct::Packed;
-use crate::dispatch::{self, Path};
-use crate::geometry::{Conv3x3, flipped_convolution};
+use crate::dispatch::ImageKernel;
+use crate::geometry::Conv3x3;
 
 thread_local! {
     /// The two maps an image alternates between on its way through a run, kept between calls
@@ -38,55 +36,23 @@ pub(crate) struct StackStep<'a> {
     pub relu: bool,
 }
 
-/// The per-image kernel of one layer, prepared once per call.
-enum ImageKernel {
-    Direct(Packed),
-    ChannelsLast(Pass),
-}
-
-impl ImageKernel {
-    /// The kernel the layer-by-layer path runs for `step`, with its per-image input and
-    /// output sizes; `None` where that path is not a per-image vector kernel.
-    fn new(step: &StackStep) -> Option<(Self, usize, usize)> {
-        let g = &step.geometry;
-        let bias = Some(step.bias);
-        match step.layer {
-            Layer::Conv => {
-                let kernel = Self::forward(g, step.weight, bias, step.relu)?;
-                Some((kernel, g.image_len(), g.feature_len()))
-            }
-            Layer::Transposed => {
-                // As `dispatch::transposed`: stride 2 runs the channels-last adjoint, stride 1
-                // the forward kernel of the flipped convolution.
-                let kernel = match (dispatch::adjoint_path(g), g.stride) {
-                    (Path::ChannelsLast, 2) => {
-                        Self::ChannelsLast(Pass::adjoint(g, step.weight, bias, step.relu))
-                    }
-                    (Path::Col2im, _) => return None,
-                    _ => {
-                        let (swapped, flipped) = flipped_convolution(g, step.weight);
-                        Self::forward(&swapped, &flipped, bias, step.relu)?
-                    }
-                };
-                Some((kernel, g.feature_len(), g.image_len()))
-            }
-        }
-    }
-
-    /// As `dispatch::forward`.
-    fn forward(g: &Conv3x3, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Option<Self> {
-        match dispatch::forward_path(g) {
-            Path::Direct => Some(Self::Direct(Packed::new(g, weight, bias, relu))),
-            Path::ChannelsLast => Some(Self::ChannelsLast(Pass::forward(g, weight, bias, relu))),
-            _ => None,
-        }
-    }
-
-    fn run_one(&self, input: &[f32], out: &mut [MaybeUninit<f32>]) {
-        match self {
-            Self::Direct(packed) => packed.forward_one(input, out),
-            Self::ChannelsLast(pass) => pass.run_one(input, out),
-        }
+/// The kernel the layer-by-layer path ([`crate::dispatch::forward`] for a convolution,
+/// [`crate::dispatch::transposed`] for a transposed one) runs for `step`, with its per-image
+/// input and output sizes; `None` where that path is not a per-image vector kernel.
+fn step_kernel(step: &StackStep) -> Option<(ImageKernel, usize, usize)> {
+    let g = &step.geometry;
+    let bias = Some(step.bias);
+    match step.layer {
+        Layer::Conv => Some((
+            ImageKernel::forward(g, step.weight, bias, step.relu)?,
+            g.image_len(),
+            g.feature_len(),
+        )),
+        Layer::Transposed => Some((
+            ImageKernel::adjoint(g, step.weight, bias, step.relu)?,
+            g.feature_len(),
+            g.image_len(),
+        )),
     }
 }
 
@@ -101,7 +67,7 @@ fn prepare(
     let mut kernels = Vec::with_capacity(steps.len());
     let mut sizes: Vec<usize> = Vec::with_capacity(steps.len() + 1);
     for step in steps {
-        let (kernel, input_len, output_len) = ImageKernel::new(step)?;
+        let (kernel, input_len, output_len) = step_kernel(step)?;
         if sizes.last().is_some_and(|&previous| previous != input_len) {
             return None;
         }
