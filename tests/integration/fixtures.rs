@@ -9,11 +9,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 /// The workspace's root folder (the one holding `Cargo.lock`), whichever crate's tests run.
+/// `cargo test` names the crate's folder at run time too; that one comes first, since a build
+/// reused from a checkout elsewhere (one shared `CARGO_TARGET_DIR`, a moved clone) still holds
+/// the old checkout's path from compile time.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .ancestors()
         .find(|dir| dir.join("Cargo.lock").is_file())
-        .expect("the workspace root above CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|| panic!("no Cargo.lock above {}", manifest_dir.display()))
         .to_path_buf()
 }
 

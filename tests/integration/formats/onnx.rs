@@ -38,8 +38,7 @@ fn export(model: &Path, dir: &Path, part: &str) -> PathBuf {
 /// Runs `onnx_check.py` on `onnx`, with ONNX Runtime turning each (input, output) pair of .npy
 /// files; returns its description of the graph.
 fn check(onnx: &Path, runs: &[(PathBuf, PathBuf)]) -> serde_json::Value {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/formats/onnx_check.py");
+    let script = crate::fixtures::workspace_root().join("tests/integration/formats/onnx_check.py");
     let output = Command::new("python3")
         .arg(&script)
         .arg(onnx)
