@@ -168,11 +168,21 @@ fn run_dense(
 }
 
 /// The fully connected layers give Burn's `linear` (and ReLU) outputs and gradients bit for
-/// bit: the same products in the same order, the bias and the gate fused.
+/// bit: the same products in the same order, the bias and the gate fused. The `(64, 4096,
+/// 200)` forward pass and the `(64, 200, 4096)` and `(48, 1000, 300)` input gradients run
+/// column by column (`dense::product`).
 #[test]
 fn dense_layers_match_burn_bit_for_bit() {
     let mut case = 0;
-    for sizes in [(64, 4096, 200), (7, 33, 5), (1, 1, 1), (3, 200, 4096)] {
+    let sizes = [
+        (64, 4096, 200),
+        (64, 200, 4096),
+        (48, 1000, 300),
+        (7, 33, 5),
+        (1, 1, 1),
+        (3, 200, 4096),
+    ];
+    for sizes in sizes {
         for relu in [false, true] {
             for x_tracked in [false, true] {
                 let (ours, burns) =
@@ -202,6 +212,7 @@ fn dense_layers_match_burn_bit_for_bit() {
 fn every_level_matches_burn_too() {
     crate::simd::rerun_at_every_other_level(&[
         "burn_parity::cae_kernels_match_burn_forward_and_backward",
+        "burn_parity::dense_layers_match_burn_bit_for_bit",
     ]);
 }
 

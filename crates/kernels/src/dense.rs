@@ -8,9 +8,10 @@
 use rayon::prelude::*;
 
 use crate::buffers::written;
-use crate::product::gemm_rowmajor;
+use crate::product::{gemm_into, gemm_rowmajor};
 use crate::reduce::channel_sums;
 use crate::relu_gate::{relu, relu_backward_and_channel_sums};
+use crate::transpose::transpose_parallel;
 
 /// The sizes of one layer's product: `batch` rows of `inputs` values to `outputs` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,67 @@ fn parallelism((m, n, k): (usize, usize, usize)) -> gemm::Parallelism {
     }
 }
 
+/// Rows of the left operand per vector register of `gemm`'s kernels at AVX-512 (a multiple of
+/// the AVX2 and NEON widths too).
+const GEMM_ROWS: usize = 16;
+
+/// `lhs (m, k) . rhs (k, n)` (each given as (values, row stride, column stride)) into a new
+/// row-major `(m, n)`.
+///
+/// `gemm` turns a product with a row-major result around (it computes `rhs^T . lhs^T`), and
+/// when the left operand it then has is short (at most two of its row blocks) and either not
+/// contiguous by columns or not in whole vectors of rows, it first copies that operand into its
+/// own layout, on the calling thread while the others wait. For the fully connected layers'
+/// `(64, 4096) . (4096, 200)` products (the encoder's forward pass, the decoder's input gradient)
+/// that is the whole 3.3 MB weight: 3% of a training step's `perf` samples on a Zen 4, on the
+/// main thread alone. Where `m` is in whole vectors and `n` is not, and `lhs` is the smaller
+/// operand, the product is instead computed column by column from `lhs` copied by columns in
+/// parallel, and the (small) result transposed back in parallel: `cae bench` training steps
+/// took 0.935x as long (Zen 4, AVX-512, ten alternated rounds, 0.89-1.02x). At batch 256
+/// (inference) that copy is larger than the weight and the steps were 1.015x as long, so there
+/// `gemm` copies the weight as before. Every output is the same sum in the same order either
+/// way (`gemm`'s depth blocks depend on `k` alone).
+fn product(
+    dims: (usize, usize, usize),
+    lhs: (&[f32], isize, isize),
+    rhs: (&[f32], isize, isize),
+) -> Vec<f32> {
+    let (m, n, k) = dims;
+    let parallelism = parallelism(dims);
+    let by_columns = matches!(parallelism, gemm::Parallelism::Rayon(_))
+        && m.is_multiple_of(GEMM_ROWS)
+        && !n.is_multiple_of(GEMM_ROWS)
+        && m < n
+        && lhs.1 == k as isize
+        && lhs.2 == 1;
+    if !by_columns {
+        // SAFETY: the product writes all `m * n` values; the strides are the callers' shapes'.
+        return unsafe {
+            written(m * n, |out| {
+                gemm_rowmajor(out.as_mut_ptr().cast(), false, dims, lhs, rhs, parallelism)
+            })
+        };
+    }
+    // SAFETY: the transposes and the product write every value of their outputs; `lhs` is a
+    // contiguous row-major `(m, k)` (checked above), its copy `(k, m)`.
+    unsafe {
+        let lhs_by_columns = written(m * k, |out| transpose_parallel(lhs.0, m, k, out));
+        let by_columns = written(m * n, |out| {
+            let lhs = (&lhs_by_columns[..], 1, m as isize);
+            gemm_into(
+                out.as_mut_ptr().cast(),
+                (1, m as isize),
+                false,
+                dims,
+                lhs,
+                rhs,
+                parallelism,
+            )
+        });
+        written(m * n, |out| transpose_parallel(&by_columns, n, m, out))
+    }
+}
+
 impl Dense {
     fn check(&self, x: &[f32], weight: &[f32]) {
         assert_eq!(x.len(), self.batch * self.inputs, "dense input size");
@@ -64,21 +126,11 @@ impl Dense {
             inputs,
             outputs,
         } = *self;
-        // SAFETY: the product writes all `batch * outputs` values; the strides are the shapes'.
-        let mut out = unsafe {
-            written(batch * outputs, |out| {
-                let dims = (batch, outputs, inputs);
-                let (x, w) = ((x, inputs as isize, 1), (weight, outputs as isize, 1));
-                gemm_rowmajor(
-                    out.as_mut_ptr().cast(),
-                    false,
-                    dims,
-                    x,
-                    w,
-                    parallelism(dims),
-                );
-            })
-        };
+        let mut out = product(
+            (batch, outputs, inputs),
+            (x, inputs as isize, 1),
+            (weight, outputs as isize, 1),
+        );
         out.par_chunks_mut(outputs).for_each(|row| {
             for (v, b) in row.iter_mut().zip(bias) {
                 *v += b;
@@ -120,24 +172,18 @@ impl Dense {
             ),
         };
         // dW = x^T . grad: x read by columns.
-        // SAFETY: each product writes all of its output.
-        let weight_grad = unsafe {
-            written(inputs * outputs, |dw| {
-                let dims = (inputs, outputs, batch);
-                let (x, g) = ((x, 1, inputs as isize), (&grad[..], outputs as isize, 1));
-                gemm_rowmajor(dw.as_mut_ptr().cast(), false, dims, x, g, parallelism(dims));
-            })
-        };
+        let weight_grad = product(
+            (inputs, outputs, batch),
+            (x, 1, inputs as isize),
+            (&grad, outputs as isize, 1),
+        );
         // dx = grad . W^T: the weight read by columns.
-        let input = want_input.then(|| unsafe {
-            written(batch * inputs, |dx| {
-                let dims = (batch, inputs, outputs);
-                let (g, w) = (
-                    (&grad[..], outputs as isize, 1),
-                    (weight, 1, outputs as isize),
-                );
-                gemm_rowmajor(dx.as_mut_ptr().cast(), false, dims, g, w, parallelism(dims));
-            })
+        let input = want_input.then(|| {
+            product(
+                (batch, inputs, outputs),
+                (&grad, outputs as isize, 1),
+                (weight, 1, outputs as isize),
+            )
         });
         DenseGrads {
             input,

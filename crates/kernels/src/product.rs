@@ -11,6 +11,34 @@ pub(crate) unsafe fn gemm_rowmajor(
     dst: *mut f32,
     accumulate: bool,
     (m, n, k): (usize, usize, usize),
+    lhs: (&[f32], isize, isize),
+    rhs: (&[f32], isize, isize),
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: as the caller's.
+    unsafe {
+        gemm_into(
+            dst,
+            (n as isize, 1),
+            accumulate,
+            (m, n, k),
+            lhs,
+            rhs,
+            parallelism,
+        )
+    }
+}
+
+/// [`gemm_rowmajor`] into `dst` with the given (row stride, column stride): `(1, m)` writes it
+/// column by column.
+///
+/// # Safety
+/// As [`gemm_rowmajor`], with `dst`'s strides keeping every index inside its `m * n` values.
+pub(crate) unsafe fn gemm_into(
+    dst: *mut f32,
+    (dst_rs, dst_cs): (isize, isize),
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
     (lhs, lhs_rs, lhs_cs): (&[f32], isize, isize),
     (rhs, rhs_rs, rhs_cs): (&[f32], isize, isize),
     parallelism: gemm::Parallelism,
@@ -21,8 +49,8 @@ pub(crate) unsafe fn gemm_rowmajor(
             n,
             k,
             dst,
-            1,
-            n as isize,
+            dst_cs,
+            dst_rs,
             accumulate,
             lhs.as_ptr(),
             lhs_cs,

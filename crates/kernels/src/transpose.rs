@@ -8,6 +8,8 @@
 
 use std::mem::MaybeUninit;
 
+use rayon::prelude::*;
+
 use crate::simd::{Isa, SimdLevel, at_level, instantiate};
 
 /// `dst[c * rows + r] = src[r * cols + c]` for a row-major `(rows, cols)` matrix `src`;
@@ -15,41 +17,111 @@ use crate::simd::{Isa, SimdLevel, at_level, instantiate};
 pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [MaybeUninit<f32>]) {
     assert_eq!(src.len(), rows * cols, "transpose source size");
     assert_eq!(dst.len(), rows * cols, "transpose destination size");
+    transpose_columns(src, (rows, cols), 0..cols, dst);
+}
+
+/// [`transpose`] split by columns over rayon's threads: for the fully connected layers'
+/// `(batch, 4096)` operands, which `gemm` would otherwise copy into its own layout on the
+/// calling thread while the other threads wait (`dense::product`).
+pub(crate) fn transpose_parallel(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    dst: &mut [MaybeUninit<f32>],
+) {
+    assert_eq!(src.len(), rows * cols, "transpose source size");
+    assert_eq!(dst.len(), rows * cols, "transpose destination size");
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    // Whole blocks of lanes per task, about four tasks per thread.
+    let lanes = SimdLevel::active().lanes().max(1);
+    let tasks = 4 * rayon::current_num_threads();
+    let chunk = cols.div_ceil(tasks).div_ceil(lanes) * lanes;
+    dst.par_chunks_mut(chunk * rows)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            let first = i * chunk;
+            transpose_columns(src, (rows, cols), first..first + dst.len() / rows, dst);
+        });
+}
+
+/// Columns `columns` of `src (rows, cols)` into `dst`, which holds those rows of the transpose
+/// (`dst[(c - columns.start) * rows + r] = src[r * cols + c]`).
+fn transpose_columns(
+    src: &[f32],
+    (rows, cols): (usize, usize),
+    columns: std::ops::Range<usize>,
+    dst: &mut [MaybeUninit<f32>],
+) {
+    assert!(columns.end <= cols, "transpose columns");
+    assert_eq!(
+        dst.len(),
+        rows * columns.len(),
+        "transpose destination size"
+    );
     let level = SimdLevel::active();
     // Blocks of one vector's lanes (single elements at the portable level).
     let block = level.lanes();
-    let (full_rows, full_cols) = (rows / block * block, cols / block * block);
+    let full_rows = rows / block * block;
+    let full_end = columns.start + columns.len() / block * block;
     let dst_values = dst.as_mut_ptr().cast::<f32>();
+    let whole = (0..full_rows, columns.start..full_end);
     // SAFETY: the active level runs on this CPU; `blocks` stays inside both matrices.
     at_level!(
         level,
-        blocks(src, (rows, cols), dst_values),
-        scalar(src, (rows, cols), dst, (0..full_rows, 0..full_cols))
+        blocks(src, (rows, cols), whole.clone(), dst_values),
+        scalar(src, (rows, cols), columns.start, dst, whole)
     );
-    scalar(src, (rows, cols), dst, (0..rows, full_cols..cols));
-    scalar(src, (rows, cols), dst, (full_rows..rows, 0..full_cols));
+    let first = columns.start;
+    scalar(
+        src,
+        (rows, cols),
+        first,
+        dst,
+        (0..rows, full_end..columns.end),
+    );
+    scalar(
+        src,
+        (rows, cols),
+        first,
+        dst,
+        (full_rows..rows, first..full_end),
+    );
 }
 
 instantiate! {
-    fn blocks<>(src: &[f32], shape: (usize, usize), dst: *mut f32);
+    fn blocks<>(
+        src: &[f32],
+        shape: (usize, usize),
+        part: (std::ops::Range<usize>, std::ops::Range<usize>),
+        dst: *mut f32,
+    );
 }
 
-/// Every whole `LANES x LANES` block of `src (rows, cols)` into `dst (cols, rows)`.
+/// The `LANES x LANES` blocks of `src (rows, cols)` in `part` (rows, columns; whole blocks)
+/// into `dst`, the rows of the transpose from `part`'s first column on.
 ///
 /// # Safety
-/// Only from a function compiled for `S` (see [`instantiate`]); `dst` holds `rows * cols`
-/// values.
+/// Only from a function compiled for `S` (see [`instantiate`]); `dst` holds `rows` values for
+/// every column from `part.1.start` to `part.1.end`.
 #[inline(always)]
-unsafe fn blocks<S: Isa>(src: &[f32], (rows, cols): (usize, usize), dst: *mut f32) {
+unsafe fn blocks<S: Isa>(
+    src: &[f32],
+    (rows, cols): (usize, usize),
+    (row_range, col_range): (std::ops::Range<usize>, std::ops::Range<usize>),
+    dst: *mut f32,
+) {
     let lanes = S::LANES;
-    for r in (0..rows / lanes * lanes).step_by(lanes) {
-        for c in (0..cols / lanes * lanes).step_by(lanes) {
+    let first = col_range.start;
+    for r in row_range.step_by(lanes) {
+        for c in col_range.clone().step_by(lanes) {
             // SAFETY: the block lies inside both matrices.
             unsafe {
                 S::transpose_block(
                     src.as_ptr().add(r * cols + c),
                     cols,
-                    dst.add(c * rows + r),
+                    dst.add((c - first) * rows + r),
                     rows,
                 )
             };
@@ -63,16 +135,18 @@ pub(crate) fn as_uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
     unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
-/// The rows and columns given of `src`, one element at a time.
+/// The rows and columns given of `src`, one element at a time, into `dst` (the rows of the
+/// transpose from column `first` on).
 fn scalar(
     src: &[f32],
     (rows, cols): (usize, usize),
+    first: usize,
     dst: &mut [MaybeUninit<f32>],
     (row_range, col_range): (std::ops::Range<usize>, std::ops::Range<usize>),
 ) {
     for r in row_range {
         for c in col_range.clone() {
-            dst[c * rows + r].write(src[r * cols + c]);
+            dst[(c - first) * rows + r].write(src[r * cols + c]);
         }
     }
 }
@@ -89,19 +163,28 @@ mod tests {
             (17, 33),
             (5, 3),
             (64, 1024),
+            (64, 4096),
+            (64, 200),
+            (3, 1000),
             (1024, 16),
             (1, 1),
         ] {
             let src: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
-            let mut dst = vec![-1.0f32; rows * cols];
-            transpose(&src, rows, cols, as_uninit(&mut dst));
-            for r in 0..rows {
-                for c in 0..cols {
-                    assert_eq!(
-                        dst[c * rows + r],
-                        src[r * cols + c],
-                        "({rows}, {cols}) at ({r}, {c})"
-                    );
+            for parallel in [false, true] {
+                let mut dst = vec![-1.0f32; rows * cols];
+                if parallel {
+                    transpose_parallel(&src, rows, cols, as_uninit(&mut dst));
+                } else {
+                    transpose(&src, rows, cols, as_uninit(&mut dst));
+                }
+                for r in 0..rows {
+                    for c in 0..cols {
+                        assert_eq!(
+                            dst[c * rows + r],
+                            src[r * cols + c],
+                            "({rows}, {cols}) at ({r}, {c}), parallel {parallel}"
+                        );
+                    }
                 }
             }
         }
