@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
-use rayon::prelude::*;
 
 use crate::io::weights::torch_name;
 use crate::model::Autoencoder;
@@ -155,25 +154,15 @@ impl Adam {
             None => (vec![0.0; n], vec![0.0; n]),
         };
         // The scalars as the tensor version applies them: f64 constants cast to f32.
-        let one_minus_beta1 = (1.0 - beta1) as f32;
-        let one_minus_beta2 = (1.0 - beta2) as f32;
-        let beta2 = beta2 as f32;
-        let bias_correction2_sqrt = bias_correction2_sqrt as f32;
-        let eps = eps as f32;
-        let step_size = (lr / bias_correction1) as f32;
-        const CHUNK: usize = 1 << 14;
-        p.par_chunks_mut(CHUNK)
-            .zip(m.par_chunks_mut(CHUNK))
-            .zip(v.par_chunks_mut(CHUNK))
-            .zip(g.par_chunks(CHUNK))
-            .for_each(|(((p, m), v), g)| {
-                for i in 0..p.len() {
-                    m[i] = flush_subnormal(m[i] + (g[i] - m[i]) * one_minus_beta1);
-                    v[i] = flush_subnormal(v[i] * beta2 + g[i] * g[i] * one_minus_beta2);
-                    let denom = v[i].sqrt() / bias_correction2_sqrt + eps;
-                    p[i] -= (m[i] / denom) * step_size;
-                }
-            });
+        let step = kernels::adam::AdamStep {
+            one_minus_beta1: (1.0 - beta1) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            bias_correction2_sqrt: bias_correction2_sqrt as f32,
+            eps: eps as f32,
+            step_size: (lr / bias_correction1) as f32,
+        };
+        kernels::adam::adam_update(&mut p, &mut m, &mut v, &g, &step);
         let tensor =
             |values: Vec<f32>| Tensor::<1>::from_data(TensorData::new(values, [n]), &device);
         self.moments.insert(
@@ -184,20 +173,6 @@ impl Adam {
             },
         );
         tensor(p)
-    }
-}
-
-/// Zero for subnormal values. A parameter whose gradient stays 0 (a dead unit) has its first
-/// moment shrink by `beta1` every step, into subnormal floats within a few hundred steps, and
-/// every arithmetic operation on those costs the CPU a microcode assist: measured, Adam then took
-/// over half of each step of a latent-1000 run. Flushing changes a moment by less than 1.2e-38,
-/// and so a parameter by less than `lr` * 1e-30.
-#[inline]
-fn flush_subnormal(value: f32) -> f32 {
-    if value.abs() < f32::MIN_POSITIVE {
-        0.0
-    } else {
-        value
     }
 }
 

@@ -10,7 +10,7 @@
 //! `CAE_SIMD`, and the operations every kernel is written in once), [`mod@dispatch`] (which
 //! kernel runs a pass), the kernels themselves (`direct`, `channels_last`, `im2col`,
 //! `backward` for a layer's grouped backward pass, `stack` for a run of layers image by image, `transpose` for the channels-last
-//! copies), their helpers (`buffers`, `reduce`, `relu_gate`), [`mod@peak`] (the measured FMA peak), and the Burn
+//! copies, [`mod@adam`] for the optimiser's update), their helpers (`buffers`, `reduce`, `relu_gate`), [`mod@peak`] (the measured FMA peak), and the Burn
 //! side: `backend` (the extension trait), `flex` (its Flex implementation) and
 //! `autodiff` (the autodiff node). The crate's API is the tensor functions below
 //! ([`conv3x3`], [`conv_transpose3x3`]), [`Kernels`] and the public modules; the rest is
@@ -31,6 +31,7 @@
     )
 )]
 
+pub mod adam;
 pub(crate) mod autodiff;
 pub(crate) mod backend;
 pub(crate) mod backward;
