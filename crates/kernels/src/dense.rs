@@ -56,9 +56,10 @@ const GEMM_ROWS: usize = 16;
 /// main thread alone. Where `m` is in whole vectors and `n` is not, and `lhs` is the smaller
 /// operand, the product is instead computed column by column from `lhs` copied by columns in
 /// parallel, and the (small) result transposed back in parallel: `cae bench` training steps
-/// took 0.935x as long (Zen 4, AVX-512, ten alternated rounds, 0.89-1.02x). At batch 256
-/// (inference) that copy is larger than the weight and the steps were 1.015x as long, so there
-/// `gemm` copies the weight as before. Every output is the same sum in the same order either
+/// took 0.91x as long (Zen 4, AVX-512, eight alternated rounds, 0.89-0.97x; AVX2 0.90x,
+/// `docs/perf/dense-columns-ab-zen4.txt`). With the column route also at batch 256 (inference),
+/// where that copy is larger than the weight, inference took 1.015x as long, so there `gemm`
+/// copies the weight as before. Every output is the same sum in the same order either
 /// way (`gemm`'s depth blocks depend on `k` alone).
 fn product(
     dims: (usize, usize, usize),

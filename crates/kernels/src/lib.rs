@@ -184,6 +184,7 @@ pub(crate) fn layer3x3(
 
 /// One layer of [`layer_stack`]: a 3x3 convolution or transposed convolution (weights as in
 /// [`conv3x3`] and [`conv_transpose3x3`]), then ReLU when `relu` is set.
+#[derive(Clone)]
 pub struct StackLayer {
     pub layer: Layer,
     pub weight: Tensor<4>,

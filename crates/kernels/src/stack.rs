@@ -19,6 +19,7 @@ use crate::backend::Layer;
 use crate::buffers::per_image;
 use crate::dispatch::ImageKernel;
 use crate::geometry::Conv3x3;
+use crate::transpose::as_uninit;
 
 thread_local! {
     /// The two maps an image alternates between on its way through a run, kept between calls
@@ -104,14 +105,7 @@ pub(crate) fn forward_stack(input: &[f32], batch: usize, steps: &[StackStep]) ->
                     if i + 1 == count {
                         kernel.run_one(source, out);
                     } else {
-                        let target = &mut to[..sizes[i + 1]];
-                        // SAFETY: an initialized `f32` slice viewed as possibly uninitialized
-                        // values of the same type; the kernel writes every one of them.
-                        let target = std::slice::from_raw_parts_mut(
-                            target.as_mut_ptr().cast::<MaybeUninit<f32>>(),
-                            target.len(),
-                        );
-                        kernel.run_one(source, target);
+                        kernel.run_one(source, as_uninit(&mut to[..sizes[i + 1]]));
                         std::mem::swap(&mut from, &mut to);
                     }
                 }
@@ -258,7 +252,7 @@ mod tests {
             let x = random(&mut rng, batch * channels * size * size);
             let x =
                 Tensor::<4>::from_data(TensorData::new(x, [batch, channels, size, size]), &device);
-            let stacked = kernels::layer_stack(x.clone(), stack.iter().map(copy).collect());
+            let stacked = kernels::layer_stack(x.clone(), stack.to_vec());
             let one_by_one = stack.iter().fold(x.clone(), |x, l| match l.layer {
                 Layer::Conv => {
                     kernels::conv3x3(x, l.weight.clone(), l.bias.clone(), l.stride, l.relu)
@@ -310,7 +304,7 @@ mod tests {
                 let x = Tensor::<4>::from_data(TensorData::new(x, shape), &device).require_grad();
                 let taken = super::super::stacked(&x, &stack, forward_stack_keeping).is_some();
                 let out = if stacked {
-                    kernels::layer_stack(x.clone(), stack.iter().map(copy).collect())
+                    kernels::layer_stack(x.clone(), stack.to_vec())
                 } else {
                     stack.iter().fold(x.clone(), |x, l| {
                         let (w, b) = (l.weight.clone(), l.bias.clone());
@@ -348,18 +342,8 @@ mod tests {
         }
     }
 
-    fn copy(l: &StackLayer) -> StackLayer {
-        StackLayer {
-            layer: l.layer,
-            weight: l.weight.clone(),
-            bias: l.bias.clone(),
-            stride: l.stride,
-            relu: l.relu,
-        }
-    }
-
-    /// Shapes that do not chain, and autodiff tensors, run layer by layer (which then reports
-    /// the mismatch, or tracks the gradients).
+    /// Shapes that do not chain are declined (the layer-by-layer path then reports the
+    /// mismatch), and an autodiff input keeps its gradient through a stack.
     #[test]
     fn stack_declines_what_it_cannot_run() {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(12);
