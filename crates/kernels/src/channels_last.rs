@@ -14,11 +14,11 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use crate::buffers::{per_image, with_scratch};
-use crate::direct::{pad_images, padded_plane};
-use crate::geometry::Conv3x3;
+use crate::direct::{pad_images, padded_image_len, padded_plane};
+use crate::geometry::{Conv3x3, MapLayout};
 use crate::reduce::sum_in_order;
 use crate::simd::{Isa, SimdLevel, at_level, instantiate};
-use crate::transpose::{as_uninit, transpose};
+use crate::transpose::{as_uninit, bordered_fits, transpose, transpose_bordered};
 
 /// Values (padded images and their gradients) of one group of images in the weight gradient:
 /// 512 KiB, a quarter of a core's L2 cache.
@@ -66,6 +66,8 @@ struct Segment {
 pub(crate) struct Pass {
     input: Conv3x3,
     output_len: usize,
+    /// The output map's height and width (its channels are `channels`).
+    output_size: (usize, usize),
     taps: Vec<Vec<(usize, usize)>>,
     segments: Vec<Segment>,
     weights: Vec<f32>,
@@ -121,6 +123,7 @@ impl Pass {
         Pass {
             input: *g,
             output_len: g.feature_len(),
+            output_size: (g.feature_height(), g.feature_width()),
             taps: vec![taps],
             segments,
             weights,
@@ -216,6 +219,7 @@ impl Pass {
         Pass {
             input: feature_side,
             output_len: g.image_len(),
+            output_size: (h, w),
             taps,
             segments,
             weights,
@@ -241,24 +245,62 @@ impl Pass {
     pub(crate) fn run_one(&self, input: &[f32], out: &mut [MaybeUninit<f32>]) {
         let g = &self.input;
         assert_eq!(input.len(), g.image_len(), "input size");
-        assert_eq!(out.len(), self.output_len, "output size");
-        let padded_len = g.image_channels * padded_plane(g);
+        let padded_len = padded_image_len(g);
         with_scratch([padded_len, self.output_len, 0], |padded, out_last, _| {
             pad_images(g, input, padded);
-            // SAFETY: the constructors checked the level; every tap offset stays inside the
-            // padded input and every segment inside `out_last`.
-            at_level!(
-                SimdLevel::active(),
-                run_image(self, padded, out_last),
-                unreachable!("checked by the constructors")
-            );
-            transpose(
-                out_last,
-                self.output_len / self.channels,
-                self.channels,
-                out,
-            );
+            let (h, w) = self.output_size;
+            self.run_into(padded, out_last, out, MapLayout::plain(h, w));
         });
+    }
+
+    /// One image already padded, `(channels, H + 2, W + 2)` with a zero border, into `out`
+    /// laid out as `layout` says ([`MapLayout::bordered`] only where [`Pass::writes_bordered`]):
+    /// every value of the map it writes, nothing of a border.
+    pub(crate) fn run_padded(
+        &self,
+        padded: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        layout: MapLayout,
+    ) {
+        with_scratch([0, self.output_len, 0], |_, out_last, _| {
+            self.run_into(padded, out_last, out, layout)
+        });
+    }
+
+    /// The geometry whose image side is the pass's input (a feature map for the adjoint).
+    pub(crate) fn input_geometry(&self) -> &Conv3x3 {
+        &self.input
+    }
+
+    /// Whether [`Pass::run_padded`] writes [`MapLayout::bordered`] outputs.
+    pub(crate) fn writes_bordered(&self) -> bool {
+        bordered_fits(self.output_size.1, self.channels)
+    }
+
+    fn run_into(
+        &self,
+        padded: &[f32],
+        out_last: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
+        layout: MapLayout,
+    ) {
+        let g = &self.input;
+        assert_eq!(padded.len(), padded_image_len(g), "padded input size");
+        let (h, w) = self.output_size;
+        // SAFETY: the constructors checked the level; every tap offset stays inside the
+        // padded input and every segment inside `out_last`.
+        at_level!(
+            SimdLevel::active(),
+            run_image(self, padded, out_last),
+            unreachable!("checked by the constructors")
+        );
+        if layout.is_bordered() {
+            assert_eq!(layout, MapLayout::bordered(h, w), "output layout");
+            transpose_bordered(out_last, (self.channels, h, w), out);
+        } else {
+            assert_eq!(out.len(), self.output_len, "output size");
+            transpose(out_last, h * w, self.channels, out);
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use crate::buffers::{per_image, with_scratch};
-use crate::geometry::Conv3x3;
+use crate::geometry::{Conv3x3, MapLayout};
 use crate::reduce::sum_in_order;
 use crate::simd::{Isa, Scalar, SimdLevel, at_level, instantiate};
 
@@ -112,6 +112,11 @@ pub(crate) fn padded_plane(g: &Conv3x3) -> usize {
     (g.image_height + 2) * (g.image_width + 2)
 }
 
+/// Values of one zero-bordered image `(channels, H + 2, W + 2)`.
+pub(crate) fn padded_image_len(g: &Conv3x3) -> usize {
+    g.image_channels * padded_plane(g)
+}
+
 /// Copies `(channels, H, W)` images into `(channels, H + 2, W + 2)` with zero borders. Only
 /// the border is zeroed: the whole-buffer fill cost as much as the copy. With a vector level
 /// the rows are copied in (masked) vectors: a `memcpy` call per row was a tenth of a training
@@ -131,6 +136,23 @@ pub(crate) fn pad_images(g: &Conv3x3, images: &[f32], padded: &mut [f32]) {
     })
 }
 
+/// Zeroes the borders of the maps of `padded (channels, height + 2, width + 2)`, leaving their
+/// interiors: a buffer reused for maps of other shapes needs it before a kernel writes a map
+/// into it as [`MapLayout::bordered`].
+pub(crate) fn zero_borders(height: usize, width: usize, padded: &mut [f32]) {
+    let wp = width + 2;
+    let plane = (height + 2) * wp;
+    assert!(padded.len().is_multiple_of(plane), "padded buffer size");
+    for map in padded.chunks_mut(plane) {
+        map[..wp + 1].fill(0.0);
+        for y in 1..=height {
+            // The right border of row y and the left border of the next.
+            map[y * wp + width + 1..][..2].fill(0.0);
+        }
+        map[(height + 1) * wp..].fill(0.0);
+    }
+}
+
 instantiate! {
     fn pad_with<>(g: &Conv3x3, images: &[f32], padded: &mut [f32]);
     fn forward_image<const B: usize, const NP: usize, const MASKED: bool>(
@@ -138,6 +160,7 @@ instantiate! {
         block: &Block,
         padded: &[f32],
         out: &mut [MaybeUninit<f32>],
+        layout: MapLayout,
     );
     fn weight_grad_images<const O: usize>(
         g: &Conv3x3,
@@ -248,51 +271,69 @@ impl Packed {
         }
     }
 
+    /// The layer's geometry: its input is the image side.
+    pub(crate) fn geometry(&self) -> &Conv3x3 {
+        &self.geometry
+    }
+
     /// One image `(ci, H, W)` into `out (co, H, W)`, every value of which it writes.
     pub(crate) fn forward_one(&self, img: &[f32], out: &mut [MaybeUninit<f32>]) {
         let g = &self.geometry;
         assert_eq!(img.len(), g.image_len(), "image size");
-        assert_eq!(out.len(), g.feature_len(), "output size");
-        let ci = g.image_channels;
-        with_scratch([0, 0, ci * padded_plane(g)], |_, _, padded| {
+        with_scratch([0, 0, padded_image_len(g)], |_, _, padded| {
             pad_images(g, img, padded);
-            // The instance of one level (module and instruction set) for each block's shape.
-            macro_rules! run {
-                ($isa:ident, $set:ty, $masked:literal) => {{
-                    const BLOCKS: [(usize, usize); 2] = forward_blocks(<$set as Isa>::REGISTERS);
-                    const LARGE: (usize, usize) = BLOCKS[0];
-                    const SMALL: (usize, usize) = BLOCKS[1];
-                    for block in &self.blocks {
-                        match block.shape {
-                            s if s == LARGE.0 => {
-                                $isa::forward_image::<{ LARGE.0 }, { LARGE.1 }, $masked>(
-                                    self, block, padded, out,
-                                )
-                            }
-                            s if s == LARGE.0 - 1 => {
-                                $isa::forward_image::<{ LARGE.0 - 1 }, { LARGE.1 }, $masked>(
-                                    self, block, padded, out,
-                                )
-                            }
-                            _ => $isa::forward_image::<{ SMALL.0 }, { SMALL.1 }, $masked>(
-                                self, block, padded, out,
-                            ),
-                        }
-                    }
-                }};
-            }
-            // SAFETY: `new` checked the level and packed each block for its shape; buffers
-            // have the sizes the kernel reads.
-            match self.level {
-                #[cfg(target_arch = "x86_64")]
-                SimdLevel::Avx512 => unsafe { run!(avx512, crate::simd::Avx512, true) },
-                #[cfg(target_arch = "x86_64")]
-                SimdLevel::Avx2Fma => unsafe { run!(avx2, crate::simd::Avx2Fma, false) },
-                #[cfg(target_arch = "aarch64")]
-                SimdLevel::Neon => unsafe { run!(neon, crate::simd::Neon, false) },
-                _ => unreachable!("{NEEDS}"),
-            }
+            let layout = MapLayout::plain(g.image_height, g.image_width);
+            self.forward_padded(padded, out, layout);
         });
+    }
+
+    /// One image already padded, `(ci, H + 2, W + 2)` with a zero border, into `out (co, H,
+    /// W)` laid out as `layout` says: every value of the map it writes, nothing of a border.
+    pub(crate) fn forward_padded(
+        &self,
+        padded: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        layout: MapLayout,
+    ) {
+        let g = &self.geometry;
+        assert_eq!(padded.len(), padded_image_len(g), "padded image size");
+        assert_eq!(out.len(), g.feature_channels * layout.plane, "output size");
+        // The instance of one level (module and instruction set) for each block's shape.
+        macro_rules! run {
+            ($isa:ident, $set:ty, $masked:literal) => {{
+                const BLOCKS: [(usize, usize); 2] = forward_blocks(<$set as Isa>::REGISTERS);
+                const LARGE: (usize, usize) = BLOCKS[0];
+                const SMALL: (usize, usize) = BLOCKS[1];
+                for block in &self.blocks {
+                    match block.shape {
+                        s if s == LARGE.0 => {
+                            $isa::forward_image::<{ LARGE.0 }, { LARGE.1 }, $masked>(
+                                self, block, padded, out, layout,
+                            )
+                        }
+                        s if s == LARGE.0 - 1 => {
+                            $isa::forward_image::<{ LARGE.0 - 1 }, { LARGE.1 }, $masked>(
+                                self, block, padded, out, layout,
+                            )
+                        }
+                        _ => $isa::forward_image::<{ SMALL.0 }, { SMALL.1 }, $masked>(
+                            self, block, padded, out, layout,
+                        ),
+                    }
+                }
+            }};
+        }
+        // SAFETY: `new` checked the level and packed each block for its shape; buffers have
+        // the sizes the kernel reads and writes.
+        match self.level {
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => unsafe { run!(avx512, crate::simd::Avx512, true) },
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2Fma => unsafe { run!(avx2, crate::simd::Avx2Fma, false) },
+            #[cfg(target_arch = "aarch64")]
+            SimdLevel::Neon => unsafe { run!(neon, crate::simd::Neon, false) },
+            _ => unreachable!("{NEEDS}"),
+        }
     }
 }
 
@@ -338,8 +379,8 @@ pub(crate) fn weight_grad(g: &Conv3x3, image: &[f32], feature_grad: &[f32]) -> V
     sum_in_order(&partials, g.weight_len())
 }
 
-/// One block of output channels of one image's `out (co, H, W)` from its padded input `(ci, H +
-/// 2, W + 2)`, the block's weight packed `B` values to a row.
+/// One block of output channels of one image's `out (co, H, W)`, laid out as `layout` says,
+/// from its padded input `(ci, H + 2, W + 2)`, the block's weight packed `B` values to a row.
 /// `NP` vectors of columns share each weight broadcast; with few output channels, more
 /// positions keep enough sums in flight. `MASKED` loads and stores the last vector of a row
 /// masked; without it rows hold whole vectors.
@@ -353,6 +394,7 @@ unsafe fn forward_image<S: Isa, const B: usize, const NP: usize, const MASKED: b
     block: &Block,
     padded: &[f32],
     out: &mut [MaybeUninit<f32>],
+    layout: MapLayout,
 ) {
     let Packed {
         geometry: g,
@@ -426,7 +468,7 @@ unsafe fn forward_image<S: Isa, const B: usize, const NP: usize, const MASKED: b
                     if relu {
                         r = S::relu(r);
                     }
-                    let to = dst.add(o * h * w + y * w + x);
+                    let to = dst.add(o * layout.plane + y * layout.row + x + layout.first);
                     if MASKED {
                         S::store_masked(to, m, r);
                     } else if valid > 0 {

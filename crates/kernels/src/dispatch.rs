@@ -11,7 +11,7 @@ use std::mem::MaybeUninit;
 
 use crate::channels_last::Pass;
 use crate::direct::Packed;
-use crate::geometry::{Conv3x3, flipped, flipped_convolution, swapped};
+use crate::geometry::{Conv3x3, MapLayout, flipped, flipped_convolution, swapped};
 use crate::im2col::{adjoint_col2im, forward_im2col, weight_grad_im2col};
 use crate::relu_gate;
 use crate::{channels_last, direct};
@@ -82,6 +82,44 @@ impl ImageKernel {
         match self {
             Self::Direct(packed) => packed.forward_one(input, out),
             Self::ChannelsLast(pass) => pass.run_one(input, out),
+        }
+    }
+
+    /// One image already in the zero-bordered layout the kernel reads
+    /// ([`MapLayout::bordered`] of its input shape) into `out` laid out as `layout` says:
+    /// bordered only where [`ImageKernel::writes_bordered`].
+    pub(crate) fn run_padded(
+        &self,
+        padded: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        layout: MapLayout,
+    ) {
+        match self {
+            Self::Direct(packed) => packed.forward_padded(padded, out, layout),
+            Self::ChannelsLast(pass) => pass.run_padded(padded, out, layout),
+        }
+    }
+
+    /// `input (channels, height, width)` into `padded` as [`ImageKernel::run_padded`] reads it.
+    pub(crate) fn pad_input(&self, input: &[f32], padded: &mut [f32]) {
+        direct::pad_images(self.input_geometry(), input, padded);
+    }
+
+    /// The geometry whose image side is this kernel's input.
+    fn input_geometry(&self) -> &Conv3x3 {
+        match self {
+            Self::Direct(packed) => packed.geometry(),
+            Self::ChannelsLast(pass) => pass.input_geometry(),
+        }
+    }
+
+    /// Whether [`ImageKernel::run_padded`] can write a bordered output: the direct kernel
+    /// stores rows anywhere; the channels-last one transposes its result in whole blocks of
+    /// lanes, so only maps whose rows hold whole vectors.
+    pub(crate) fn writes_bordered(&self) -> bool {
+        match self {
+            Self::Direct(_) => true,
+            Self::ChannelsLast(pass) => pass.writes_bordered(),
         }
     }
 }

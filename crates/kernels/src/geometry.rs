@@ -144,3 +144,41 @@ pub(crate) fn flipped(g: &Conv3x3, weight: &[f32]) -> Vec<f32> {
     }
     out
 }
+
+/// Where the values of a `(channels, height, width)` map lie in a buffer: row after row
+/// ([`MapLayout::plain`]), or inside a one-value zero border, `(channels, height + 2, width +
+/// 2)` ([`MapLayout::bordered`]): the layout every per-image kernel reads its input in, so
+/// that a layer writing it spares the next one its padding copy ([`crate::stack`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MapLayout {
+    /// Values from one channel to the next.
+    pub plane: usize,
+    /// Values from one row to the next.
+    pub row: usize,
+    /// Where the first value lies.
+    pub first: usize,
+}
+
+impl MapLayout {
+    pub(crate) fn plain(height: usize, width: usize) -> Self {
+        MapLayout {
+            plane: height * width,
+            row: width,
+            first: 0,
+        }
+    }
+
+    pub(crate) fn bordered(height: usize, width: usize) -> Self {
+        let row = width + 2;
+        MapLayout {
+            plane: (height + 2) * row,
+            row,
+            first: row + 1,
+        }
+    }
+
+    /// Whether this is [`MapLayout::bordered`].
+    pub(crate) fn is_bordered(&self) -> bool {
+        self.first > 0
+    }
+}

@@ -70,7 +70,7 @@ fn transpose_columns(
     // SAFETY: the active level runs on this CPU; `blocks` stays inside both matrices.
     at_level!(
         level,
-        blocks(src, (rows, cols), whole.clone(), dst_values),
+        blocks(src, (rows, cols), whole.clone(), dst_values, rows),
         scalar(src, (rows, cols), columns.start, dst, whole)
     );
     let first = columns.start;
@@ -96,21 +96,24 @@ instantiate! {
         shape: (usize, usize),
         part: (std::ops::Range<usize>, std::ops::Range<usize>),
         dst: *mut f32,
+        dst_stride: usize,
     );
 }
 
 /// The `LANES x LANES` blocks of `src (rows, cols)` in `part` (rows, columns; whole blocks)
-/// into `dst`, the rows of the transpose from `part`'s first column on.
+/// into `dst`, the rows of the transpose from `part`'s first column on, `dst_stride` values
+/// apart.
 ///
 /// # Safety
-/// Only from a function compiled for `S` (see [`instantiate`]); `dst` holds `rows` values for
-/// every column from `part.1.start` to `part.1.end`.
+/// Only from a function compiled for `S` (see [`instantiate`]); `dst` holds `rows` values
+/// `dst_stride` apart for every column from `part.1.start` to `part.1.end`.
 #[inline(always)]
 unsafe fn blocks<S: Isa>(
     src: &[f32],
-    (rows, cols): (usize, usize),
+    (_, cols): (usize, usize),
     (row_range, col_range): (std::ops::Range<usize>, std::ops::Range<usize>),
     dst: *mut f32,
+    dst_stride: usize,
 ) {
     let lanes = S::LANES;
     let first = col_range.start;
@@ -121,11 +124,51 @@ unsafe fn blocks<S: Isa>(
                 S::transpose_block(
                     src.as_ptr().add(r * cols + c),
                     cols,
-                    dst.add((c - first) * rows + r),
-                    rows,
+                    dst.add((c - first) * dst_stride + r),
+                    dst_stride,
                 )
             };
         }
+    }
+}
+
+/// Whether [`transpose_bordered`] takes maps `width` positions wide with `channels` channels.
+pub(crate) fn bordered_fits(width: usize, channels: usize) -> bool {
+    let lanes = match SimdLevel::active() {
+        SimdLevel::Portable => return false,
+        level => level.lanes(),
+    };
+    width.is_multiple_of(lanes) && channels.is_multiple_of(lanes)
+}
+
+/// A channels-last map `src (height * width, channels)` into the interior of a zero-bordered
+/// channels-first `dst (channels, height + 2, width + 2)`, whose border it leaves as it is:
+/// the layout the next layer's kernels read, so that it need not copy the map again
+/// ([`crate::stack`]). Only where [`bordered_fits`] holds (whole blocks of lanes).
+pub(crate) fn transpose_bordered(
+    src: &[f32],
+    (channels, height, width): (usize, usize, usize),
+    dst: &mut [MaybeUninit<f32>],
+) {
+    assert!(bordered_fits(width, channels), "bordered transpose shape");
+    assert_eq!(
+        src.len(),
+        channels * height * width,
+        "transpose source size"
+    );
+    let (row, plane) = (width + 2, (height + 2) * (width + 2));
+    assert_eq!(dst.len(), channels * plane, "transpose destination size");
+    let dst_values = dst.as_mut_ptr().cast::<f32>();
+    for (y, positions) in src.chunks(width * channels).enumerate() {
+        // SAFETY: `dst` holds `channels` planes; row `y + 1` from column 1 takes `width`
+        // values of each, whole blocks of lanes by `bordered_fits`.
+        let to = unsafe { dst_values.add((y + 1) * row + 1) };
+        let whole = (0..width, 0..channels);
+        at_level!(
+            SimdLevel::active(),
+            blocks(positions, (width, channels), whole, to, plane),
+            unreachable!("checked by `bordered_fits`")
+        );
     }
 }
 
@@ -184,6 +227,35 @@ mod tests {
                             src[r * cols + c],
                             "({rows}, {cols}) at ({r}, {c}), parallel {parallel}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Channels-last maps into the interior of zero-bordered channels-first ones, the border
+    /// left as it was, for every shape whose rows hold whole blocks of lanes at this level.
+    #[test]
+    fn transposes_into_bordered_maps() {
+        for (channels, height, width) in [(16, 32, 32), (32, 16, 16), (64, 8, 8), (16, 3, 16)] {
+            if !bordered_fits(width, channels) {
+                continue;
+            }
+            let src: Vec<f32> = (0..channels * height * width).map(|v| v as f32).collect();
+            let layout = crate::geometry::MapLayout::bordered(height, width);
+            let mut dst = vec![-1.0f32; channels * layout.plane];
+            transpose_bordered(&src, (channels, height, width), as_uninit(&mut dst));
+            for c in 0..channels {
+                for y in 0..height + 2 {
+                    for x in 0..width + 2 {
+                        let got = dst[c * layout.plane + y * layout.row + x];
+                        let inside = (1..=height).contains(&y) && (1..=width).contains(&x);
+                        let want = if inside {
+                            src[((y - 1) * width + x - 1) * channels + c]
+                        } else {
+                            -1.0
+                        };
+                        assert_eq!(got, want, "{channels}x{height}x{width} at ({c}, {y}, {x})");
                     }
                 }
             }
