@@ -23,11 +23,40 @@ use crate::geometry::{Conv3x3, MapLayout};
 use crate::transpose::as_uninit;
 
 thread_local! {
-    /// The two maps an image alternates between on its way through a run and a padded copy of
-    /// a map a kernel cannot take as it is, kept between calls (the kernels' own scratch
+    /// Each step's output map for the image on its way through a run, and a padded copy of a
+    /// map a kernel cannot take as it is, kept between calls (the kernels' own scratch
     /// buffers are in use while they run).
-    static BETWEEN_LAYERS: RefCell<[Vec<f32>; 3]> =
-        const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+    static BETWEEN_LAYERS: RefCell<(Vec<StepOutput>, Vec<f32>)> =
+        const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// One step's output buffer, one per step so that a bordered map's border, once zeroed, stays
+/// zero for every later image of the same shape: zeroing it for each image (two buffers
+/// alternating between shapes) took 1.1% of batch-256 inference's samples on a Zen 4.
+#[derive(Default)]
+struct StepOutput {
+    /// The shape whose border is zero in `values`, if the last map written was bordered.
+    bordered: Option<Shape>,
+    values: Vec<f32>,
+}
+
+impl StepOutput {
+    /// The buffer for a map of `shape` in `layout`, its border zeroed if bordered.
+    fn prepare(&mut self, shape: Shape, layout: MapLayout) -> &mut [f32] {
+        let (channels, h, w) = shape;
+        let len = channels * layout.plane;
+        if self.values.len() < len {
+            self.values.resize(len, 0.0);
+        }
+        let target = &mut self.values[..len];
+        if !layout.is_bordered() {
+            self.bordered = None;
+        } else if self.bordered != Some(shape) {
+            zero_borders(h, w, target);
+            self.bordered = Some(shape);
+        }
+        target
+    }
 }
 
 /// One layer of a run, as its weight and bias values and its shape.
@@ -115,48 +144,39 @@ pub(crate) fn forward_stack(input: &[f32], batch: usize, steps: &[StackStep]) ->
     Some(unsafe {
         per_image(input, first, last, |image, out| {
             BETWEEN_LAYERS.with(|cell| {
-                let mut buffers = cell.borrow_mut();
-                for buffer in buffers.iter_mut() {
-                    if buffer.len() < widest {
-                        buffer.resize(widest, 0.0);
-                    }
+                let (outputs, padding) = &mut *cell.borrow_mut();
+                if padding.len() < widest {
+                    padding.resize(widest, 0.0);
                 }
-                let [a, b, padding] = &mut *buffers;
-                let (mut from, mut to): (&mut Vec<f32>, &mut Vec<f32>) = (a, b);
-                // Whether `from` holds the previous step's output bordered.
-                let mut from_bordered = false;
+                if outputs.len() < kernels.len() {
+                    outputs.resize_with(kernels.len(), StepOutput::default);
+                }
                 let count = kernels.len();
                 for (i, kernel) in kernels.iter().enumerate() {
+                    let (done, rest) = outputs.split_at_mut(i);
                     let shape = shapes[i];
-                    let padded: &[f32] = if from_bordered {
-                        &from[..bordered_values(shape)]
-                    } else {
-                        let source: &[f32] = if i == 0 {
-                            image
-                        } else {
-                            &from[..values(shape)]
-                        };
-                        let padded = &mut padding[..bordered_values(shape)];
-                        kernel.pad_input(source, padded);
-                        padded
+                    let padded: &[f32] = match done.last() {
+                        Some(previous) if previous.bordered == Some(shape) => {
+                            &previous.values[..bordered_values(shape)]
+                        }
+                        previous => {
+                            let source = previous.map_or(image, |p| &p.values[..values(shape)]);
+                            let padded = &mut padding[..bordered_values(shape)];
+                            kernel.pad_input(source, padded);
+                            padded
+                        }
                     };
-                    let (channels, h, w) = shapes[i + 1];
+                    let (h, w) = (shapes[i + 1].1, shapes[i + 1].2);
                     if i + 1 == count {
                         kernel.run_padded(padded, out, MapLayout::plain(h, w));
                     } else {
-                        let bordered = kernel.writes_bordered();
-                        let layout = if bordered {
+                        let layout = if kernel.writes_bordered() {
                             MapLayout::bordered(h, w)
                         } else {
                             MapLayout::plain(h, w)
                         };
-                        let target = &mut to[..channels * layout.plane];
-                        if bordered {
-                            zero_borders(h, w, target);
-                        }
+                        let target = rest[0].prepare(shapes[i + 1], layout);
                         kernel.run_padded(padded, as_uninit(target), layout);
-                        std::mem::swap(&mut from, &mut to);
-                        from_bordered = bordered;
                     }
                 }
             })
