@@ -135,7 +135,20 @@ fn prepare(
 pub(crate) fn forward_stack(input: &[f32], batch: usize, steps: &[StackStep]) -> Option<Vec<f32>> {
     let (kernels, shapes) = prepare(steps, input.len(), batch)?;
     let (first, last) = (values(shapes[0]), values(shapes[shapes.len() - 1]));
-    let widest = shapes
+    let count = kernels.len();
+    // Each step's output layout: bordered where the next step reads it and the kernel can.
+    let layouts: Vec<MapLayout> = (0..count)
+        .map(|i| {
+            let (_, h, w) = shapes[i + 1];
+            if i + 1 < count && kernels[i].writes_bordered() {
+                MapLayout::bordered(h, w)
+            } else {
+                MapLayout::plain(h, w)
+            }
+        })
+        .collect();
+    // The widest input a step may need copied.
+    let widest = shapes[..count]
         .iter()
         .map(|&s| bordered_values(s))
         .max()
@@ -148,11 +161,10 @@ pub(crate) fn forward_stack(input: &[f32], batch: usize, steps: &[StackStep]) ->
                 if padding.len() < widest {
                     padding.resize(widest, 0.0);
                 }
-                if outputs.len() < kernels.len() {
-                    outputs.resize_with(kernels.len(), StepOutput::default);
+                if outputs.len() < count {
+                    outputs.resize_with(count, StepOutput::default);
                 }
-                let count = kernels.len();
-                for (i, kernel) in kernels.iter().enumerate() {
+                for (i, (kernel, &layout)) in kernels.iter().zip(&layouts).enumerate() {
                     let (done, rest) = outputs.split_at_mut(i);
                     let shape = shapes[i];
                     let padded: &[f32] = match done.last() {
@@ -166,15 +178,9 @@ pub(crate) fn forward_stack(input: &[f32], batch: usize, steps: &[StackStep]) ->
                             padded
                         }
                     };
-                    let (h, w) = (shapes[i + 1].1, shapes[i + 1].2);
                     if i + 1 == count {
-                        kernel.run_padded(padded, out, MapLayout::plain(h, w));
+                        kernel.run_padded(padded, out, layout);
                     } else {
-                        let layout = if kernel.writes_bordered() {
-                            MapLayout::bordered(h, w)
-                        } else {
-                            MapLayout::plain(h, w)
-                        };
                         let target = rest[0].prepare(shapes[i + 1], layout);
                         kernel.run_padded(padded, as_uninit(target), layout);
                     }
