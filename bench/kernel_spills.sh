@@ -32,7 +32,7 @@ grep -E ' cae_kernels::[a-z_]+::(avx512|avx2|neon)::' <<<"$symbols" | while read
   stack=$(grep -cE "$spill" <<<"$code" || true)
   in_loop=$(awk -v spill="$spill" -v fma="$fma" '$0 ~ fma { if (!first) first = NR; last = NR }
     $0 ~ spill { at[NR] = 1 }
-    END { n = 0; for (l in at) if (l > first && l < last) n++; print n }' <<<"$code")
+    END { n = 0; for (l in at) if (l + 0 > first && l + 0 < last) n++; print n }' <<<"$code")
   # Calls to the panic handlers of bounds checks are expected; anything else is named.
   calls=$(grep -E "$call" <<<"$code" | grep -vcE 'panic|_DYNAMIC|unwrap_failed|slice_(start|end)_index|slice_index_fail' || true)
   printf '%-58s %6s %7s %8s %6s\n' "$name" "$fmas" "$stack" "$in_loop" "$calls"

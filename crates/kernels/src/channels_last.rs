@@ -60,6 +60,25 @@ struct Segment {
     taps: usize,
 }
 
+/// Every position of `segments` as (input offset, output position), one list per tap list.
+fn positions_by_tap_list(
+    segments: &[Segment],
+    tap_lists: usize,
+    input_stride: usize,
+    output_stride: usize,
+) -> Vec<Vec<(usize, usize)>> {
+    let mut lists = vec![Vec::new(); tap_lists];
+    for segment in segments {
+        lists[segment.taps].extend((0..segment.count).map(|i| {
+            (
+                segment.input_at + i * input_stride,
+                segment.out_position + i * output_stride,
+            )
+        }));
+    }
+    lists
+}
+
 /// A layer prepared for the kernel, ready to run image by image: the geometry its input is
 /// padded with, the values one image's output holds, and for every tap list pairs of (offset
 /// into the padded input, offset of a packed weight row of `channels` values).
@@ -70,6 +89,9 @@ pub(crate) struct Pass {
     output_size: (usize, usize),
     taps: Vec<Vec<(usize, usize)>>,
     segments: Vec<Segment>,
+    /// For every tap list, each output position that reads it as (offset into the padded
+    /// input, output position), in the segments' order: the positions [`gathered_tiles`] runs.
+    positions: Vec<Vec<(usize, usize)>>,
     weights: Vec<f32>,
     bias: Vec<f32>,
     channels: usize,
@@ -112,7 +134,7 @@ impl Pass {
             .map(|k| (k / 9 * padded_plane(g) + k % 9 / 3 * wp + k % 3, k * co))
             .collect();
         let fw = g.feature_width();
-        let segments = (0..g.feature_height())
+        let segments: Vec<Segment> = (0..g.feature_height())
             .map(|oy| Segment {
                 input_at: oy * s * wp,
                 out_position: oy * fw,
@@ -124,6 +146,7 @@ impl Pass {
             input: *g,
             output_len: g.feature_len(),
             output_size: (g.feature_height(), g.feature_width()),
+            positions: positions_by_tap_list(&segments, 1, s, 1),
             taps: vec![taps],
             segments,
             weights,
@@ -220,6 +243,7 @@ impl Pass {
             input: feature_side,
             output_len: g.image_len(),
             output_size: (h, w),
+            positions: positions_by_tap_list(&segments, taps.len(), 1, 2),
             taps,
             segments,
             weights,
@@ -421,6 +445,14 @@ unsafe fn run_image<S: Isa>(pass: &Pass, padded: &[f32], out_last: &mut [f32]) {
     let mut v = 0;
     while v < vectors {
         let shape = tile_shape(S::REGISTERS, vectors - v);
+        if shape == (GATHERED_TILE, 2) {
+            for (taps, positions) in pass.taps.iter().zip(&pass.positions) {
+                // SAFETY: the caller's contract.
+                unsafe { gathered_tiles::<S>(pass, padded, out_last, taps, positions, v) };
+            }
+            v += 2;
+            continue;
+        }
         for segment in &pass.segments {
             let at = (padded, out_last.as_mut_ptr(), segment, v);
             // SAFETY: the caller's contract.
@@ -432,9 +464,6 @@ unsafe fn run_image<S: Isa>(pass: &Pass, padded: &[f32], out_last: &mut [f32]) {
                     ((16, 1), (1, 1)) => segment_tiles::<S, 16, 1, 1, 1>(pass, at),
                     ((16, 1), (2, 1)) => segment_tiles::<S, 16, 1, 2, 1>(pass, at),
                     ((16, 1), _) => segment_tiles::<S, 16, 1, 1, 2>(pass, at),
-                    ((6, 2), (1, 1)) => segment_tiles::<S, 6, 2, 1, 1>(pass, at),
-                    ((6, 2), (2, 1)) => segment_tiles::<S, 6, 2, 2, 1>(pass, at),
-                    ((6, 2), _) => segment_tiles::<S, 6, 2, 1, 2>(pass, at),
                     ((_, _), (1, 1)) => segment_tiles::<S, 12, 1, 1, 1>(pass, at),
                     ((_, _), (2, 1)) => segment_tiles::<S, 12, 1, 2, 1>(pass, at),
                     ((_, _), _) => segment_tiles::<S, 12, 1, 1, 2>(pass, at),
@@ -447,8 +476,7 @@ unsafe fn run_image<S: Isa>(pass: &Pass, padded: &[f32], out_last: &mut [f32]) {
 
 type At<'a> = (&'a [f32], *mut f32, &'a Segment, usize);
 
-/// One segment in blocks of `P` positions, then its remainder one at a time (or, for
-/// [`BALANCED_TILE`], in near-equal blocks).
+/// One segment in blocks of `P` positions, then its remainder one at a time.
 #[inline(always)]
 unsafe fn segment_tiles<
     S: Isa,
@@ -461,18 +489,6 @@ unsafe fn segment_tiles<
     (padded, out_last, segment, v0): At,
 ) {
     let mut i = 0;
-    if P == BALANCED_TILE {
-        // The segment in tiles of as equal sizes as allow at most `P` positions: on AVX2 a
-        // 16-position row took 6 + 6 + four single positions, which ran at a third of the rate.
-        let tiles = segment.count.div_ceil(P);
-        for t in 0..tiles {
-            let size = segment.count / tiles + usize::from(t < segment.count % tiles);
-            let at = (padded, out_last, segment, v0);
-            unsafe { tile_of_size::<S, V, SI, SO>(size, pass, at, i) };
-            i += size;
-        }
-        return;
-    }
     while i + P <= segment.count {
         unsafe { tile::<S, P, V, SI, SO>(pass, padded, out_last, segment, v0, i) };
         i += P;
@@ -483,27 +499,108 @@ unsafe fn segment_tiles<
     }
 }
 
-/// The tile shape whose segments are split evenly ([`segment_tiles`]): AVX2's 6 positions.
-const BALANCED_TILE: usize = 6;
+/// The positions per tile of AVX2's two-vector shape, which [`gathered_tiles`] takes from
+/// anywhere in the output rather than from one segment: the stride-2 layers' segments (rows
+/// of 4 to 16 positions) split into tiles of 4 and 5 with only 8 or 10 sums, and on a Zen 4 at
+/// AVX2 those passes ran at 50-58% of the FMA peak where the stride-1 ones reached 65-75%
+/// (`cae bench --layers`).
+const GATHERED_TILE: usize = 6;
 
-/// [`tile`] of `size` (1 to [`BALANCED_TILE`]) positions from `i`.
+/// Every position of `positions` (all reading the tap list `taps`) times vectors `v0` and
+/// `v0 + 1` of channels, in tiles of [`GATHERED_TILE`] consecutive positions of the list.
 #[inline(always)]
-unsafe fn tile_of_size<S: Isa, const V: usize, const SI: usize, const SO: usize>(
-    size: usize,
+unsafe fn gathered_tiles<S: Isa>(
     pass: &Pass,
-    (padded, out_last, segment, v0): At,
-    i: usize,
+    padded: &[f32],
+    out_last: &mut [f32],
+    taps: &[(usize, usize)],
+    positions: &[(usize, usize)],
+    v0: usize,
 ) {
+    let out_last = out_last.as_mut_ptr();
+    let (tiles, rest) = positions.as_chunks::<GATHERED_TILE>();
+    // SAFETY: the caller's contract.
     unsafe {
-        match size {
-            6 => tile::<S, 6, V, SI, SO>(pass, padded, out_last, segment, v0, i),
-            5 => tile::<S, 5, V, SI, SO>(pass, padded, out_last, segment, v0, i),
-            4 => tile::<S, 4, V, SI, SO>(pass, padded, out_last, segment, v0, i),
-            3 => tile::<S, 3, V, SI, SO>(pass, padded, out_last, segment, v0, i),
-            2 => tile::<S, 2, V, SI, SO>(pass, padded, out_last, segment, v0, i),
-            _ => tile::<S, 1, V, SI, SO>(pass, padded, out_last, segment, v0, i),
+        for at in tiles {
+            gathered_tile::<S, GATHERED_TILE>(pass, padded, out_last, taps, at, v0);
+        }
+        // Arrays of a known length, so that the sums of the last tile stay in registers too.
+        fn tail<const P: usize>(rest: &[(usize, usize)]) -> &[(usize, usize); P] {
+            rest.try_into().expect("the remainder's length")
+        }
+        match rest.len() {
+            0 => {}
+            1 => gathered_tile::<S, 1>(pass, padded, out_last, taps, tail(rest), v0),
+            2 => gathered_tile::<S, 2>(pass, padded, out_last, taps, tail(rest), v0),
+            3 => gathered_tile::<S, 3>(pass, padded, out_last, taps, tail(rest), v0),
+            4 => gathered_tile::<S, 4>(pass, padded, out_last, taps, tail(rest), v0),
+            _ => gathered_tile::<S, 5>(pass, padded, out_last, taps, tail(rest), v0),
         }
     }
+}
+
+/// The `P` positions `at` (input offset, output position) times vectors `v0` and `v0 + 1` of
+/// channels, summed over `taps` in registers: [`tile`] with a base pointer per position.
+#[inline(always)]
+unsafe fn gathered_tile<S: Isa, const P: usize>(
+    pass: &Pass,
+    padded: &[f32],
+    out_last: *mut f32,
+    taps: &[(usize, usize)],
+    at: &[(usize, usize); P],
+    v0: usize,
+) {
+    const V: usize = 2;
+    // SAFETY: only called from functions compiled for `S`; the pass's offsets were built for
+    // the padded input and output it is given.
+    unsafe {
+        let c = pass.channels;
+        let mut x = [padded.as_ptr(); P];
+        for (x, &(input_at, _)) in x.iter_mut().zip(at) {
+            *x = x.add(input_at);
+        }
+        let w = pass.weights.as_ptr().add(v0 * S::LANES);
+        let mut acc = biased_sums::<S, P, V>(pass, v0);
+        for &(offset, row) in taps {
+            let mut wv = [S::zero(); V];
+            for (j, wv) in wv.iter_mut().enumerate() {
+                *wv = S::load(w.add(row + j * S::LANES));
+            }
+            for (acc, x) in acc.iter_mut().zip(&x) {
+                let xb = S::splat(*x.add(offset));
+                for j in 0..V {
+                    acc[j] = S::fma(xb, wv[j], acc[j]);
+                }
+            }
+        }
+        for (acc, &(_, position)) in acc.iter().zip(at) {
+            for (j, &value) in acc.iter().enumerate() {
+                let value = if pass.relu { S::relu(value) } else { value };
+                S::store(out_last.add(position * c + (v0 + j) * S::LANES), value);
+            }
+        }
+    }
+}
+
+/// The sums of a tile of `P` positions times `V` vectors of channels from vector `v0`, each
+/// starting at its channel's bias.
+///
+/// # Safety
+/// Only from a function compiled for `S`; `v0 + V` vectors within the pass's channels.
+#[inline(always)]
+unsafe fn biased_sums<S: Isa, const P: usize, const V: usize>(
+    pass: &Pass,
+    v0: usize,
+) -> [[S::V; V]; P] {
+    let mut acc = [[unsafe { S::zero() }; V]; P];
+    for j in 0..V {
+        // SAFETY: the caller's contract.
+        let b = unsafe { S::load(pass.bias.as_ptr().add((v0 + j) * S::LANES)) };
+        for acc in acc.iter_mut() {
+            acc[j] = b;
+        }
+    }
+    acc
 }
 
 /// Positions `i..i + P` of `segment` times `V` vectors of channels from vector `v0`, summed
@@ -523,13 +620,7 @@ unsafe fn tile<S: Isa, const P: usize, const V: usize, const SI: usize, const SO
         let c = pass.channels;
         let x = padded.as_ptr().add(segment.input_at + i * SI);
         let w = pass.weights.as_ptr().add(v0 * S::LANES);
-        let mut acc = [[S::zero(); V]; P];
-        for j in 0..V {
-            let b = S::load(pass.bias.as_ptr().add((v0 + j) * S::LANES));
-            for acc in acc.iter_mut() {
-                acc[j] = b;
-            }
-        }
+        let mut acc = biased_sums::<S, P, V>(pass, v0);
         for &(offset, row) in &pass.taps[segment.taps] {
             let mut wv = [S::zero(); V];
             for (j, wv) in wv.iter_mut().enumerate() {
