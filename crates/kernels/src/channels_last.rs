@@ -666,11 +666,22 @@ unsafe fn weight_grad_images<S: Isa>(
     unsafe {
         while v < vectors {
             if S::REGISTERS < 32 && vectors - v >= 2 {
-                // 2 vectors x 5 taps, then x 4: 10 and 8 sums of 16 registers, each broadcast
-                // input used twice. 1 vector x 9 taps (one load per FMA) took 3.4 ms where this
-                // takes 3.0 for the 16-channel 32x32 layer (Zen 3, alternated runs); 4 vectors
-                // x 3 taps spilled and took twice as long.
-                for c in 0..ci {
+                // 2 image channels x 2 vectors x 3 taps: 12 sums of 16 registers, each
+                // broadcast input used twice and each gradient vector three times. 1 vector x 9
+                // taps (one load per FMA) took 3.4 ms where 1 channel x 2 vectors x 5 taps,
+                // then x 4, took 3.0 for the 16-channel 32x32 layer (Zen 3, alternated runs);
+                // 4 vectors x 3 taps spilled and took twice as long. Two channels at a time
+                // instead of one: every layer's weight gradient 0.89-0.96x as long (Zen 4,
+                // `bench/layers_ab.py`, 16 rounds), the 8 sums of the x 4 tile too few to cover
+                // the FMA latency on two pipes.
+                let mut c = 0;
+                while c + 2 <= ci {
+                    weight_grad_tile::<S, 2, 2, 0, 3>(at, partial, c, v);
+                    weight_grad_tile::<S, 2, 2, 3, 3>(at, partial, c, v);
+                    weight_grad_tile::<S, 2, 2, 6, 3>(at, partial, c, v);
+                    c += 2;
+                }
+                if c < ci {
                     weight_grad_tile::<S, 1, 2, 0, 5>(at, partial, c, v);
                     weight_grad_tile::<S, 1, 2, 5, 4>(at, partial, c, v);
                 }
