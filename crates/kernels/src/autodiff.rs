@@ -1,16 +1,20 @@
 //! [`Conv3x3Backend`] on Burn's autodiff backend: each layer is one tracked node whose
 //! backward pass is handwritten from the same kernels (input, weight and bias gradients at once),
-//! and so is each fully connected layer.
+//! and so is each fully connected layer; on Flex a whole run of layers computed by the crate's
+//! `stack` module can be one node ([`layer_stack_with_outputs`]).
 
-use burn::backend::Autodiff;
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Flex};
 
-use crate::backend::{Conv3x3Backend, Layer};
+use crate::backend::{Conv3x3Backend, Layer, StackKind};
+use crate::flex;
 
 /// The backward step of either layer: input, weight and bias gradients.
 #[derive(Debug)]
@@ -113,6 +117,105 @@ fn tracked<B: Conv3x3Backend, C: CheckpointStrategy>(
             prep.finish((x_state, weight_state, layer, stride, relu_output), out)
         }
         OpsKind::UnTracked(prep) => prep.finish(output(x, weight, bias)),
+    }
+}
+
+/// Layers in a run that [`LayerStackStep`] records as one node (the seed model's encoder and
+/// decoder each have six); other runs record a node per layer.
+pub(crate) const STACK_NODE_LAYERS: usize = 6;
+
+/// The parents of a [`LayerStackStep`]: the run's input, then every weight, then every bias.
+const STACK_NODE_PARENTS: usize = 1 + 2 * STACK_NODE_LAYERS;
+
+/// The backward step of a whole run of layers: one pass back through all of them
+/// ([`flex::layer_stack_backward`]).
+#[derive(Debug)]
+struct LayerStackStep;
+
+/// What [`LayerStackStep`] keeps: the input's and weights' nodes, every layer's output (the
+/// input of the next, and the ReLU mask of its own backward pass), and the layers' kinds.
+type StackState = (NodeId, Vec<NodeId>, Vec<FlexTensor>, Vec<StackKind>);
+
+impl Backward<Flex, STACK_NODE_PARENTS> for LayerStackStep {
+    type State = StackState;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, STACK_NODE_PARENTS>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (x_state, weight_states, mut outputs, kinds) = ops.state;
+        let x: FloatTensor<Flex> = checkpointer.retrieve_node_output(x_state);
+        let weights: Vec<FloatTensor<Flex>> = weight_states
+            .into_iter()
+            .map(|state| checkpointer.retrieve_node_output(state))
+            .collect();
+        let mut inputs = vec![x];
+        inputs.extend(outputs.iter().take(outputs.len() - 1).cloned());
+        // The last output is not read when the last layer has no ReLU.
+        if !kinds.last().is_some_and(|k| k.relu) {
+            outputs.pop();
+            outputs.push(grad.clone());
+        }
+        let [node_x, rest @ ..] = ops.parents;
+        let want_input = node_x.is_some();
+        let (dx, dws, dbs) =
+            flex::layer_stack_backward(inputs, weights, outputs, grad, &kinds, want_input);
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(node.id, dx);
+        }
+        let (weight_nodes, bias_nodes) = rest.split_at(STACK_NODE_LAYERS);
+        for (node, value) in weight_nodes
+            .iter()
+            .chain(bias_nodes)
+            .zip(dws.into_iter().chain(dbs))
+        {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, value);
+            }
+        }
+    }
+}
+
+/// A run of [`STACK_NODE_LAYERS`] layers (of the kinds `kinds`, in forward order) whose every
+/// output `outputs` was computed already, by the crate's `stack` module: the result is the
+/// last output, and one node records the backward pass of the whole run.
+pub(crate) fn layer_stack_with_outputs(
+    x: FloatTensor<Autodiff<Flex>>,
+    weights: Vec<FloatTensor<Autodiff<Flex>>>,
+    biases: Vec<FloatTensor<Autodiff<Flex>>>,
+    outputs: Vec<FlexTensor>,
+    kinds: Vec<StackKind>,
+) -> FloatTensor<Autodiff<Flex>> {
+    assert_eq!(weights.len(), STACK_NODE_LAYERS, "layers of a stacked node");
+    assert_eq!(biases.len(), STACK_NODE_LAYERS, "biases of a stacked node");
+    assert_eq!(
+        outputs.len(),
+        STACK_NODE_LAYERS,
+        "outputs of a stacked node"
+    );
+    let nodes: Vec<_> = std::iter::once(&x)
+        .chain(&weights)
+        .chain(&biases)
+        .map(|t| t.node())
+        .collect();
+    let nodes: [_; STACK_NODE_PARENTS] = nodes.try_into().expect("one node per parent");
+    match LayerStackStep
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let x_state = prep.checkpoint(&x);
+            let weight_states = weights.iter().map(|w| prep.checkpoint(w)).collect();
+            let last = outputs.last().expect("a run of layers").clone();
+            prep.finish((x_state, weight_states, outputs, kinds), last)
+        }
+        OpsKind::UnTracked(prep) => {
+            prep.finish(outputs.into_iter().last().expect("a run of layers"))
+        }
     }
 }
 

@@ -221,6 +221,56 @@ impl<B: Backend> StepInputs<B> {
     }
 }
 
+/// What kind of layer one layer of a run is: its [`Layer`], stride, and whether it applied
+/// ReLU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StackKind {
+    pub(crate) layer: Layer,
+    pub(crate) stride: usize,
+    pub(crate) relu: bool,
+}
+
+/// A run's gradients: of its input (when asked for), and every layer's weight and bias
+/// gradients in forward order.
+pub(crate) type StackGrads<B> = (
+    Option<FloatTensor<B>>,
+    Vec<FloatTensor<B>>,
+    Vec<FloatTensor<B>>,
+);
+
+/// [`Conv3x3Backend::layer_stack_backward`] layer by layer, from the last layer to the first.
+pub(crate) fn chained_stack_backward<B: Conv3x3Backend>(
+    inputs: Vec<FloatTensor<B>>,
+    weights: Vec<FloatTensor<B>>,
+    outputs: Vec<FloatTensor<B>>,
+    output_grad: FloatTensor<B>,
+    kinds: &[StackKind],
+    want_input: bool,
+) -> StackGrads<B> {
+    let mut layers: Vec<_> = inputs.into_iter().zip(weights).zip(outputs).collect();
+    let (mut weight_grads, mut bias_grads) = (Vec::new(), Vec::new());
+    let mut grad = Some(output_grad);
+    for (i, kind) in kinds.iter().enumerate().rev() {
+        let ((x, weight), output) = layers.pop().expect("a layer per kind");
+        let dy = grad.take().expect("the gradient of the layer's output");
+        let output = if kind.relu { output } else { dy.clone() };
+        let transposed = kind.layer == Layer::Transposed;
+        let (dw, db) = if i > 0 || want_input {
+            let (dx, dw, db) =
+                B::layer3x3_backward(x, weight, output, dy, kind.stride, kind.relu, transposed);
+            grad = Some(dx);
+            (dw, db)
+        } else {
+            B::layer3x3_param_backward(x, weight, output, dy, kind.stride, kind.relu, transposed)
+        };
+        weight_grads.push(dw);
+        bias_grads.push(db);
+    }
+    weight_grads.reverse();
+    bias_grads.reverse();
+    (grad, weight_grads, bias_grads)
+}
+
 /// A layer's gradients (input when `want_input`, weight, bias) from the separate operations.
 pub(crate) type Grads<B> = (Option<FloatTensor<B>>, FloatTensor<B>, FloatTensor<B>);
 

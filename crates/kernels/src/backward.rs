@@ -3,7 +3,8 @@
 //! in L2 instead of being written out and read back twice.
 //!
 //! Used where the vector kernels run both gradients (every layer of the seed model); other
-//! geometries take the separate passes of [`super::conv3x3`].
+//! geometries take the separate passes of [`super::conv3x3`]. A run of layers can go back
+//! through all of them a chunk of images at a time ([`stack_backward`]).
 
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
@@ -56,10 +57,7 @@ pub(crate) fn layer_backward(
     if let Some(output) = relu_output {
         assert_eq!(output.len(), grad.len(), "ReLU output size");
     }
-    // Groups small enough for L2, and at least two per thread so that the threads stay busy.
-    let per_image = layer.grad_len + 2 * layer.input_len;
-    let balanced = g.batch.div_ceil(2 * rayon::current_num_threads());
-    let group = (GROUP_BUDGET / per_image).clamp(1, balanced.max(1));
+    let group = layer.group_size();
     let (inputs, grads) = (
         input.par_chunks(group * layer.input_len),
         grad.par_chunks(group * layer.grad_len),
@@ -122,6 +120,20 @@ impl<'a> GroupWork<'a> {
         }
     }
 
+    /// Images per group: groups small enough for L2, and at least two per thread so that the
+    /// threads stay busy.
+    fn group_size(&self) -> usize {
+        let per_image = self.grad_len + 2 * self.input_len;
+        let balanced = self
+            .geometry
+            .batch
+            .div_ceil(2 * rayon::current_num_threads());
+        // A power of two, so that the groups of a run's layers nest in [`stack_backward`]'s
+        // chunks (the largest group is a multiple of every other).
+        let fits = (GROUP_BUDGET / per_image).max(1);
+        (1 << fits.ilog2()).min(balanced.max(1))
+    }
+
     /// One group: the gated gradient, then the weight gradient's and the bias's partial sums
     /// (returned) and the input gradient (into `out`), all from the same gated values.
     fn run(
@@ -176,6 +188,145 @@ impl<'a> GroupWork<'a> {
         }
         (by_tap, bias)
     }
+}
+
+/// One layer of a run for [`stack_backward`]: its geometry, kind, input (the batch's),
+/// weight, and output where it applied ReLU.
+pub(crate) struct BackwardStep<'a> {
+    pub geometry: Conv3x3,
+    pub transposed: bool,
+    pub input: &'a [f32],
+    pub weight: &'a [f32],
+    pub relu_output: Option<&'a [f32]>,
+}
+
+/// The backward pass of a run of layers (`steps` in forward order) from the gradient `grad` of
+/// the last one's output: each thread takes a chunk of images back through every layer, the
+/// input gradient of one layer becoming the next one's gradient while it is in L2, instead of
+/// each layer streaming the batch's gradient through memory and the threads meeting once per
+/// layer. Each layer still runs [`GroupWork::run`] on its own groups of images, whose partial
+/// sums are added in image order, so the gradients are those of [`layer_backward`] bit for
+/// bit. The first layer's input gradient is computed when `want_input` is set. `None` (before
+/// any work) where a layer is outside the vector kernels or the chunks, a common multiple of
+/// every layer's group, would leave a thread without two of them.
+pub(crate) fn stack_backward(
+    steps: &[BackwardStep],
+    grad: &[f32],
+    want_input: bool,
+) -> Option<Vec<LayerGrads>> {
+    let batch = steps.first()?.geometry.batch;
+    let mut works = Vec::with_capacity(steps.len());
+    for (i, step) in steps.iter().enumerate() {
+        let g = &step.geometry;
+        if g.batch != batch || !channels_last::available(g) {
+            return None;
+        }
+        let kernel = match i > 0 || want_input {
+            true => Some(input_grad_kernel(g, step.transposed, step.weight)?),
+            false => None,
+        };
+        let work = GroupWork::new(g, step.transposed, kernel);
+        assert_eq!(step.input.len(), batch * work.input_len, "input size");
+        assert_eq!(step.weight.len(), g.weight_len(), "weight size");
+        if let Some(output) = step.relu_output {
+            assert_eq!(output.len(), batch * work.grad_len, "ReLU output size");
+        }
+        works.push(work);
+    }
+    for pair in works.windows(2) {
+        assert_eq!(
+            pair[0].grad_len, pair[1].input_len,
+            "the layers' shapes chain"
+        );
+    }
+    let last = works.last()?;
+    assert_eq!(grad.len(), batch * last.grad_len, "gradient size");
+    let groups: Vec<usize> = works.iter().map(GroupWork::group_size).collect();
+    let chunk = groups.iter().fold(1, |l, &g| l / gcd(l, g) * g);
+    if batch.div_ceil(chunk) < 2 * rayon::current_num_threads() {
+        return None;
+    }
+    let first_len = works[0].input_len;
+    // One task per chunk: each layer's (weight-by-tap, bias) partials of its groups, in order.
+    let run_chunk = |start: usize, out: Option<&mut [MaybeUninit<f32>]>| {
+        let count = chunk.min(batch - start);
+        let top = &works[works.len() - 1];
+        let mut upstream: Cow<[f32]> =
+            Cow::Borrowed(&grad[start * top.grad_len..][..count * top.grad_len]);
+        let mut partials: Vec<Vec<(Vec<f32>, Vec<f32>)>> = vec![Vec::new(); works.len()];
+        let mut out = out;
+        for (i, (work, step)) in works.iter().zip(steps).enumerate().rev() {
+            let group = groups[i];
+            let inputs = &step.input[start * work.input_len..][..count * work.input_len];
+            let outputs = step
+                .relu_output
+                .map(|o| &o[start * work.grad_len..][..count * work.grad_len]);
+            let mut below: Vec<f32> = Vec::new();
+            let target: Option<&mut [MaybeUninit<f32>]> = if i > 0 {
+                below.reserve_exact(count * work.input_len);
+                Some(&mut below.spare_capacity_mut()[..count * work.input_len])
+            } else {
+                out.take()
+            };
+            let mut target = target;
+            for (j, (x, dy)) in inputs
+                .chunks(group * work.input_len)
+                .zip(upstream.chunks(group * work.grad_len))
+                .enumerate()
+            {
+                let relu = outputs.map(|o| &o[j * group * work.grad_len..][..dy.len()]);
+                let sub = target
+                    .as_deref_mut()
+                    .map(|t| &mut t[j * group * work.input_len..][..x.len()]);
+                partials[i].push(work.run(x, dy, relu, sub));
+            }
+            if i > 0 {
+                // SAFETY: every group wrote the input gradient of each of its images.
+                unsafe { below.set_len(count * work.input_len) };
+                upstream = Cow::Owned(below);
+            }
+        }
+        partials
+    };
+    let starts: Vec<usize> = (0..batch).step_by(chunk).collect();
+    let mut per_chunk = Vec::new();
+    let input_grad = if want_input {
+        // SAFETY: every chunk writes the first layer's input gradient of each of its images.
+        Some(unsafe {
+            written(batch * first_len, |out| {
+                per_chunk = out
+                    .par_chunks_mut(chunk * first_len)
+                    .zip(starts.par_iter())
+                    .map(|(out, &start)| run_chunk(start, Some(out)))
+                    .collect();
+            })
+        })
+    } else {
+        per_chunk = starts
+            .par_iter()
+            .map(|&start| run_chunk(start, None))
+            .collect();
+        None
+    };
+    let mut grads: Vec<LayerGrads> = Vec::with_capacity(works.len());
+    for (i, work) in works.iter().enumerate() {
+        let (by_taps, biases): (Vec<Vec<f32>>, Vec<Vec<f32>>) = per_chunk
+            .iter_mut()
+            .flat_map(|layers| std::mem::take(&mut layers[i]))
+            .unzip();
+        let g = work.geometry;
+        grads.push(LayerGrads {
+            input: None,
+            weight: channels_last::weight_from_taps(g, &sum_in_order(&by_taps, g.weight_len())),
+            bias: sum_in_order(&biases, work.grad_channels),
+        });
+    }
+    grads[0].input = input_grad;
+    Some(grads)
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// The kernel that turns a gated gradient into the input gradient, prepared once per call: a
@@ -283,6 +434,184 @@ mod tests {
             assert!(
                 compared > 20,
                 "only {compared} cases reached the grouped pass"
+            );
+        }
+    }
+
+    /// `(transposed, image channels, image side, feature channels, stride)` of the seed
+    /// model's encoder and decoder layers, in forward order.
+    const ENCODER: [(bool, usize, usize, usize, usize); 6] = [
+        (false, 3, 32, 16, 1),
+        (false, 16, 32, 16, 1),
+        (false, 16, 32, 32, 2),
+        (false, 32, 16, 32, 1),
+        (false, 32, 16, 64, 2),
+        (false, 64, 8, 64, 1),
+    ];
+    const DECODER: [(bool, usize, usize, usize, usize); 6] = [
+        (true, 64, 8, 64, 1),
+        (true, 32, 16, 64, 2),
+        (true, 32, 16, 32, 1),
+        (true, 16, 32, 32, 2),
+        (true, 16, 32, 16, 1),
+        (true, 3, 32, 16, 1),
+    ];
+
+    /// A run's inputs, weights, ReLU outputs (none for the last decoder layer) and the
+    /// gradient of its output, at `batch`.
+    struct Run {
+        geometries: Vec<Conv3x3>,
+        transposed: Vec<bool>,
+        inputs: Vec<Vec<f32>>,
+        weights: Vec<Vec<f32>>,
+        relu_outputs: Vec<Option<Vec<f32>>>,
+        grad: Vec<f32>,
+    }
+
+    fn run_of(layers: &[(bool, usize, usize, usize, usize)], batch: usize) -> Run {
+        let geometries: Vec<Conv3x3> = layers
+            .iter()
+            .map(
+                |&(_, image_channels, side, feature_channels, stride)| Conv3x3 {
+                    batch,
+                    image_channels,
+                    image_height: side,
+                    image_width: side,
+                    feature_channels,
+                    stride,
+                },
+            )
+            .collect();
+        let transposed: Vec<bool> = layers.iter().map(|l| l.0).collect();
+        let sides = |g: &Conv3x3, t: bool| match t {
+            false => (g.image_len(), g.feature_len()),
+            true => (g.feature_len(), g.image_len()),
+        };
+        let last = layers.len() - 1;
+        let mut run = Run {
+            inputs: Vec::new(),
+            weights: Vec::new(),
+            relu_outputs: Vec::new(),
+            grad: Vec::new(),
+            geometries: geometries.clone(),
+            transposed: transposed.clone(),
+        };
+        for (i, (g, &t)) in geometries.iter().zip(&transposed).enumerate() {
+            let (input_len, output_len) = sides(g, t);
+            run.inputs.push(values(batch * input_len, 10 + i));
+            run.weights.push(values(g.weight_len(), 30 + i));
+            let relu = !(t && i == last);
+            run.relu_outputs
+                .push(relu.then(|| values(batch * output_len, 50 + i)));
+            if i == last {
+                run.grad = values(batch * output_len, 70);
+            }
+        }
+        run
+    }
+
+    fn steps(run: &Run) -> Vec<BackwardStep<'_>> {
+        (0..run.geometries.len())
+            .map(|i| BackwardStep {
+                geometry: run.geometries[i],
+                transposed: run.transposed[i],
+                input: &run.inputs[i],
+                weight: &run.weights[i],
+                relu_output: run.relu_outputs[i].as_deref(),
+            })
+            .collect()
+    }
+
+    /// [`layer_backward`] layer by layer, from the last layer to the first.
+    fn chained(run: &Run, want_input: bool) -> Vec<LayerGrads> {
+        let mut grad = run.grad.clone();
+        let mut grads = Vec::new();
+        for i in (0..run.geometries.len()).rev() {
+            let mut layer = layer_backward(
+                &run.geometries[i],
+                run.transposed[i],
+                &run.inputs[i],
+                &run.weights[i],
+                &grad,
+                run.relu_outputs[i].as_deref(),
+                i > 0 || want_input,
+            )
+            .expect("the vector kernels cover the seed model's layers");
+            if i > 0 {
+                grad = layer.input.take().expect("input gradient");
+            }
+            grads.push(layer);
+        }
+        grads.reverse();
+        grads
+    }
+
+    fn bits(values: &[f32]) -> Vec<u32> {
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// The run's backward pass gives every layer's gradients of the layer-by-layer pass bit
+    /// for bit, for the seed model's encoder (without the image's gradient) and decoder (with
+    /// its input's), at a batch that splits into two chunks per thread.
+    #[test]
+    fn stack_backward_matches_layer_by_layer_bit_for_bit() {
+        if crate::simd::SimdLevel::active() == crate::simd::SimdLevel::Portable {
+            return;
+        }
+        let batch = 16 * rayon::current_num_threads();
+        let mut stacked_runs = 0;
+        for (layers, want_input) in [(&ENCODER, false), (&DECODER, true)] {
+            let run = run_of(layers, batch);
+            let Some(ours) = stack_backward(&steps(&run), &run.grad, want_input) else {
+                continue;
+            };
+            stacked_runs += 1;
+            let theirs = chained(&run, want_input);
+            for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                assert_eq!(
+                    bits(&a.weight),
+                    bits(&b.weight),
+                    "layer {i} weight gradient"
+                );
+                assert_eq!(bits(&a.bias), bits(&b.bias), "layer {i} bias gradient");
+                assert_eq!(
+                    a.input.as_deref().map(bits),
+                    b.input.as_deref().map(bits),
+                    "layer {i} input gradient"
+                );
+            }
+        }
+        assert!(stacked_runs > 0, "neither run took the stacked pass");
+    }
+
+    /// Times the two passes on the seed model's runs at batch 64, alternating (run with
+    /// `--ignored --nocapture`): medians of 30 repetitions each.
+    #[test]
+    #[ignore = "a timing, not a test"]
+    fn time_stack_backward_against_layer_by_layer() {
+        for (name, layers, want_input) in
+            [("encoder", &ENCODER, false), ("decoder", &DECODER, true)]
+        {
+            let run = run_of(layers, 64);
+            let (mut chain, mut stack) = (Vec::new(), Vec::new());
+            for _ in 0..30 {
+                let t = std::time::Instant::now();
+                std::hint::black_box(chained(&run, want_input));
+                chain.push(t.elapsed().as_secs_f64() * 1e3);
+                let t = std::time::Instant::now();
+                let ours = stack_backward(&steps(&run), &run.grad, want_input);
+                stack.push(t.elapsed().as_secs_f64() * 1e3);
+                if ours.is_none() {
+                    println!("{name}: no stacked pass");
+                    break;
+                }
+            }
+            chain.sort_by(f64::total_cmp);
+            stack.sort_by(f64::total_cmp);
+            println!(
+                "{name}: layer by layer {:.2} ms, stacked {:.2} ms",
+                chain[chain.len() / 2],
+                stack[stack.len() / 2]
             );
         }
     }

@@ -8,9 +8,10 @@ use burn::backend::ops::ModuleOps;
 use burn::tensor::{DType, TensorData};
 
 use crate::backend::{
-    Conv3x3Backend, Grads, Layer, StepInputs, burn_channel_sum, burn_conv_transpose3x3,
-    burn_conv3x3, burn_dense, burn_dense_backward, burn_relu_backward_and_channel_sum,
-    conv_options, conv_transpose_options, separate_backward,
+    Conv3x3Backend, Grads, Layer, StackGrads, StackKind, StepInputs, burn_channel_sum,
+    burn_conv_transpose3x3, burn_conv3x3, burn_dense, burn_dense_backward,
+    burn_relu_backward_and_channel_sum, chained_stack_backward, conv_options,
+    conv_transpose_options, separate_backward,
 };
 use crate::dense::Dense;
 use crate::geometry::Conv3x3;
@@ -282,6 +283,86 @@ fn flex_backward(step: StepInputs<Flex>, want_input: bool) -> Grads<Flex> {
         }
     }
     separate_backward::<Flex>(step, want_input)
+}
+
+/// The backward pass of a run of layers (of the kinds `kinds`, in forward order) from the
+/// gradient of its last output: the gradient of `inputs[0]` (when `want_input`) and every
+/// layer's weight and bias gradients. `inputs[i]` is layer `i`'s input, `outputs[i]` its
+/// output (read where the layer applied ReLU). One pass through all the layers where the vector
+/// kernels cover them, layer by layer elsewhere: the same values either way.
+pub(crate) fn layer_stack_backward(
+    inputs: Vec<FlexTensor>,
+    weights: Vec<FlexTensor>,
+    outputs: Vec<FlexTensor>,
+    output_grad: FlexTensor,
+    kinds: &[StackKind],
+    want_input: bool,
+) -> StackGrads<Flex> {
+    if let Some(grads) =
+        flex_stack_backward(&inputs, &weights, &outputs, &output_grad, kinds, want_input)
+    {
+        return grads;
+    }
+    chained_stack_backward::<Flex>(inputs, weights, outputs, output_grad, kinds, want_input)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many runs this thread took back through [`backward::stack_backward`].
+    pub(crate) static STACKED_PASSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A run's backward pass on Flex as one pass through all its layers
+/// ([`backward::stack_backward`]); `None` where that does not apply (the caller then goes
+/// layer by layer, with the same results).
+fn flex_stack_backward(
+    inputs: &[FlexTensor],
+    weights: &[FlexTensor],
+    outputs: &[FlexTensor],
+    output_grad: &FlexTensor,
+    kinds: &[StackKind],
+    want_input: bool,
+) -> Option<StackGrads<Flex>> {
+    let mut geometries = Vec::with_capacity(kinds.len());
+    for ((x, (weight, output)), kind) in inputs.iter().zip(weights.iter().zip(outputs)).zip(kinds) {
+        let g = match kind.layer {
+            Layer::Conv => Conv3x3::of_convolution(dims4(x), dims4(weight), kind.stride)?,
+            // The transposed convolution's output is the image side of its convolution.
+            Layer::Transposed => Conv3x3::of_convolution(dims4(output), dims4(weight), kind.stride)
+                .filter(|g| g.feature_channels == dims4(x)[1] && g.batch == dims4(x)[0])?,
+        };
+        geometries.push(g);
+    }
+    let input_values = inputs.iter().map(values).collect::<Option<Vec<_>>>()?;
+    let weight_values = weights.iter().map(values).collect::<Option<Vec<_>>>()?;
+    let output_values = outputs.iter().map(values).collect::<Option<Vec<_>>>()?;
+    let grad = values(output_grad)?;
+    let steps: Vec<backward::BackwardStep> = (0..kinds.len())
+        .map(|i| backward::BackwardStep {
+            geometry: geometries[i],
+            transposed: kinds[i].layer == Layer::Transposed,
+            input: &input_values[i],
+            weight: &weight_values[i],
+            relu_output: kinds[i].relu.then_some(&*output_values[i]),
+        })
+        .collect();
+    let grads = backward::stack_backward(&steps, &grad, want_input)?;
+    #[cfg(test)]
+    STACKED_PASSES.with(|count| count.set(count.get() + 1));
+    let mut input_grad = None;
+    let (mut weight_grads, mut bias_grads) = (Vec::new(), Vec::new());
+    for (layer, weight) in grads.into_iter().zip(weights) {
+        if let Some(dx) = layer.input {
+            input_grad = Some(flex_tensor(dx, dims4(&inputs[0])));
+        }
+        let bias_len = layer.bias.len();
+        weight_grads.push(flex_tensor(layer.weight, dims4(weight)));
+        bias_grads.push(FlexTensor::from_data(TensorData::new(
+            layer.bias,
+            [bias_len],
+        )));
+    }
+    Some((input_grad, weight_grads, bias_grads))
 }
 
 /// The sizes of a fully connected layer on `f32` matrices `x (batch, in)`, `weight (in, out)`.

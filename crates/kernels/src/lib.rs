@@ -55,13 +55,17 @@ pub(crate) mod transpose;
 
 use std::sync::OnceLock;
 
-use burn::backend::{BackendTensor, Dispatch, DispatchDevice, DispatchTensor, DispatchTensorKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{
+    Autodiff, AutodiffBackend, BackendTensor, Dispatch, DispatchAutodiffContext, DispatchDevice,
+    DispatchTensor, DispatchTensorKind, Flex, GradientCheckpointingStrategy,
+};
 use burn::tensor::activation;
 use burn::tensor::module::{conv_transpose2d, conv2d};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 pub use backend::Layer;
-use backend::{Conv3x3Backend, conv_options, conv_transpose_options};
+use backend::{Conv3x3Backend, StackKind, conv_options, conv_transpose_options};
 pub use geometry::Conv3x3;
 
 /// Which implementation runs the convolutions.
@@ -196,10 +200,11 @@ pub struct StackLayer {
 /// `layers` applied in turn to `x`. On Flex each image goes through all of them on one thread
 /// (the crate's `stack` module: on a Zen 4 `cae bench`'s inference batches of 256 took 0.90x
 /// as long as layer by layer at AVX-512 and 0.89x at AVX2, its training steps 0.96x at AVX-512;
-/// medians of alternated rounds, README); under autodiff every layer's output is kept and each
-/// layer still records its own node, with the same backward step. Wherever the vector kernels
-/// do not cover a layer, and on other backends, layer by layer. The values are the same either
-/// way.
+/// medians of alternated rounds, README); under autodiff every layer's output is kept, and a
+/// run of [`autodiff::STACK_NODE_LAYERS`] layers records one node whose backward pass takes
+/// each chunk of images back through all of them on one thread (other runs record a node per
+/// layer). Wherever the vector kernels do not cover a layer, and on other backends, layer by
+/// layer. The values are the same either way.
 pub fn layer_stack(x: Tensor<4>, layers: Vec<StackLayer>) -> Tensor<4> {
     let kernels = kernels_for(&x.device());
     if kernels == Kernels::Cae {
@@ -208,6 +213,9 @@ pub fn layer_stack(x: Tensor<4>, layers: Vec<StackLayer>) -> Tensor<4> {
                 return out;
             }
         } else if let Some(outputs) = stacked(&x, &layers, stack::forward_stack_keeping) {
+            if let Some(out) = stacked_node(&x, &layers, &outputs) {
+                return out;
+            }
             return layers.into_iter().zip(outputs).fold(x, |x, (l, out)| {
                 Tensor::from_dispatch(<Dispatch as Conv3x3Backend>::layer3x3_with_output(
                     x.into_dispatch(),
@@ -224,6 +232,65 @@ pub fn layer_stack(x: Tensor<4>, layers: Vec<StackLayer>) -> Tensor<4> {
     layers.into_iter().fold(x, |x, l| {
         layer3x3(l.layer, kernels, x, l.weight, l.bias, l.stride, l.relu)
     })
+}
+
+/// [`layer_stack`] under autodiff on Flex as one node for the whole run, whose backward pass
+/// takes each chunk of images back through every layer on one thread
+/// ([`autodiff::layer_stack_with_outputs`]); `None` where the run does not have
+/// [`autodiff::STACK_NODE_LAYERS`] layers or a tensor is not Flex's (or is checkpointed).
+fn stacked_node(x: &Tensor<4>, layers: &[StackLayer], outputs: &[Tensor<4>]) -> Option<Tensor<4>> {
+    if layers.len() != autodiff::STACK_NODE_LAYERS {
+        return None;
+    }
+    let x = autodiff_flex(x.clone().into_dispatch())?;
+    let weights = layers
+        .iter()
+        .map(|l| autodiff_flex(l.weight.clone().into_dispatch()))
+        .collect::<Option<Vec<_>>>()?;
+    let biases = layers
+        .iter()
+        .map(|l| autodiff_flex(l.bias.clone().into_dispatch()))
+        .collect::<Option<Vec<_>>>()?;
+    let values = outputs
+        .iter()
+        .map(|o| match o.clone().inner().into_dispatch().kind {
+            DispatchTensorKind::Flex(BackendTensor::Float(t)) => Some(t),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let kinds = layers
+        .iter()
+        .map(|l| StackKind {
+            layer: l.layer,
+            stride: l.stride,
+            relu: l.relu,
+        })
+        .collect();
+    let out = autodiff::layer_stack_with_outputs(x, weights, biases, values, kinds);
+    Some(Tensor::from_dispatch(DispatchTensor {
+        kind: DispatchTensorKind::Autodiff(Box::new(DispatchTensorKind::Flex(
+            BackendTensor::Autodiff(out),
+        ))),
+        autodiff: DispatchAutodiffContext::Enabled(GradientCheckpointingStrategy::Disabled),
+    }))
+}
+
+/// A Flex tensor as an autodiff one: tracked already, or a constant (the images); `None` for
+/// other backends and for checkpointed tensors, whose nodes record differently.
+fn autodiff_flex(tensor: DispatchTensor) -> Option<FloatTensor<Autodiff<Flex>>> {
+    let checkpointed = tensor.autodiff
+        == DispatchAutodiffContext::Enabled(GradientCheckpointingStrategy::Balanced);
+    match tensor.kind {
+        _ if checkpointed => None,
+        DispatchTensorKind::Autodiff(inner) => match *inner {
+            DispatchTensorKind::Flex(BackendTensor::Autodiff(t)) => Some(t),
+            _ => None,
+        },
+        DispatchTensorKind::Flex(BackendTensor::Float(t)) => {
+            Some(<Autodiff<Flex> as AutodiffBackend>::from_inner(t))
+        }
+        _ => None,
+    }
 }
 
 /// What the host functions of the `stack` module return, as tensors of the given shapes.

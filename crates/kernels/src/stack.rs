@@ -364,7 +364,13 @@ mod tests {
     #[test]
     fn stack_under_autodiff_matches_layer_by_layer() {
         let device = Device::flex().autodiff();
-        for (layers, channels, size) in [(&ENCODER, 3, 32), (&DECODER, 64, 8)] {
+        // Batch 3 goes back layer by layer inside the run's node; a batch of two chunks per
+        // thread through all the layers at once.
+        let large = 16 * rayon::current_num_threads();
+        let runs = [(&ENCODER, 3, 32), (&DECODER, 64, 8)];
+        for ((layers, channels, size), batch) in runs.into_iter().flat_map(|r| [(r, 3), (r, large)])
+        {
+            let passes = crate::flex::STACKED_PASSES.with(|count| count.get());
             let run = |stacked: bool| {
                 let mut rng = Xoshiro256PlusPlus::seed_from_u64(13);
                 let stack: Vec<StackLayer> = stack_layers(&mut rng, layers, &device)
@@ -375,7 +381,6 @@ mod tests {
                         ..l
                     })
                     .collect();
-                let batch = 3;
                 let x = random(&mut rng, batch * channels * size * size);
                 let shape = [batch, channels, size, size];
                 let x = Tensor::<4>::from_data(TensorData::new(x, shape), &device).require_grad();
@@ -411,10 +416,13 @@ mod tests {
                 stacked == one_by_one,
                 "{layers:?}: values or gradients differ"
             );
+            let vector = SimdLevel::active() != SimdLevel::Portable;
+            assert_eq!(taken, vector, "{layers:?}");
+            let passes = crate::flex::STACKED_PASSES.with(|count| count.get()) - passes;
             assert_eq!(
-                taken,
-                SimdLevel::active() != SimdLevel::Portable,
-                "{layers:?}"
+                passes > 0,
+                vector && batch == large,
+                "{layers:?} at batch {batch}"
             );
         }
     }
