@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use crate::buffers::written;
 use crate::reduce::sum_in_order;
+use crate::simd::{Isa, Scalar, SimdLevel, at_level, instantiate};
 
 /// ReLU as PyTorch (and Burn Flex) compute it: NaN stays NaN. `f32::max(0.0)` returns the
 /// operand that is a number, so a NaN reaching a layer came out as 0 and finite-looking
@@ -62,15 +63,50 @@ pub(crate) fn relu_gate_image(
 ) -> Vec<f32> {
     assert_eq!(output.len(), grad.len(), "ReLU output and gradient sizes");
     assert_eq!(gated.len(), grad.len(), "gated gradient size");
+    // SAFETY: the active level runs on this CPU (`Scalar` needs no instruction set).
+    at_level!(
+        SimdLevel::active(),
+        gate_image(output, grad, channels, gated),
+        unsafe { gate_image::<Scalar>(output, grad, channels, gated) }
+    )
+}
+
+instantiate! {
+    fn gate_image<>(
+        output: &[f32],
+        grad: &[f32],
+        channels: usize,
+        gated: &mut [MaybeUninit<f32>],
+    ) -> Vec<f32>;
+}
+
+/// [`relu_gate_image`] compiled for `S`'s instruction set, which the compiler's own
+/// vectorization of [`relu_gate_row`] then uses: at the baseline x86-64 level (4 lanes) the
+/// gate took 2.7% of a training step's samples on an AVX-512 Xeon. The lanes add in the same
+/// order at every level, so the sums are the same bit for bit.
+///
+/// # Safety
+/// Only from a function compiled for `S` (see [`instantiate`]).
+#[inline(always)]
+unsafe fn gate_image<S: Isa>(
+    output: &[f32],
+    grad: &[f32],
+    channels: usize,
+    gated: &mut [MaybeUninit<f32>],
+) -> Vec<f32> {
     let positions = grad.len() / channels;
+    // A plain loop: `collect` would call a helper compiled without `S`'s instruction set.
+    let mut sums = Vec::with_capacity(channels);
     let rows = gated.chunks_mut(positions);
-    rows.zip(output.chunks(positions).zip(grad.chunks(positions)))
-        .map(|(gated, (output, grad))| relu_gate_row(output, grad, gated))
-        .collect()
+    for (gated, (output, grad)) in rows.zip(output.chunks(positions).zip(grad.chunks(positions))) {
+        sums.push(relu_gate_row(output, grad, gated));
+    }
+    sums
 }
 
 /// Writes `grad` where `output` is positive or NaN and 0 elsewhere into `gated`; returns the
 /// sum of what it wrote (in 16 interleaved partial sums, as [`lane_sum`]).
+#[inline(always)]
 fn relu_gate_row(output: &[f32], grad: &[f32], gated: &mut [MaybeUninit<f32>]) -> f32 {
     // Fixed 16-wide chunks, so that the compiler vectorizes the gate and the sums (a running
     // lane index did not, and this pass took 8% of a training step).
