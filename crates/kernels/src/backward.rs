@@ -7,6 +7,7 @@
 //! through all of them a chunk of images at a time ([`stack_backward`]).
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
@@ -17,6 +18,7 @@ use crate::dispatch::ImageKernel;
 use crate::geometry::Conv3x3;
 use crate::reduce::{channel_sums, sum_in_order};
 use crate::relu_gate::relu_gate_image;
+use crate::transpose::as_uninit;
 
 /// The gradients of one layer.
 pub(crate) struct LayerGrads {
@@ -190,6 +192,12 @@ impl<'a> GroupWork<'a> {
     }
 }
 
+thread_local! {
+    /// [`stack_backward`]'s input gradients of a chunk between two layers, kept between calls:
+    /// one buffer the layer reads, one it writes.
+    static CHUNK_GRADS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
 /// One layer of a run for [`stack_backward`]: its geometry, kind, input (the batch's),
 /// weight, and output where it applied ReLU.
 pub(crate) struct BackwardStep<'a> {
@@ -248,45 +256,52 @@ pub(crate) fn stack_backward(
     }
     let first_len = works[0].input_len;
     // One task per chunk: each layer's (weight-by-tap, bias) partials of its groups, in order.
+    let widest = works.iter().map(|w| w.input_len).max().unwrap_or(0) * chunk;
     let run_chunk = |start: usize, out: Option<&mut [MaybeUninit<f32>]>| {
-        let count = chunk.min(batch - start);
-        let top = &works[works.len() - 1];
-        let mut upstream: Cow<[f32]> =
-            Cow::Borrowed(&grad[start * top.grad_len..][..count * top.grad_len]);
-        let mut partials: Vec<Vec<(Vec<f32>, Vec<f32>)>> = vec![Vec::new(); works.len()];
-        let mut out = out;
-        for (i, (work, step)) in works.iter().zip(steps).enumerate().rev() {
-            let group = groups[i];
-            let inputs = &step.input[start * work.input_len..][..count * work.input_len];
-            let outputs = step
-                .relu_output
-                .map(|o| &o[start * work.grad_len..][..count * work.grad_len]);
-            let mut below: Vec<f32> = Vec::new();
-            let target: Option<&mut [MaybeUninit<f32>]> = if i > 0 {
-                below.reserve_exact(count * work.input_len);
-                Some(&mut below.spare_capacity_mut()[..count * work.input_len])
-            } else {
-                out.take()
-            };
-            let mut target = target;
-            for (j, (x, dy)) in inputs
-                .chunks(group * work.input_len)
-                .zip(upstream.chunks(group * work.grad_len))
-                .enumerate()
-            {
-                let relu = outputs.map(|o| &o[j * group * work.grad_len..][..dy.len()]);
-                let sub = target
-                    .as_deref_mut()
-                    .map(|t| &mut t[j * group * work.input_len..][..x.len()]);
-                partials[i].push(work.run(x, dy, relu, sub));
+        CHUNK_GRADS.with(|cell| {
+            let (above, below) = &mut *cell.borrow_mut();
+            for buffer in [&mut *above, &mut *below] {
+                if buffer.len() < widest {
+                    buffer.resize(widest, 0.0);
+                }
             }
-            if i > 0 {
-                // SAFETY: every group wrote the input gradient of each of its images.
-                unsafe { below.set_len(count * work.input_len) };
-                upstream = Cow::Owned(below);
+            let count = chunk.min(batch - start);
+            let top = &works[works.len() - 1];
+            let mut partials: Vec<Vec<(Vec<f32>, Vec<f32>)>> = vec![Vec::new(); works.len()];
+            let mut out = out;
+            for (i, (work, step)) in works.iter().zip(steps).enumerate().rev() {
+                let group = groups[i];
+                let inputs = &step.input[start * work.input_len..][..count * work.input_len];
+                let outputs = step
+                    .relu_output
+                    .map(|o| &o[start * work.grad_len..][..count * work.grad_len]);
+                // The top layer reads the run's gradient; each layer below reads what the one
+                // above wrote into `above`.
+                let upstream: &[f32] = if i + 1 == works.len() {
+                    &grad[start * top.grad_len..][..count * top.grad_len]
+                } else {
+                    &above[..count * work.grad_len]
+                };
+                let mut target: Option<&mut [MaybeUninit<f32>]> = if i > 0 {
+                    Some(as_uninit(&mut below[..count * work.input_len]))
+                } else {
+                    out.take()
+                };
+                for (j, (x, dy)) in inputs
+                    .chunks(group * work.input_len)
+                    .zip(upstream.chunks(group * work.grad_len))
+                    .enumerate()
+                {
+                    let relu = outputs.map(|o| &o[j * group * work.grad_len..][..dy.len()]);
+                    let sub = target
+                        .as_deref_mut()
+                        .map(|t| &mut t[j * group * work.input_len..][..x.len()]);
+                    partials[i].push(work.run(x, dy, relu, sub));
+                }
+                std::mem::swap(above, below);
             }
-        }
-        partials
+            partials
+        })
     };
     let starts: Vec<usize> = (0..batch).step_by(chunk).collect();
     let mut per_chunk = Vec::new();
