@@ -146,7 +146,7 @@ impl Backward<Flex, STACK_NODE_PARENTS> for LayerStackStep {
         checkpointer: &mut Checkpointer,
     ) {
         let grad = grads.consume::<Flex>(&ops.node);
-        let (x_state, weight_states, mut outputs, kinds) = ops.state;
+        let (x_state, weight_states, outputs, kinds) = ops.state;
         let x: FloatTensor<Flex> = checkpointer.retrieve_node_output(x_state);
         let weights: Vec<FloatTensor<Flex>> = weight_states
             .into_iter()
@@ -154,11 +154,6 @@ impl Backward<Flex, STACK_NODE_PARENTS> for LayerStackStep {
             .collect();
         let mut inputs = vec![x];
         inputs.extend(outputs.iter().take(outputs.len() - 1).cloned());
-        // The last output is not read when the last layer has no ReLU.
-        if !kinds.last().is_some_and(|k| k.relu) {
-            outputs.pop();
-            outputs.push(grad.clone());
-        }
         let [node_x, rest @ ..] = ops.parents;
         let want_input = node_x.is_some();
         let (dx, dws, dbs) =

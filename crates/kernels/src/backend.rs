@@ -238,7 +238,8 @@ pub(crate) type StackGrads<B> = (
     Vec<FloatTensor<B>>,
 );
 
-/// [`Conv3x3Backend::layer_stack_backward`] layer by layer, from the last layer to the first.
+/// A run's backward pass ([`crate::flex::layer_stack_backward`]) layer by layer, from the last
+/// layer to the first: each layer's output is read only where it applied ReLU.
 pub(crate) fn chained_stack_backward<B: Conv3x3Backend>(
     inputs: Vec<FloatTensor<B>>,
     weights: Vec<FloatTensor<B>>,

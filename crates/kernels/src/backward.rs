@@ -358,8 +358,10 @@ fn input_grad_kernel(g: &Conv3x3, transposed: bool, weight: &[f32]) -> Option<Im
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Layer;
     use crate::dispatch::{adjoint, forward, weight_grad};
     use crate::relu_gate::relu_backward_and_channel_sums;
+    use crate::stack::{DECODER, ENCODER};
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
@@ -453,27 +455,11 @@ mod tests {
         }
     }
 
-    /// `(transposed, image channels, image side, feature channels, stride)` of the seed
-    /// model's encoder and decoder layers, in forward order.
-    const ENCODER: [(bool, usize, usize, usize, usize); 6] = [
-        (false, 3, 32, 16, 1),
-        (false, 16, 32, 16, 1),
-        (false, 16, 32, 32, 2),
-        (false, 32, 16, 32, 1),
-        (false, 32, 16, 64, 2),
-        (false, 64, 8, 64, 1),
-    ];
-    const DECODER: [(bool, usize, usize, usize, usize); 6] = [
-        (true, 64, 8, 64, 1),
-        (true, 32, 16, 64, 2),
-        (true, 32, 16, 32, 1),
-        (true, 16, 32, 32, 2),
-        (true, 16, 32, 16, 1),
-        (true, 3, 32, 16, 1),
-    ];
+    /// A layer of [`crate::stack::ENCODER`] or [`crate::stack::DECODER`]: `(layer, in
+    /// channels, out channels, stride, relu)`.
+    type SeedLayer = (Layer, usize, usize, usize, bool);
 
-    /// A run's inputs, weights, ReLU outputs (none for the last decoder layer) and the
-    /// gradient of its output, at `batch`.
+    /// A run's inputs, weights, ReLU outputs and the gradient of its output, at `batch`.
     struct Run {
         geometries: Vec<Conv3x3>,
         transposed: Vec<bool>,
@@ -483,44 +469,47 @@ mod tests {
         grad: Vec<f32>,
     }
 
-    fn run_of(layers: &[(bool, usize, usize, usize, usize)], batch: usize) -> Run {
-        let geometries: Vec<Conv3x3> = layers
-            .iter()
-            .map(
-                |&(_, image_channels, side, feature_channels, stride)| Conv3x3 {
-                    batch,
-                    image_channels,
-                    image_height: side,
-                    image_width: side,
-                    feature_channels,
-                    stride,
-                },
-            )
-            .collect();
-        let transposed: Vec<bool> = layers.iter().map(|l| l.0).collect();
-        let sides = |g: &Conv3x3, t: bool| match t {
-            false => (g.image_len(), g.feature_len()),
-            true => (g.feature_len(), g.image_len()),
-        };
-        let last = layers.len() - 1;
+    /// `layers` on inputs of `side x side` pixels.
+    fn run_of(layers: &[SeedLayer], side: usize, batch: usize) -> Run {
         let mut run = Run {
+            geometries: Vec::new(),
+            transposed: Vec::new(),
             inputs: Vec::new(),
             weights: Vec::new(),
             relu_outputs: Vec::new(),
             grad: Vec::new(),
-            geometries: geometries.clone(),
-            transposed: transposed.clone(),
         };
-        for (i, (g, &t)) in geometries.iter().zip(&transposed).enumerate() {
-            let (input_len, output_len) = sides(g, t);
+        let mut side = side;
+        for (i, &(layer, inputs, outputs, stride, relu)) in layers.iter().enumerate() {
+            let transposed = layer == Layer::Transposed;
+            // A transposed layer's image side is its output.
+            let (image_channels, feature_channels, image_side) = match transposed {
+                false => (inputs, outputs, side),
+                true => (outputs, inputs, side * stride),
+            };
+            let g = Conv3x3 {
+                batch,
+                image_channels,
+                image_height: image_side,
+                image_width: image_side,
+                feature_channels,
+                stride,
+            };
+            side = match transposed {
+                false => g.feature_height(),
+                true => image_side,
+            };
+            let (input_len, output_len) = match transposed {
+                false => (g.image_len(), g.feature_len()),
+                true => (g.feature_len(), g.image_len()),
+            };
             run.inputs.push(values(batch * input_len, 10 + i));
             run.weights.push(values(g.weight_len(), 30 + i));
-            let relu = !(t && i == last);
             run.relu_outputs
                 .push(relu.then(|| values(batch * output_len, 50 + i)));
-            if i == last {
-                run.grad = values(batch * output_len, 70);
-            }
+            run.grad = values(batch * output_len, 70);
+            run.geometries.push(g);
+            run.transposed.push(transposed);
         }
         run
     }
@@ -575,8 +564,8 @@ mod tests {
         }
         let batch = 16 * rayon::current_num_threads();
         let mut stacked_runs = 0;
-        for (layers, want_input) in [(&ENCODER, false), (&DECODER, true)] {
-            let run = run_of(layers, batch);
+        for (layers, side, want_input) in [(&ENCODER, 32, false), (&DECODER, 8, true)] {
+            let run = run_of(layers, side, batch);
             let Some(ours) = stack_backward(&steps(&run), &run.grad, want_input) else {
                 continue;
             };
@@ -604,10 +593,11 @@ mod tests {
     #[test]
     #[ignore = "a timing, not a test"]
     fn time_stack_backward_against_layer_by_layer() {
-        for (name, layers, want_input) in
-            [("encoder", &ENCODER, false), ("decoder", &DECODER, true)]
-        {
-            let run = run_of(layers, 64);
+        for (name, layers, side, want_input) in [
+            ("encoder", &ENCODER, 32, false),
+            ("decoder", &DECODER, 8, true),
+        ] {
+            let run = run_of(layers, side, 64);
             let (mut chain, mut stack) = (Vec::new(), Vec::new());
             for _ in 0..30 {
                 let t = std::time::Instant::now();

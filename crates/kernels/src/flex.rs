@@ -250,21 +250,29 @@ impl Conv3x3Backend for Flex {
     }
 }
 
+/// The geometry of a layer with input `x`, `weight` and an output of `output`'s shape: a
+/// transposed convolution's output is the image side of its convolution, whose feature side
+/// must then match `x`.
+fn layer_geometry(
+    layer: Layer,
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    output: &FlexTensor,
+    stride: usize,
+) -> Option<Conv3x3> {
+    let [batch, channels, ..] = dims4(x);
+    match layer {
+        Layer::Conv => Conv3x3::of_convolution(dims4(x), dims4(weight), stride),
+        Layer::Transposed => Conv3x3::of_convolution(dims4(output), dims4(weight), stride)
+            .filter(|g| g.feature_channels == channels && g.batch == batch),
+    }
+}
+
 /// A layer's backward pass on Flex: one grouped pass ([`backward::layer_backward`]) where the
 /// vector kernels cover the layer, the separate operations elsewhere.
 fn flex_backward(step: StepInputs<Flex>, want_input: bool) -> Grads<Flex> {
     let transposed = step.layer == Layer::Transposed;
-    let [batch, channels, height, width] = dims4(&step.x);
-    let geometry = if transposed {
-        Conv3x3::of_convolution(dims4(&step.grad), dims4(&step.weight), step.stride)
-            .filter(|g| g.feature_channels == channels && g.batch == batch)
-    } else {
-        Conv3x3::of_convolution(
-            [batch, channels, height, width],
-            dims4(&step.weight),
-            step.stride,
-        )
-    };
+    let geometry = layer_geometry(step.layer, &step.x, &step.weight, &step.grad, step.stride);
     let relu_output = step.relu_output.as_ref().map(values);
     let inputs = (values(&step.x), values(&step.weight), values(&step.grad));
     if let (Some(g), (Some(x), Some(w), Some(dy)), None | Some(Some(_))) =
@@ -325,13 +333,7 @@ fn flex_stack_backward(
 ) -> Option<StackGrads<Flex>> {
     let mut geometries = Vec::with_capacity(kinds.len());
     for ((x, (weight, output)), kind) in inputs.iter().zip(weights.iter().zip(outputs)).zip(kinds) {
-        let g = match kind.layer {
-            Layer::Conv => Conv3x3::of_convolution(dims4(x), dims4(weight), kind.stride)?,
-            // The transposed convolution's output is the image side of its convolution.
-            Layer::Transposed => Conv3x3::of_convolution(dims4(output), dims4(weight), kind.stride)
-                .filter(|g| g.feature_channels == dims4(x)[1] && g.batch == dims4(x)[0])?,
-        };
-        geometries.push(g);
+        geometries.push(layer_geometry(kind.layer, x, weight, output, kind.stride)?);
     }
     let input_values = inputs.iter().map(values).collect::<Option<Vec<_>>>()?;
     let weight_values = weights.iter().map(values).collect::<Option<Vec<_>>>()?;

@@ -235,6 +235,27 @@ pub(crate) fn forward_stack_keeping(
     Some(outputs)
 }
 
+/// `(layer, in channels, out channels, stride, relu)` of the seed model's encoder and
+/// decoder convolutions.
+#[cfg(test)]
+pub(crate) const ENCODER: [(Layer, usize, usize, usize, bool); 6] = [
+    (Layer::Conv, 3, 16, 1, true),
+    (Layer::Conv, 16, 16, 1, true),
+    (Layer::Conv, 16, 32, 2, true),
+    (Layer::Conv, 32, 32, 1, true),
+    (Layer::Conv, 32, 64, 2, true),
+    (Layer::Conv, 64, 64, 1, true),
+];
+#[cfg(test)]
+pub(crate) const DECODER: [(Layer, usize, usize, usize, bool); 6] = [
+    (Layer::Transposed, 64, 64, 1, true),
+    (Layer::Transposed, 64, 32, 2, true),
+    (Layer::Transposed, 32, 32, 1, true),
+    (Layer::Transposed, 32, 16, 2, true),
+    (Layer::Transposed, 16, 16, 1, true),
+    (Layer::Transposed, 16, 3, 1, false),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,25 +268,6 @@ mod tests {
     fn random(rng: &mut Xoshiro256PlusPlus, n: usize) -> Vec<f32> {
         (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
     }
-
-    /// `(layer, in channels, out channels, stride, relu)` of the seed model's encoder and
-    /// decoder convolutions.
-    const ENCODER: [(Layer, usize, usize, usize, bool); 6] = [
-        (Layer::Conv, 3, 16, 1, true),
-        (Layer::Conv, 16, 16, 1, true),
-        (Layer::Conv, 16, 32, 2, true),
-        (Layer::Conv, 32, 32, 1, true),
-        (Layer::Conv, 32, 64, 2, true),
-        (Layer::Conv, 64, 64, 1, true),
-    ];
-    const DECODER: [(Layer, usize, usize, usize, bool); 6] = [
-        (Layer::Transposed, 64, 64, 1, true),
-        (Layer::Transposed, 64, 32, 2, true),
-        (Layer::Transposed, 32, 32, 1, true),
-        (Layer::Transposed, 32, 16, 2, true),
-        (Layer::Transposed, 16, 16, 1, true),
-        (Layer::Transposed, 16, 3, 1, false),
-    ];
 
     /// Random weights and biases for `layers`, as tensors.
     fn stack_layers(
